@@ -1,0 +1,18 @@
+#!/usr/bin/env node
+// Runs every test/**/*.test.ts with node's built-in runner (TypeScript through tsx).
+// Files run one at a time: sandboxes and timing-sensitive scaling tests share 2 cores.
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const only = process.argv.slice(2);
+const files = fs
+  .readdirSync(path.join(root, 'test'), { recursive: true })
+  .filter((f) => f.endsWith('.test.ts'))
+  .map((f) => path.join('test', f))
+  .filter((f) => only.length === 0 || only.some((o) => f.includes(o)))
+  .sort();
+const result = spawnSync(process.execPath, ['--import', 'tsx', '--test', '--test-concurrency=1', '--test-reporter=spec', ...files], { cwd: root, stdio: 'inherit' });
+process.exit(result.status ?? 1);

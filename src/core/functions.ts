@@ -1,0 +1,69 @@
+/**
+ * Function management use cases: what the API does, in terms of the ports. Every change is
+ * stored first, then announced to the scheduler, so a crash in between loses nothing acknowledged.
+ */
+import { changeFunction, newFunction } from './function-spec.js';
+import { notFound } from './errors.js';
+import type { ArchiveFormat, CodeStore, FunctionStore, InvocationLog } from './ports.js';
+import type { Scheduler } from './scheduler.js';
+import type { FunctionRecord, InstanceInfo, InvocationRecord } from './types.js';
+
+export class FunctionService {
+  constructor(
+    private readonly store: FunctionStore,
+    private readonly code: CodeStore,
+    private readonly invocationLog: InvocationLog,
+    private readonly scheduler: Scheduler,
+  ) {}
+
+  create(body: unknown): FunctionRecord {
+    const fn = newFunction(body);
+    this.store.create(fn);
+    return fn;
+  }
+
+  get(idOrName: string): FunctionRecord {
+    const fn = this.store.get(idOrName);
+    if (!fn) throw notFound(`no function ${idOrName}`);
+    return fn;
+  }
+
+  list(): FunctionRecord[] {
+    return this.store.list();
+  }
+
+  change(idOrName: string, body: unknown, mode: 'replace' | 'patch'): FunctionRecord {
+    const fn = this.get(idOrName);
+    const next = changeFunction(fn, body, mode);
+    if (next === fn) return fn;
+    this.store.update(next);
+    this.scheduler.updated(next);
+    return next;
+  }
+
+  async delete(idOrName: string): Promise<void> {
+    const fn = this.get(idOrName);
+    this.store.delete(fn.id);
+    await this.scheduler.removed(fn.id);
+    if (fn.code_hash && !this.store.list().some((f) => f.code_hash === fn.code_hash)) await this.code.remove(fn.code_hash);
+  }
+
+  /** Stores and validates the archive before anything changes: a rejected upload leaves the old code serving. */
+  async uploadCode(idOrName: string, archive: NodeJS.ReadableStream, format: ArchiveFormat): Promise<FunctionRecord> {
+    this.get(idOrName);
+    const stored = await this.code.put(archive, format);
+    const fn = this.get(idOrName); // re-read: the function may have changed or gone during the upload
+    const next: FunctionRecord = { ...fn, code_hash: stored.hash, code_size: stored.size, version: fn.version + 1, updated_at: new Date().toISOString() };
+    this.store.update(next);
+    this.scheduler.updated(next);
+    return next;
+  }
+
+  instances(idOrName: string): InstanceInfo[] {
+    return this.scheduler.instances(this.get(idOrName).id);
+  }
+
+  invocations(idOrName: string, limit = 100): InvocationRecord[] {
+    return this.invocationLog.latest(this.get(idOrName).id, limit);
+  }
+}

@@ -1,0 +1,310 @@
+/**
+ * One function's instances and the requests waiting for them. This is where cold starts happen
+ * (`coldStart`), where requests are routed to an instance with a free slot (`dispatch`), and where
+ * idle instances scale down (`scaleDown`). Pure scheduling: it starts and stops instances through
+ * the IsolationDriver port and never touches HTTP.
+ */
+import { randomUUID } from 'node:crypto';
+import { AetherError, badGateway, conflict, notFound, timedOut, unavailable } from './errors.js';
+import type { ExitInfo, InstanceHandle, IsolationDriver, Logger } from './ports.js';
+import type { FunctionRecord, InstanceInfo, InstanceState } from './types.js';
+
+export interface PoolSettings {
+  /** Requests that may wait for a slot per function; beyond that: 503. */
+  maxQueue: number;
+  /** How long an idle instance beyond the last one lives before it is stopped. */
+  scaleDownGraceMs: number;
+  startTimeoutMs: number;
+  stopGraceMs: number;
+}
+
+export interface PoolDeps {
+  driver: IsolationDriver;
+  codeDir(hash: string): Promise<string>;
+  log: Logger;
+  settings: PoolSettings;
+  onInstanceLog(fn: FunctionRecord, instanceId: string, stream: 'stdout' | 'stderr', line: string): void;
+  now?: () => number;
+}
+
+class Instance {
+  readonly id = randomUUID();
+  readonly startedAt = new Date();
+  state: InstanceState = 'starting';
+  handle?: InstanceHandle;
+  inFlight = 0;
+  served = 0;
+  lastActive: number;
+  exit?: ExitInfo;
+  constructor(readonly version: number, now: number) {
+    this.lastActive = now;
+  }
+}
+
+/** A slot on an instance, held for one request. */
+export interface Lease {
+  readonly instanceId: string;
+  readonly handle: InstanceHandle;
+  readonly coldStart: boolean;
+  /** Why the instance ended, if it did (waits briefly for the exit to be known). */
+  exitReason(): Promise<string | undefined>;
+  /** The instance is stuck (e.g. a request timed out): replace it. */
+  recycle(): void;
+  release(): void;
+}
+
+interface Waiter {
+  resolve(lease: Lease): void;
+  reject(err: AetherError): void;
+  timer: NodeJS.Timeout;
+}
+
+export class FunctionPool {
+  private readonly instances = new Map<string, Instance>();
+  private readonly waiters: Waiter[] = [];
+  private closed = false;
+  private readonly now: () => number;
+
+  constructor(
+    private fn: FunctionRecord,
+    private readonly deps: PoolDeps,
+  ) {
+    this.now = deps.now ?? Date.now;
+    this.keepMinimum();
+  }
+
+  get functionId(): string {
+    return this.fn.id;
+  }
+
+  /** Waits (bounded by the deadline) for a free slot on a ready instance of the current version. */
+  acquire(deadline: number): Promise<Lease> {
+    if (this.closed) return Promise.reject(notFound(`function ${this.fn.name} was deleted`));
+    if (!this.fn.code_hash) return Promise.reject(conflict(`function ${this.fn.name} has no code yet: upload it with POST /api/functions/${this.fn.id}/code`));
+    const inst = this.freeInstance();
+    if (inst && this.waiters.length === 0) return Promise.resolve(this.lease(inst, false));
+    if (this.waiters.length >= this.deps.settings.maxQueue) {
+      return Promise.reject(unavailable(`function ${this.fn.name} is at capacity and its queue is full (${this.deps.settings.maxQueue} waiting)`, 'queue_full'));
+    }
+    return new Promise<Lease>((resolve, reject) => {
+      const waiter: Waiter = {
+        resolve,
+        reject,
+        timer: setTimeout(() => {
+          this.removeWaiter(waiter);
+          const starting = this.current().some((i) => i.state === 'starting');
+          reject(starting ? timedOut(`function ${this.fn.name} did not start within its timeout of ${this.fn.timeout_ms} ms`) : unavailable(`function ${this.fn.name} has no free capacity (max_instances ${this.fn.max_instances}, concurrency ${this.fn.concurrency})`));
+        }, Math.max(0, deadline - this.now())),
+      };
+      this.waiters.push(waiter);
+      this.scaleUp();
+      this.dispatch();
+    });
+  }
+
+  /** A new configuration or code: new requests go to the new version, old instances drain. */
+  update(fn: FunctionRecord): void {
+    const versionChanged = fn.version !== this.fn.version;
+    this.fn = fn;
+    if (!versionChanged) return;
+    for (const inst of this.instances.values()) if (inst.version !== fn.version) this.drain(inst);
+    this.scaleUp();
+    this.keepMinimum();
+  }
+
+  /** Stops everything; waiting requests fail. */
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const w of this.waiters.splice(0)) {
+      clearTimeout(w.timer);
+      w.reject(notFound(`function ${this.fn.name} was deleted`));
+    }
+    await Promise.all([...this.instances.values()].map((inst) => this.stop(inst)));
+  }
+
+  info(): InstanceInfo[] {
+    return [...this.instances.values()].map((i) => ({
+      id: i.id,
+      state: i.state,
+      version: i.version,
+      started_at: i.startedAt.toISOString(),
+      in_flight: i.inFlight,
+      served: i.served,
+    }));
+  }
+
+  /** Called periodically: stops idle extras after the grace period and the last one after idle_timeout_s. */
+  scaleDown(): void {
+    const now = this.now();
+    const ready = this.current().filter((i) => i.state === 'ready');
+    const load = this.waiters.length + ready.reduce((n, i) => n + i.inFlight, 0);
+    const needed = Math.max(this.fn.min_instances, Math.ceil(load / this.fn.concurrency));
+    const idle = ready.filter((i) => i.inFlight === 0).sort((a, b) => a.lastActive - b.lastActive);
+    let live = ready.length;
+    const grace = Math.min(this.deps.settings.scaleDownGraceMs, this.fn.idle_timeout_s * 1000);
+    for (const inst of idle) {
+      const idleFor = now - inst.lastActive;
+      const extra = live > Math.max(needed, 1) && idleFor >= grace;
+      const last = live === 1 && needed === 0 && idleFor >= this.fn.idle_timeout_s * 1000;
+      if (!extra && !last) continue;
+      this.deps.log.info({ function: this.fn.name, instance: inst.id, idle_ms: idleFor }, last ? 'scaling to zero' : 'scaling down idle instance');
+      this.drain(inst);
+      live--;
+    }
+  }
+
+  private current(): Instance[] {
+    return [...this.instances.values()].filter((i) => i.version === this.fn.version && i.state !== 'draining');
+  }
+
+  /** The least loaded ready instance of the current version with a free slot. */
+  private freeInstance(): Instance | undefined {
+    let best: Instance | undefined;
+    for (const inst of this.instances.values()) {
+      if (inst.state !== 'ready' || inst.version !== this.fn.version || inst.inFlight >= this.fn.concurrency) continue;
+      if (!best || inst.inFlight < best.inFlight) best = inst;
+    }
+    return best;
+  }
+
+  private lease(inst: Instance, coldStart: boolean): Lease {
+    inst.inFlight++;
+    inst.lastActive = this.now();
+    let released = false;
+    const handle = inst.handle!;
+    return {
+      instanceId: inst.id,
+      handle,
+      coldStart,
+      exitReason: async () => {
+        // A crash is usually seen by the request a moment before the process exit is reaped.
+        const exit = await Promise.race([handle.exited, new Promise<undefined>((r) => setTimeout(r, 500))]);
+        return exit ? describeExit(exit) : undefined;
+      },
+      recycle: () => {
+        this.deps.log.warn({ function: this.fn.name, instance: inst.id }, 'recycling stuck instance');
+        void this.stop(inst);
+      },
+      release: () => {
+        if (released) return;
+        released = true;
+        inst.inFlight--;
+        inst.served++;
+        inst.lastActive = this.now();
+        if (inst.state === 'draining' && inst.inFlight === 0) void this.stop(inst);
+        else this.dispatch();
+      },
+    };
+  }
+
+  /** Hands waiting requests to free slots, oldest first. */
+  private dispatch(fresh?: Instance): void {
+    while (this.waiters.length > 0) {
+      const inst = fresh && fresh.inFlight < this.fn.concurrency && fresh.state === 'ready' ? fresh : this.freeInstance();
+      if (!inst) return;
+      const waiter = this.waiters.shift()!;
+      clearTimeout(waiter.timer);
+      waiter.resolve(this.lease(inst, inst === fresh));
+    }
+  }
+
+  /** Starts as many instances as the waiting requests need, up to max_instances. */
+  private scaleUp(): void {
+    if (this.closed || !this.fn.code_hash) return;
+    const live = this.current();
+    const busy = live.reduce((n, i) => n + i.inFlight, 0);
+    const demand = this.waiters.length + busy;
+    const missing = Math.ceil(demand / this.fn.concurrency) - live.length;
+    const room = this.fn.max_instances - live.length;
+    for (let n = Math.min(missing, room); n > 0; n--) void this.coldStart();
+  }
+
+  private keepMinimum(): void {
+    if (this.closed || !this.fn.code_hash) return;
+    for (let n = this.fn.min_instances - this.current().length; n > 0; n--) void this.coldStart();
+  }
+
+  /** A cold start: a new instance of the current version, through the isolation driver. */
+  private async coldStart(): Promise<void> {
+    const fn = this.fn;
+    const inst = new Instance(fn.version, this.now());
+    this.instances.set(inst.id, inst);
+    const started = this.now();
+    try {
+      const handle = await this.deps.driver.start({
+        instanceId: inst.id,
+        functionId: fn.id,
+        codeDir: await this.deps.codeDir(fn.code_hash!),
+        entrypoint: fn.entrypoint ?? undefined,
+        env: fn.env_vars,
+        port: fn.port,
+        memoryMb: fn.memory_mb,
+        vcpu: fn.vcpu,
+        concurrency: fn.concurrency,
+        startTimeoutMs: this.deps.settings.startTimeoutMs,
+        onLog: (stream, line) => this.deps.onInstanceLog(fn, inst.id, stream, line),
+      });
+      inst.handle = handle;
+      void handle.exited.then((exit) => this.onExit(inst, exit));
+      this.deps.log.info({ function: fn.name, instance: inst.id, version: inst.version, ms: this.now() - started }, 'instance ready');
+      if (inst.state === 'draining' || this.closed) {
+        void this.stop(inst);
+        return;
+      }
+      inst.state = 'ready';
+      inst.lastActive = this.now();
+      this.dispatch(inst);
+    } catch (err) {
+      this.instances.delete(inst.id);
+      const message = err instanceof Error ? err.message : String(err);
+      this.deps.log.error({ function: fn.name, instance: inst.id, err: message }, 'instance failed to start');
+      this.failWaitersIfHopeless(message);
+    }
+  }
+
+  /** With nothing ready or starting, waiting requests would only time out: tell them why now. */
+  private failWaitersIfHopeless(reason: string): void {
+    if (this.current().length > 0) return;
+    for (const w of this.waiters.splice(0)) {
+      clearTimeout(w.timer);
+      w.reject(badGateway(`function ${this.fn.name} failed to start: ${reason}`, 'start_failed'));
+    }
+  }
+
+  private onExit(inst: Instance, exit: ExitInfo): void {
+    const expected = inst.state === 'draining' || inst.state === 'stopped';
+    inst.state = 'stopped';
+    inst.exit = exit;
+    this.instances.delete(inst.id);
+    if (!expected) {
+      this.deps.log.warn({ function: this.fn.name, instance: inst.id, code: exit.code, signal: exit.signal, reason: exit.reason }, 'instance exited unexpectedly');
+      this.scaleUp();
+      this.keepMinimum();
+    }
+  }
+
+  private drain(inst: Instance): void {
+    if (inst.state === 'stopped') return;
+    inst.state = 'draining';
+    if (inst.inFlight === 0 && inst.handle) void this.stop(inst);
+  }
+
+  private async stop(inst: Instance): Promise<void> {
+    inst.state = inst.state === 'stopped' ? 'stopped' : 'draining';
+    await inst.handle?.stop(this.deps.settings.stopGraceMs);
+    inst.state = 'stopped';
+    this.instances.delete(inst.id);
+    this.keepMinimum();
+  }
+
+  private removeWaiter(w: Waiter): void {
+    const i = this.waiters.indexOf(w);
+    if (i >= 0) this.waiters.splice(i, 1);
+  }
+}
+
+export function describeExit(exit: ExitInfo): string {
+  if (exit.reason) return exit.reason;
+  if (exit.signal) return `the instance was killed by ${exit.signal}`;
+  return `the instance exited with code ${exit.code}`;
+}

@@ -1,0 +1,86 @@
+/**
+ * The narrow interfaces the core depends on. Adapters (SQLite, local files, bubblewrap, gVisor,
+ * later etcd/Redis/S3/QEMU/Firecracker) implement them; the core never imports an adapter.
+ */
+import type { Socket } from 'node:net';
+import type { FunctionRecord, InvocationRecord } from './types.js';
+
+export interface FunctionStore {
+  create(fn: FunctionRecord): void; // throws conflict when the name is taken
+  get(idOrName: string): FunctionRecord | undefined;
+  list(): FunctionRecord[];
+  update(fn: FunctionRecord): void;
+  delete(id: string): boolean;
+}
+
+export interface InvocationLog {
+  record(inv: InvocationRecord): void;
+  /** Newest first. */
+  latest(functionId: string, limit: number): InvocationRecord[];
+}
+
+export interface StoredCode {
+  hash: string; // sha256 hex of the archive as uploaded
+  size: number; // archive bytes
+}
+
+export interface CodeStore {
+  /**
+   * Validates and unpacks an archive stream, storing it by content hash. Nothing becomes visible
+   * unless the whole archive was valid (throws a 400/413 AetherError otherwise).
+   */
+  put(archive: NodeJS.ReadableStream, format: ArchiveFormat): Promise<StoredCode>;
+  /** Host path of the unpacked, read-only tree for a hash. */
+  dir(hash: string): Promise<string>;
+  remove(hash: string): Promise<void>;
+}
+
+export type ArchiveFormat = 'zip' | 'tar.gz';
+
+/** What a driver needs to start one instance. Nothing here is specific to a sandbox technology. */
+export interface InstanceSpec {
+  instanceId: string;
+  functionId: string;
+  codeDir: string; // host path of the function's unpacked code, mounted read-only
+  entrypoint?: string; // relative to the code dir; the agent resolves the default when absent
+  env: Record<string, string>;
+  port: number; // where a server-mode function listens inside the instance
+  memoryMb: number;
+  vcpu: number;
+  concurrency: number;
+  startTimeoutMs: number;
+  onLog(stream: 'stdout' | 'stderr', line: string): void;
+}
+
+export interface ExitInfo {
+  code: number | null;
+  signal: string | null;
+  /** Human-readable cause when known, e.g. "memory limit of 128 MB exceeded". */
+  reason?: string;
+  oom?: boolean;
+}
+
+/** A running instance: a way to open HTTP/1.1 byte streams to it, and its lifecycle. */
+export interface InstanceHandle {
+  readonly id: string;
+  /** Opens a new HTTP/1.1 connection to the instance (TCP, Unix socket or a dialed-in channel). */
+  connect(): Promise<Socket>;
+  /** Settles once when the instance has ended, for whatever reason. */
+  readonly exited: Promise<ExitInfo>;
+  /** Stops the instance: asks politely, then kills after graceMs. Idempotent. */
+  stop(graceMs?: number): Promise<void>;
+}
+
+export interface IsolationDriver {
+  readonly name: string;
+  /** Resolves when the instance is ready to take requests; rejects (and cleans up) otherwise. */
+  start(spec: InstanceSpec): Promise<InstanceHandle>;
+}
+
+/** Structured logger (pino's call shape). Secrets must never be passed in either argument. */
+export interface Logger {
+  debug(obj: object, msg?: string): void;
+  info(obj: object, msg?: string): void;
+  warn(obj: object, msg?: string): void;
+  error(obj: object, msg?: string): void;
+}

@@ -1,0 +1,57 @@
+/**
+ * Routes each invocation to its function's pool, creating pools on demand, and drives the
+ * periodic scale-down. The single entry point the invocation adapters use.
+ */
+import { FunctionPool, type Lease, type PoolDeps } from './pool.js';
+import type { FunctionRecord, InstanceInfo } from './types.js';
+
+export class Scheduler {
+  private readonly pools = new Map<string, FunctionPool>();
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(
+    private readonly deps: PoolDeps,
+    tickMs = 500,
+  ) {
+    this.timer = setInterval(() => {
+      for (const pool of this.pools.values()) pool.scaleDown();
+    }, tickMs);
+    this.timer.unref();
+  }
+
+  acquire(fn: FunctionRecord, deadline: number): Promise<Lease> {
+    return this.pool(fn).acquire(deadline);
+  }
+
+  /** A function was created, changed or got new code. */
+  updated(fn: FunctionRecord): void {
+    const pool = this.pools.get(fn.id);
+    if (pool) pool.update(fn);
+    else if (fn.min_instances > 0) this.pool(fn);
+  }
+
+  async removed(functionId: string): Promise<void> {
+    const pool = this.pools.get(functionId);
+    this.pools.delete(functionId);
+    await pool?.close();
+  }
+
+  instances(functionId: string): InstanceInfo[] {
+    return this.pools.get(functionId)?.info() ?? [];
+  }
+
+  async shutdown(): Promise<void> {
+    clearInterval(this.timer);
+    await Promise.all([...this.pools.values()].map((p) => p.close()));
+    this.pools.clear();
+  }
+
+  private pool(fn: FunctionRecord): FunctionPool {
+    let pool = this.pools.get(fn.id);
+    if (!pool) {
+      pool = new FunctionPool(fn, this.deps);
+      this.pools.set(fn.id, pool);
+    }
+    return pool;
+  }
+}

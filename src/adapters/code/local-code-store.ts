@@ -1,0 +1,124 @@
+import { createHash, randomUUID } from 'node:crypto';
+import { chmodSync, createWriteStream, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { rename, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { notFound, tooLarge } from '../../core/errors.js';
+import type { ArchiveFormat, CodeStore, StoredCode } from '../../core/ports.js';
+import { extractArchive } from './archive.js';
+import { DEFAULT_ARCHIVE_LIMITS, formatBytes, type ArchiveLimits } from './archive-limits.js';
+import { fsyncPath, fsyncTree } from './fsync-tree.js';
+
+const TMP_PREFIX = '.tmp-';
+const HASH = /^[0-9a-f]{64}$/;
+
+/**
+ * Code on the local disk, by content hash: `root/<hash>/` is the unpacked tree that sandboxes
+ * bind-mount read-only, `root/<hash>.zip|.tar.gz` the archive as uploaded (cluster mode ships it
+ * to object storage). The directory's existence is the commit point: it is renamed into place
+ * only after the archive, fully extracted and fsynced, and removed before the archive.
+ * Work in progress lives under `root/.tmp-*`, which is swept when a store opens the root, so
+ * one process at a time may own a root.
+ */
+export class LocalCodeStore implements CodeStore {
+  constructor(
+    private readonly root: string,
+    private readonly limits: ArchiveLimits = DEFAULT_ARCHIVE_LIMITS,
+  ) {
+    mkdirSync(root, { recursive: true });
+    // Sandboxes run as other uids: they may traverse root to their code, but not list it.
+    chmodSync(root, 0o711);
+    for (const name of readdirSync(root)) {
+      if (name.startsWith(TMP_PREFIX)) rmSync(join(root, name), { recursive: true, force: true });
+    }
+  }
+
+  async put(archive: NodeJS.ReadableStream, format: ArchiveFormat): Promise<StoredCode> {
+    const upload = this.tmpPath();
+    const unpacked = this.tmpPath();
+    try {
+      const stored = await this.receive(archive, upload);
+      const dir = join(this.root, stored.hash);
+      if (!(await isDirectory(dir))) {
+        await extractArchive(upload, format, unpacked, this.limits);
+        await fsyncTree(unpacked);
+        await rename(upload, join(this.root, `${stored.hash}.${format}`));
+        await commitDir(unpacked, dir);
+        await fsyncPath(this.root);
+      }
+      return stored;
+    } finally {
+      await Promise.all([rm(upload, { force: true }), rm(unpacked, { recursive: true, force: true })]);
+    }
+  }
+
+  async dir(hash: string): Promise<string> {
+    const dir = join(this.root, checkHash(hash));
+    if (!(await isDirectory(dir))) throw notFound(`code ${hash} not found`);
+    return dir;
+  }
+
+  async remove(hash: string): Promise<void> {
+    const dir = join(this.root, checkHash(hash));
+    // Move the tree out of sight first: a crash mid-delete leaves a temp dir, never a partial tree.
+    const doomed = this.tmpPath();
+    await rename(dir, doomed).catch(ignoreMissing);
+    await rm(doomed, { recursive: true, force: true });
+    await Promise.all(
+      (['zip', 'tar.gz'] as const).map((ext) => rm(join(this.root, `${hash}.${ext}`), { force: true })),
+    );
+  }
+
+  /** Streams the upload to `path`, hashing it and stopping as soon as it exceeds the size limit. */
+  private async receive(archive: NodeJS.ReadableStream, path: string): Promise<StoredCode> {
+    const max = this.limits.maxCompressedBytes;
+    const sha256 = createHash('sha256');
+    let size = 0;
+    await pipeline(
+      archive,
+      async function* (chunks: AsyncIterable<Buffer | string>) {
+        for await (const chunk of chunks) {
+          const bytes = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+          size += bytes.length;
+          if (size > max) throw tooLarge(`archive is larger than ${formatBytes(max)}`);
+          sha256.update(bytes);
+          yield bytes;
+        }
+      },
+      createWriteStream(path, { flags: 'wx', mode: 0o600, flush: true }),
+    );
+    return { hash: sha256.digest('hex'), size };
+  }
+
+  private tmpPath(): string {
+    return join(this.root, `${TMP_PREFIX}${randomUUID()}`);
+  }
+}
+
+function checkHash(hash: string): string {
+  if (!HASH.test(hash)) throw notFound(`code ${hash} not found`);
+  return hash;
+}
+
+async function isDirectory(path: string): Promise<boolean> {
+  try {
+    return (await stat(path)).isDirectory();
+  } catch (err) {
+    ignoreMissing(err);
+    return false;
+  }
+}
+
+/** A concurrent upload of the same archive may have committed first; its tree is identical. */
+async function commitDir(from: string, to: string): Promise<void> {
+  try {
+    await rename(from, to);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw err;
+  }
+}
+
+function ignoreMissing(err: unknown): void {
+  if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+}

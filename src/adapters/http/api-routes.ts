@@ -1,0 +1,54 @@
+/** The management API under /api: functions, their code, instances and invocation history. */
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import multipart from '@fastify/multipart';
+import { badRequest, AetherError } from '../../core/errors.js';
+import { publicView } from '../../core/function-spec.js';
+import type { FunctionService } from '../../core/functions.js';
+import type { ArchiveFormat } from '../../core/ports.js';
+
+type IdParams = { Params: { id: string } };
+
+export async function apiRoutes(app: FastifyInstance, opts: { functions: FunctionService; maxUploadBytes: number }): Promise<void> {
+  const fns = opts.functions;
+
+  app.post('/api/functions', async (req, reply) => reply.status(201).send(publicView(fns.create(req.body))));
+  app.get('/api/functions', async () => fns.list().map(publicView));
+  app.get<IdParams>('/api/functions/:id', async (req) => publicView(fns.get(req.params.id)));
+  app.put<IdParams>('/api/functions/:id', async (req) => publicView(fns.change(req.params.id, req.body, 'replace')));
+  app.patch<IdParams>('/api/functions/:id', async (req) => publicView(fns.change(req.params.id, req.body, 'patch')));
+  app.delete<IdParams>('/api/functions/:id', async (req, reply) => {
+    await fns.delete(req.params.id);
+    return reply.status(204).send();
+  });
+  app.get<IdParams>('/api/functions/:id/instances', async (req) => fns.instances(req.params.id));
+  app.get<IdParams>('/api/functions/:id/invocations', async (req) => fns.invocations(req.params.id));
+
+  // Code upload: a multipart field "file" or the archive as the raw body; streamed, never buffered.
+  await app.register(async (scope) => {
+    await scope.register(multipart, { limits: { fileSize: opts.maxUploadBytes, files: 1, fields: 10 } });
+    for (const type of ['application/zip', 'application/x-zip-compressed', 'application/gzip', 'application/x-gzip', 'application/x-tar+gzip', 'application/octet-stream']) {
+      scope.addContentTypeParser(type, (_req, payload, done) => done(null, payload));
+    }
+    scope.post<IdParams>('/api/functions/:id/code', async (req, reply) => {
+      const { stream, format } = await archiveFrom(req);
+      const fn = await fns.uploadCode(req.params.id, stream, format);
+      return reply.status(200).send({ id: fn.id, code_hash: fn.code_hash, code_size: fn.code_size, version: fn.version });
+    });
+  });
+}
+
+async function archiveFrom(req: FastifyRequest): Promise<{ stream: NodeJS.ReadableStream; format: ArchiveFormat }> {
+  const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+  if (type === 'multipart/form-data') {
+    const part = await req.file();
+    if (!part || part.fieldname !== 'file') throw badRequest('expected the archive in a multipart field named "file"');
+    const gz = /\.(tar\.gz|tgz)$/i.test(part.filename) || /gzip/.test(part.mimetype);
+    // Surface the multipart size limit as our 413 rather than a truncated archive.
+    part.file.on('limit', () => part.file.destroy(new AetherError(413, 'too_large', `archive exceeds the upload limit`)));
+    return { stream: part.file, format: gz ? 'tar.gz' : 'zip' };
+  }
+  if (!req.body || typeof (req.body as NodeJS.ReadableStream).pipe !== 'function') {
+    throw new AetherError(415, 'unsupported_media_type', 'send the archive as multipart field "file", or as a raw body with Content-Type application/zip or application/gzip');
+  }
+  return { stream: req.body as NodeJS.ReadableStream, format: /gzip/.test(type) ? 'tar.gz' : 'zip' };
+}

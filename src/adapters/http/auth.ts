@@ -1,0 +1,16 @@
+/** Bearer-token check for the management API, in constant time. */
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { FastifyRequest } from 'fastify';
+import { AetherError } from '../../core/errors.js';
+
+const digest = (s: string) => createHash('sha256').update(s).digest();
+
+export function bearerAuth(token: string) {
+  const expected = digest(token);
+  return async (req: FastifyRequest): Promise<void> => {
+    const header = req.headers.authorization ?? '';
+    const match = /^Bearer\s+(.+)$/i.exec(header);
+    if (!match) throw new AetherError(401, 'unauthorized', 'missing bearer token: send Authorization: Bearer <token>');
+    if (!timingSafeEqual(digest(match[1]!.trim()), expected)) throw new AetherError(401, 'unauthorized', 'invalid token');
+  };
+}

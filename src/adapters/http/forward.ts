@@ -1,0 +1,102 @@
+/**
+ * Forwards one HTTP request to an instance and streams the answer back, both directions without
+ * buffering. Each instance gets an undici connection pool whose "connect" opens a stream through
+ * the instance's InstanceHandle, so this module knows nothing of how the instance is reached.
+ */
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
+import { pipeline } from 'node:stream/promises';
+import { Pool, errors as undiciErrors } from 'undici';
+import { AetherError, badGateway, timedOut } from '../../core/errors.js';
+import type { Lease } from '../../core/pool.js';
+import type { InstanceHandle } from '../../core/ports.js';
+
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'expect', 'proxy-authenticate', 'proxy-authorization']);
+
+const pools = new WeakMap<InstanceHandle, Pool>();
+
+function poolFor(handle: InstanceHandle, connections: number): Pool {
+  let pool = pools.get(handle);
+  if (!pool) {
+    const p = new Pool('http://instance', {
+      connections,
+      pipelining: 1,
+      headersTimeout: 0,
+      bodyTimeout: 0,
+      keepAliveTimeout: 60_000,
+      connect: (_opts, done) => {
+        handle.connect().then(
+          (socket) => done(null, socket),
+          (err: Error) => done(err, null),
+        );
+      },
+    });
+    void handle.exited.then(() => p.destroy());
+    pools.set(handle, p);
+    pool = p;
+  }
+  return pool;
+}
+
+export interface ForwardOptions {
+  path: string; // path and query as the function should see them
+  requestId: string;
+  deadline: number; // epoch ms by which response headers must have arrived
+  concurrency: number;
+  clientIp: string;
+}
+
+/** Resolves with the status sent to the client; throws an AetherError if nothing was sent yet. */
+export async function forward(req: IncomingMessage, res: ServerResponse, lease: Lease, opts: ForwardOptions): Promise<number> {
+  const headers = forwardedHeaders(req.headers, opts);
+  const hasBody = req.headers['content-length'] !== undefined ? req.headers['content-length'] !== '0' : req.headers['transfer-encoding'] !== undefined;
+  let upstream;
+  try {
+    upstream = await poolFor(lease.handle, opts.concurrency).request({
+      method: req.method as 'GET',
+      path: opts.path,
+      headers,
+      body: hasBody ? req : undefined,
+      headersTimeout: Math.max(1, opts.deadline - Date.now()),
+    });
+  } catch (err) {
+    throw await explain(err, lease);
+  }
+  res.writeHead(upstream.statusCode, responseHeaders(upstream.headers));
+  try {
+    await pipeline(upstream.body, res);
+  } catch {
+    res.destroy(); // the client sees a truncated response rather than a silently short one
+  }
+  return upstream.statusCode;
+}
+
+async function explain(err: unknown, lease: Lease): Promise<AetherError> {
+  if (err instanceof AetherError) return err;
+  if (err instanceof undiciErrors.HeadersTimeoutError) {
+    lease.recycle();
+    return timedOut('the function did not respond within its timeout');
+  }
+  const reason = await lease.exitReason();
+  if (reason) return badGateway(`the function crashed: ${reason}`, 'function_crashed');
+  return badGateway(`the function closed the connection without responding (${(err as Error).message})`, 'function_error');
+}
+
+function forwardedHeaders(incoming: IncomingHttpHeaders, opts: ForwardOptions): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  for (const [name, value] of Object.entries(incoming)) {
+    if (value !== undefined && !HOP_BY_HOP.has(name)) out[name] = value;
+  }
+  const prior = incoming['x-forwarded-for'];
+  out['x-forwarded-for'] = prior ? `${prior}, ${opts.clientIp}` : opts.clientIp;
+  out['x-aether-request-id'] = opts.requestId;
+  out['x-aether-deadline'] = String(opts.deadline);
+  return out;
+}
+
+function responseHeaders(headers: IncomingHttpHeaders): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (value !== undefined && !HOP_BY_HOP.has(name)) out[name] = value;
+  }
+  return out;
+}

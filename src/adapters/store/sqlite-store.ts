@@ -1,0 +1,115 @@
+/**
+ * Function metadata and invocation records in one SQLite file (better-sqlite3).
+ * WAL with synchronous=FULL: a write is on disk before the API acknowledges it, so a kill -9
+ * (or power loss) at any moment loses no acknowledged function. Invocation records are batched
+ * into one transaction per flush so the hot path never waits for an fsync.
+ */
+import Database from 'better-sqlite3';
+import { conflict } from '../../core/errors.js';
+import type { FunctionStore, InvocationLog } from '../../core/ports.js';
+import type { FunctionRecord, InvocationRecord } from '../../core/types.js';
+
+const KEEP_INVOCATIONS = 1000; // per function
+
+export class SqliteStore implements FunctionStore, InvocationLog {
+  private readonly db: Database.Database;
+  private pending: InvocationRecord[] = [];
+  private readonly flushTimer: NodeJS.Timeout;
+
+  constructor(file: string, flushMs = 200) {
+    this.db = new Database(file);
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = FULL');
+    this.db.pragma('busy_timeout = 5000');
+    this.db.exec(`
+      CREATE TABLE IF NOT EXISTS functions (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        record TEXT NOT NULL
+      );
+      CREATE TABLE IF NOT EXISTS invocations (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        function_id TEXT NOT NULL,
+        record TEXT NOT NULL
+      );
+      CREATE INDEX IF NOT EXISTS invocations_by_function ON invocations (function_id, seq);
+    `);
+    this.flushTimer = setInterval(() => this.flush(), flushMs);
+    this.flushTimer.unref();
+  }
+
+  create(fn: FunctionRecord): void {
+    try {
+      this.db.prepare('INSERT INTO functions (id, name, record) VALUES (?, ?, ?)').run(fn.id, fn.name, JSON.stringify(fn));
+    } catch (err) {
+      throw uniqueViolation(err, fn.name) ?? err;
+    }
+  }
+
+  get(idOrName: string): FunctionRecord | undefined {
+    const row = this.db.prepare('SELECT record FROM functions WHERE id = ? OR name = ?').get(idOrName, idOrName) as { record: string } | undefined;
+    return row && (JSON.parse(row.record) as FunctionRecord);
+  }
+
+  list(): FunctionRecord[] {
+    const rows = this.db.prepare('SELECT record FROM functions ORDER BY name').all() as { record: string }[];
+    return rows.map((r) => JSON.parse(r.record) as FunctionRecord);
+  }
+
+  update(fn: FunctionRecord): void {
+    try {
+      this.db.prepare('UPDATE functions SET name = ?, record = ? WHERE id = ?').run(fn.name, JSON.stringify(fn), fn.id);
+    } catch (err) {
+      throw uniqueViolation(err, fn.name) ?? err;
+    }
+  }
+
+  delete(id: string): boolean {
+    const tx = this.db.transaction(() => {
+      this.db.prepare('DELETE FROM invocations WHERE function_id = ?').run(id);
+      return this.db.prepare('DELETE FROM functions WHERE id = ?').run(id).changes > 0;
+    });
+    this.pending = this.pending.filter((r) => r.function_id !== id);
+    return tx();
+  }
+
+  record(inv: InvocationRecord): void {
+    this.pending.push(inv);
+  }
+
+  latest(functionId: string, limit: number): InvocationRecord[] {
+    this.flush();
+    const rows = this.db
+      .prepare('SELECT record FROM invocations WHERE function_id = ? ORDER BY seq DESC LIMIT ?')
+      .all(functionId, limit) as { record: string }[];
+    return rows.map((r) => JSON.parse(r.record) as InvocationRecord);
+  }
+
+  /** Writes buffered invocation records and trims each function's history to the newest ones. */
+  flush(): void {
+    if (this.pending.length === 0) return;
+    const batch = this.pending;
+    this.pending = [];
+    const insert = this.db.prepare('INSERT INTO invocations (function_id, record) VALUES (?, ?)');
+    const trim = this.db.prepare(
+      'DELETE FROM invocations WHERE function_id = ? AND seq <= (SELECT seq FROM invocations WHERE function_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)',
+    );
+    this.db.transaction(() => {
+      for (const inv of batch) insert.run(inv.function_id, JSON.stringify(inv));
+      for (const id of new Set(batch.map((b) => b.function_id))) trim.run(id, id, KEEP_INVOCATIONS);
+    })();
+  }
+
+  close(): void {
+    clearInterval(this.flushTimer);
+    this.flush();
+    this.db.close();
+  }
+}
+
+function uniqueViolation(err: unknown, name: string): Error | undefined {
+  if (err instanceof Error && /UNIQUE constraint failed: functions\.name/.test(err.message)) {
+    return conflict(`a function named ${name} already exists`);
+  }
+  return undefined;
+}

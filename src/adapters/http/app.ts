@@ -1,5 +1,5 @@
 /** The HTTP front door: management API (token required), invocation routes and health. */
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import { apiRoutes } from './api-routes.js';
 import { bearerAuth } from './auth.js';
 import { installErrorHandling } from './errors.js';
@@ -16,7 +16,8 @@ export interface AppOptions extends InvokeDeps {
 export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
   const app = Fastify({
     loggerInstance: opts.logger,
-    disableRequestLogging: true, // invocations are recorded separately; per-request logs cost throughput
+    // Invocations are recorded separately; per-request log lines would cost throughput.
+    logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: 1024 * 1024,
     keepAliveTimeout: 65_000,
     forceCloseConnections: true,

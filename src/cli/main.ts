@@ -1,0 +1,39 @@
+#!/usr/bin/env node
+/**
+ * The `aether` command. `serve` runs the all-in-one server; later roles (`gateway`, `worker`) and
+ * client commands (`deploy`, `invoke`, ...) are further subcommands of this same program.
+ */
+import { Command } from 'commander';
+import { ConfigError, loadConfig } from '../config.js';
+import { startServer } from '../server.js';
+
+const program = new Command('aether').description('Serverless functions in isolated sandboxes and microVMs');
+
+program
+  .command('serve')
+  .description('run the all-in-one server (API, scheduler and worker in one process)')
+  .option('-p, --port <port>', 'listen port (PORT)')
+  .option('-d, --data-dir <dir>', 'data directory (AETHER_DATA_DIR)')
+  .option('-i, --isolation <driver>', 'auto | gvisor | bwrap | none (AETHER_ISOLATION)')
+  .action(async (opts: { port?: string; dataDir?: string; isolation?: string }) => {
+    const env = { ...process.env };
+    if (opts.port) env.PORT = opts.port;
+    if (opts.dataDir) env.AETHER_DATA_DIR = opts.dataDir;
+    if (opts.isolation) env.AETHER_ISOLATION = opts.isolation;
+    const server = await startServer(loadConfig(env));
+    const stop = () => {
+      server.close().then(
+        () => process.exit(0),
+        () => process.exit(1),
+      );
+    };
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+  });
+
+program.parseAsync().catch((err: unknown) => {
+  // Configuration and start-up errors: one clear line, no stack.
+  const message = err instanceof ConfigError || err instanceof Error ? err.message : String(err);
+  process.stderr.write(`aether: ${message}\n`);
+  process.exit(2);
+});

@@ -1,0 +1,85 @@
+/**
+ * The all-in-one server (`aether serve`): composition root that wires the adapters (SQLite, local
+ * code store, the chosen isolation driver, Fastify) into the core and starts listening.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { pino, type Logger } from 'pino';
+import { LocalCodeStore } from './adapters/code/local-code-store.js';
+import { buildApp } from './adapters/http/app.js';
+import { selectDriver } from './adapters/isolation/select.js';
+import { SqliteStore } from './adapters/store/sqlite-store.js';
+import { loadOrCreateToken } from './api-token.js';
+import type { Config } from './config.js';
+import { FunctionService } from './core/functions.js';
+import { Scheduler } from './core/scheduler.js';
+import type { FunctionRecord } from './core/types.js';
+import { secretMasker } from './secret-mask.js';
+
+export interface RunningServer {
+  url: string;
+  token: string;
+  driver: string;
+  close(): Promise<void>;
+}
+
+export async function startServer(config: Config, logger: Logger = pino({ level: config.logLevel })): Promise<RunningServer> {
+  // 0711: sandboxes run as other uids and must traverse to their bind-mounted code, nothing more.
+  fs.mkdirSync(config.dataDir, { recursive: true, mode: 0o711 });
+  fs.chmodSync(config.dataDir, 0o711);
+  const { token, created, file } = loadOrCreateToken(config.dataDir, config.apiToken);
+  if (created) process.stdout.write(`\nAether API token (saved to ${file}, shown only this once):\n\n  ${token}\n\n`);
+
+  const { driver, reason } = await selectDriver(config.isolation, {
+    runDir: path.join(config.dataDir, 'run'),
+    pidsLimit: config.pidsLimit,
+    tmpMb: config.tmpMb,
+  });
+  if (driver.name === 'none') logger.warn({ isolation: 'none' }, `NO ISOLATION: ${reason}`);
+  else logger.info({ isolation: driver.name }, `isolation: ${reason}`);
+
+  const store = new SqliteStore(path.join(config.dataDir, 'aether.db'));
+  const code = new LocalCodeStore(path.join(config.dataDir, 'code'), config.limits);
+  const maskers = new WeakMap<FunctionRecord, (line: string) => string>();
+  const scheduler = new Scheduler({
+    driver,
+    codeDir: (hash) => code.dir(hash),
+    log: logger,
+    settings: {
+      maxQueue: config.maxQueue,
+      scaleDownGraceMs: config.scaleDownGraceMs,
+      startTimeoutMs: config.startTimeoutMs,
+      stopGraceMs: config.stopGraceMs,
+    },
+    onInstanceLog: (fn, instance, stream, line) => {
+      let mask = maskers.get(fn);
+      if (!mask) maskers.set(fn, (mask = secretMasker(fn.env_vars)));
+      logger.info({ function: fn.name, instance, stream }, mask(line));
+    },
+  });
+  const functions = new FunctionService(store, code, store, scheduler);
+  for (const fn of store.list()) scheduler.updated(fn); // warm min_instances after a restart
+
+  const app = await buildApp({
+    logger,
+    apiToken: token,
+    maxUploadBytes: config.limits.maxCompressedBytes,
+    functions,
+    scheduler,
+    invocations: store,
+    health: () => ({ isolation: driver.name }),
+  });
+  const address = await app.listen({ port: config.port, host: config.host });
+  logger.info({ url: address, data_dir: config.dataDir }, 'aether is serving');
+
+  return {
+    url: `http://127.0.0.1:${(app.server.address() as { port: number }).port}`,
+    token,
+    driver: driver.name,
+    close: async () => {
+      await app.close();
+      await scheduler.shutdown();
+      store.close();
+    },
+  };
+}

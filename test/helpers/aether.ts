@@ -1,0 +1,119 @@
+/**
+ * Test harness: runs a real Aether server (the built CLI, as a child process, on a free loopback
+ * port with its own data dir) and talks to it over real HTTP.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { zipSync, strToU8 } from 'fflate';
+
+export const ROOT = path.resolve(import.meta.dirname, '../..');
+export const TOKEN = 'test-token-0123456789abcdef';
+
+export interface Aether {
+  url: string;
+  dataDir: string;
+  proc: ChildProcess;
+  logs: string[];
+  api(method: string, p: string, body?: unknown, headers?: Record<string, string>): Promise<{ status: number; body: any }>;
+  invoke(name: string, p?: string, init?: RequestInit): Promise<Response>;
+  deploy(spec: Record<string, unknown>, files: Record<string, string>): Promise<any>;
+  upload(name: string, files: Record<string, string>): Promise<{ status: number; body: any }>;
+  kill(signal?: NodeJS.Signals): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export function makeZip(files: Record<string, string>): Buffer {
+  return Buffer.from(zipSync(Object.fromEntries(Object.entries(files).map(([k, v]) => [k, strToU8(v)]))));
+}
+
+export async function startAether(opts: { isolation?: string; env?: Record<string, string>; dataDir?: string } = {}): Promise<Aether> {
+  const dataDir = opts.dataDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'aether-test-'));
+  const proc = spawn(process.execPath, [path.join(ROOT, 'dist/cli/main.js'), 'serve'], {
+    env: {
+      ...process.env,
+      PORT: '0',
+      HOST: '127.0.0.1',
+      AETHER_DATA_DIR: dataDir,
+      AETHER_API_TOKEN: TOKEN,
+      AETHER_ISOLATION: opts.isolation ?? 'auto',
+      AETHER_LOG_LEVEL: 'info',
+      ...opts.env,
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const logs: string[] = [];
+  const url = await new Promise<string>((resolve, reject) => {
+    let buf = '';
+    const onData = (chunk: Buffer) => {
+      buf += chunk.toString();
+      let nl;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        logs.push(line);
+        if (line.includes('"aether is serving"')) resolve(JSON.parse(line).url.replace('0.0.0.0', '127.0.0.1'));
+      }
+    };
+    proc.stdout!.on('data', onData);
+    proc.stderr!.on('data', (c: Buffer) => logs.push(c.toString()));
+    proc.once('exit', (code) => reject(new Error(`aether exited with ${code}:\n${logs.join('\n')}`)));
+  });
+  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+
+  const a: Aether = {
+    url,
+    dataDir,
+    proc,
+    logs,
+    async api(method, p, body, headers = {}) {
+      const res = await fetch(url + p, {
+        method,
+        headers: { authorization: `Bearer ${TOKEN}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...headers },
+        body: body !== undefined ? JSON.stringify(body) : undefined,
+      });
+      const text = await res.text();
+      return { status: res.status, body: text ? JSON.parse(text) : undefined };
+    },
+    invoke: (name, p = '/', init) => fetch(`${url}/functions/${name}${p}`, init),
+    async upload(name, files) {
+      const res = await fetch(`${url}/api/functions/${name}/code`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/zip' },
+        body: makeZip(files),
+      });
+      return { status: res.status, body: await res.json() };
+    },
+    async deploy(spec, files) {
+      const created = await a.api('POST', '/api/functions', { runtime: 'node', ...spec });
+      if (created.status !== 201) throw new Error(`create failed: ${JSON.stringify(created.body)}`);
+      const up = await a.upload(created.body.id, files);
+      if (up.status !== 200) throw new Error(`upload failed: ${JSON.stringify(up.body)}`);
+      return { ...created.body, ...up.body };
+    },
+    async kill(signal = 'SIGKILL') {
+      proc.kill(signal);
+      await exited;
+    },
+    async stop() {
+      if (proc.exitCode === null && proc.signalCode === null) {
+        proc.kill('SIGTERM');
+        const t = setTimeout(() => proc.kill('SIGKILL'), 10_000);
+        await exited;
+        clearTimeout(t);
+      }
+      if (!opts.dataDir) fs.rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+  return a;
+}
+
+/** The isolation drivers that work on this host, for tests that run on each. */
+export function sandboxDrivers(): string[] {
+  const fromEnv = process.env.AETHER_TEST_DRIVERS;
+  return fromEnv ? fromEnv.split(',') : ['bwrap', 'gvisor'];
+}
+
+export const HANDLER_CJS = `exports.handler = async (event) => ({ statusCode: 200, headers: { 'content-type': 'application/json' }, body: JSON.stringify({ path: event.path, method: event.method, query: event.query, body: event.body }) });`;
+export const SERVER_CJS = `require('http').createServer((req, res) => { let b = ''; req.on('data', (c) => (b += c)); req.on('end', () => { res.setHeader('content-type', 'application/json'); res.end(JSON.stringify({ url: req.url, method: req.method, body: b, pid: process.pid })); }); }).listen(process.env.PORT || 3000);`;

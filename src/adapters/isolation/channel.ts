@@ -1,0 +1,204 @@
+/**
+ * The host side of an instance's channel (notes/agent-protocol.md): a private directory holding the
+ * metadata service (mmds.sock) and the request channel (agent.sock). The host listens on both; the
+ * agent inside the sandbox dials out, which works for every sandbox (gVisor cannot expose a socket
+ * it listens on to the host).
+ */
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { once } from 'node:events';
+import { chown, mkdir, rm } from 'node:fs/promises';
+import { createServer as createHttpServer, type ServerResponse } from 'node:http';
+import { createServer as createNetServer, type Server, type Socket } from 'node:net';
+import { join, resolve } from 'node:path';
+import { AGENT_SOCKET, CONFIG_PATH, MMDS_SOCKET, type AgentConfig } from '../../agent/protocol.mjs';
+import { unavailable } from '../../core/errors.js';
+import type { InstanceSpec } from '../../core/ports.js';
+
+export type { AgentConfig };
+
+export interface ChannelOptions {
+  /** Parent of all instance directories; created if missing. */
+  runDir: string;
+  instanceId: string;
+  /** The uid (and gid, default the same) the sandbox runs as: it gets the directory and the sockets. */
+  uid?: number;
+  gid?: number;
+  config: AgentConfig;
+}
+
+export interface InstanceChannel {
+  /** Absolute host path of the instance directory (mounted at /run/aether in the sandbox). */
+  readonly dir: string;
+  /** Single-use secret the agent presents to the metadata service; give it to the agent on stdin only. */
+  readonly token: string;
+  /** Resolves when the agent dials its first connection; rejects if the channel closes first. */
+  readonly ready: Promise<void>;
+  /**
+   * Resolves with a reason on the first refused metadata request (wrong, missing or reused token).
+   * Before ready the agent fails closed by itself; after ready it means something in the sandbox is
+   * probing, and the instance should be killed.
+   */
+  readonly authFailure: Promise<string>;
+  /**
+   * An unused connection dialed by the agent, waiting until one arrives. The agent dials a replacement
+   * only when a connection receives its first bytes: write a request on it promptly. Rejects once
+   * the channel is closed.
+   */
+  connect(): Promise<Socket>;
+  /** Stops listening, destroys every connection and removes the directory. Idempotent. */
+  close(): Promise<void>;
+}
+
+/** Linux sockaddr_un.sun_path holds 108 bytes including the terminating NUL. */
+const MAX_SOCKET_PATH = 107;
+
+export function agentConfig(spec: InstanceSpec): AgentConfig {
+  return {
+    instance_id: spec.instanceId,
+    function_id: spec.functionId,
+    entrypoint: spec.entrypoint ?? null,
+    port: spec.port,
+    env: spec.env,
+    concurrency: spec.concurrency,
+  };
+}
+
+export async function openChannel(opts: ChannelOptions): Promise<InstanceChannel> {
+  const dir = resolve(opts.runDir, opts.instanceId);
+  if (Buffer.byteLength(join(dir, AGENT_SOCKET)) > MAX_SOCKET_PATH) {
+    throw new Error(`run directory ${opts.runDir} is too long for Unix socket paths (max ${MAX_SOCKET_PATH} bytes)`);
+  }
+  await mkdir(opts.runDir, { recursive: true, mode: 0o711 });
+  await mkdir(dir, { mode: 0o700 }); // fails if it exists: instance ids are unique, leftovers are not reused
+  const owner = opts.uid === undefined ? undefined : { uid: opts.uid, gid: opts.gid ?? opts.uid };
+  const token = randomBytes(32).toString('hex');
+  const conns = new Connections();
+  const mmds = metadataService(token, opts.config);
+  const agent = createNetServer((socket) => conns.add(socket));
+  try {
+    if (owner) await chown(dir, owner.uid, owner.gid);
+    for (const [server, name] of [
+      [mmds.server, MMDS_SOCKET],
+      [agent, AGENT_SOCKET],
+    ] as const) {
+      server.listen(join(dir, name));
+      await once(server, 'listening');
+      if (owner) await chown(join(dir, name), owner.uid, owner.gid);
+    }
+  } catch (err) {
+    await shutdown([mmds.server, agent], dir);
+    throw err;
+  }
+  let closing: Promise<void> | undefined;
+  return {
+    dir,
+    token,
+    ready: conns.ready,
+    authFailure: mmds.authFailure,
+    connect: () => conns.take(),
+    close: () =>
+      (closing ??= (() => {
+        conns.close();
+        return shutdown([mmds.server, agent], dir);
+      })()),
+  };
+}
+
+async function shutdown(servers: Server[], dir: string): Promise<void> {
+  await Promise.all(
+    servers.map((server) => {
+      if (!server.listening) return undefined;
+      const closed = once(server, 'close');
+      server.close();
+      (server as Server & { closeAllConnections?(): void }).closeAllConnections?.();
+      return closed;
+    }),
+  );
+  await rm(dir, { recursive: true, force: true });
+}
+
+/** Serves the config once, to the holder of the token; reports every refused request. */
+function metadataService(token: string, config: AgentConfig) {
+  const expected = Buffer.from(`Bearer ${token}`);
+  const body = JSON.stringify(config);
+  let used = false;
+  let reportFailure!: (reason: string) => void;
+  const authFailure = new Promise<string>((resolve) => (reportFailure = resolve));
+  const server = createHttpServer((req, res) => {
+    const presented = Buffer.from(req.headers.authorization ?? '');
+    const valid = presented.length === expected.length && timingSafeEqual(presented, expected);
+    if (!valid || used) {
+      const reason = !req.headers.authorization ? 'missing token' : valid ? 'token reused' : 'wrong token';
+      reportFailure(`metadata request refused: ${reason}`);
+      reply(res, 401, JSON.stringify({ error: { code: 'unauthorized', message: reason } }));
+    } else if (req.method !== 'GET' || req.url !== CONFIG_PATH) {
+      reply(res, 404, JSON.stringify({ error: { code: 'not_found', message: 'not found' } }));
+    } else {
+      used = true;
+      reply(res, 200, body);
+    }
+  });
+  return { server, authFailure };
+}
+
+function reply(res: ServerResponse, status: number, body: string): void {
+  res.writeHead(status, {
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(body),
+    connection: 'close',
+  });
+  res.end(body);
+}
+
+/** The agent's dialed connections: unused ones wait here until connect() hands them out. */
+class Connections {
+  readonly ready: Promise<void>;
+  private markReady!: () => void;
+  private failReady!: (err: Error) => void;
+  private readonly all = new Set<Socket>();
+  private readonly idle: Socket[] = [];
+  private readonly waiters: Array<{ resolve(socket: Socket): void; reject(err: Error): void }> = [];
+  private closed = false;
+
+  constructor() {
+    this.ready = new Promise<void>((resolve, reject) => {
+      this.markReady = resolve;
+      this.failReady = reject;
+    });
+    this.ready.catch(() => {}); // observed by whoever awaits it; closing before ready is not a crash
+  }
+
+  add(socket: Socket): void {
+    if (this.closed) {
+      socket.destroy();
+      return;
+    }
+    this.all.add(socket);
+    socket.on('error', () => {}); // 'close' follows; the user of the connection sees its own errors
+    socket.once('close', () => {
+      this.all.delete(socket);
+      const i = this.idle.indexOf(socket);
+      if (i !== -1) this.idle.splice(i, 1);
+    });
+    this.markReady();
+    const waiter = this.waiters.shift();
+    if (waiter) waiter.resolve(socket);
+    else this.idle.push(socket);
+  }
+
+  take(): Promise<Socket> {
+    if (this.closed) return Promise.reject(channelClosed());
+    const socket = this.idle.shift();
+    if (socket) return Promise.resolve(socket);
+    return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+  }
+
+  close(): void {
+    this.closed = true;
+    this.failReady(channelClosed());
+    for (const waiter of this.waiters.splice(0)) waiter.reject(channelClosed());
+    for (const socket of this.all) socket.destroy();
+  }
+}
+
+const channelClosed = () => unavailable('the instance is gone', 'instance_stopped');

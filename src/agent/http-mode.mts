@@ -1,0 +1,39 @@
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import { errorMessage, log } from './log.mjs';
+import { REQUEST_ID_HEADER } from './protocol.mjs';
+
+export type Responder = (req: IncomingMessage, res: ServerResponse) => Promise<void>;
+
+/**
+ * Handler mode: an http.Server that never listens; the host's connections are handed to it. Not
+ * listening also means no server-side timeouts: the host owns deadlines and closes idle connections.
+ */
+export function serveConnections(respond: Responder, onFirstUse: (socket: Socket) => void): (socket: Socket) => void {
+  const server = createServer({ requireHostHeader: false }, (req, res) => {
+    onFirstUse(req.socket);
+    respond(req, res).catch((err: unknown) => handlerFailed(req, res, err));
+  });
+  server.keepAliveTimeout = 0;
+  return (socket) => server.emit('connection', socket);
+}
+
+function handlerFailed(req: IncomingMessage, res: ServerResponse, err: unknown): void {
+  const requestId = req.headers[REQUEST_ID_HEADER] ?? '-';
+  log(`handler failed (request ${requestId}): ${err instanceof Error ? err.stack : String(err)}`);
+  if (res.headersSent) {
+    res.destroy(); // the status is gone already: only an aborted response tells the client
+    return;
+  }
+  sendError(res, 502, 'handler_error', errorMessage(err));
+}
+
+export function sendError(res: ServerResponse, status: number, code: string, message: string, close = false): void {
+  const body = JSON.stringify({ error: { code, message } });
+  res.writeHead(status, {
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(body),
+    ...(close ? { connection: 'close' } : {}),
+  });
+  res.end(body);
+}

@@ -1,0 +1,99 @@
+/**
+ * What the bwrap and gVisor drivers share around one instance: a uid of its own, cgroups with its
+ * limits, its channel, and undoing all of that once the sandbox is gone (or failed to start).
+ */
+import { realpath } from 'node:fs/promises';
+import type { InstanceHandle, InstanceSpec } from '../../core/ports.js';
+import { agentDir } from './agent-path.js';
+import type { CgroupTree, InstanceCgroup } from './cgroup.js';
+import { agentConfig, openChannel, type InstanceChannel } from './channel.js';
+import { launchProcessInstance } from './process-instance.js';
+import { prepareSandboxRoot, type SandboxRoot } from './sandbox-root.js';
+import type { UidPool } from './uid-pool.js';
+
+export interface SandboxOptions {
+  /** Where the per-instance channel directories are created. */
+  runDir: string;
+  /** The drivers' own files: the root skeleton, gVisor's state and bundles. */
+  stateDir: string;
+  pidsLimit: number;
+  /** Size of each instance's writable /tmp. */
+  tmpMb: number;
+  cgroups: CgroupTree;
+  uids: UidPool;
+}
+
+/** Everything a sandbox driver needs, checked once when the driver is created. */
+export interface SandboxHost extends SandboxOptions {
+  root: SandboxRoot;
+  /** Host path of the built agent, mounted read-only in every instance. */
+  agentDir: string;
+  /** The node binary, found inside through the read-only runtime mounts. */
+  nodePath: string;
+  /** PATH for the host-side commands (sh, setpriv, bwrap, runsc); the sandbox never sees it. */
+  hostPath: string;
+}
+
+export async function prepareSandboxHost(opts: SandboxOptions): Promise<SandboxHost> {
+  const root = await prepareSandboxRoot(opts.stateDir);
+  const nodePath = await realpath(process.execPath);
+  if (!root.runtimeBinds.some((dir) => nodePath.startsWith(`${dir}/`))) {
+    throw new Error(`node (${nodePath}) is outside the directories mounted into sandboxes (${root.runtimeBinds.join(', ')})`);
+  }
+  return { ...opts, root, agentDir: agentDir(), nodePath, hostPath: process.env.PATH || '/usr/sbin:/usr/bin:/sbin:/bin' };
+}
+
+export interface Sandbox {
+  uid: number;
+  cgroup: InstanceCgroup;
+  channel: InstanceChannel;
+}
+
+export interface SandboxCommand {
+  command: string;
+  args: string[];
+  env: Record<string, string>;
+  /** Driver-specific teardown (e.g. runsc state), run after the process is gone, before the cgroup goes. */
+  cleanup?(): Promise<void>;
+}
+
+export async function launchSandboxed(
+  host: SandboxHost,
+  spec: InstanceSpec,
+  build: (sandbox: Sandbox) => Promise<SandboxCommand>,
+): Promise<InstanceHandle> {
+  const uid = host.uids.acquire();
+  let cgroup: InstanceCgroup | undefined;
+  let channel: InstanceChannel | undefined;
+  let command: SandboxCommand;
+  try {
+    cgroup = await host.cgroups.create(spec.instanceId, { memoryMb: spec.memoryMb, vcpu: spec.vcpu, pids: host.pidsLimit });
+    channel = await openChannel({ runDir: host.runDir, instanceId: spec.instanceId, uid, config: agentConfig(spec) });
+    command = await build({ uid, cgroup, channel });
+  } catch (err) {
+    await channel?.close();
+    await cgroup?.remove();
+    host.uids.release(uid);
+    throw err;
+  }
+  const group = cgroup;
+  return launchProcessInstance({
+    spec,
+    channel,
+    command: command.command,
+    args: command.args,
+    env: command.env,
+    hooks: {
+      explainExit: (exit) => group.exitCause(exit),
+      cleanup: async () => {
+        try {
+          await command.cleanup?.();
+        } finally {
+          await group.remove();
+          // Only now: if removing the group failed, something may still run as this uid.
+          host.uids.release(uid);
+        }
+      },
+    },
+  });
+}

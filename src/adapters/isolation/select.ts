@@ -1,0 +1,136 @@
+/**
+ * Picks the isolation driver at start-up. Nothing is assumed from what is installed: each candidate
+ * must start a real (trivial) function inside its sandbox before it is used. `auto` takes the
+ * strongest that works (gVisor, then bubblewrap) and never degrades to no isolation.
+ */
+import { execFile } from 'node:child_process';
+import { chmod, mkdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { promisify } from 'node:util';
+import type { IsolationDriver } from '../../core/ports.js';
+import { BwrapDriver } from './bwrap.js';
+import { CgroupTree } from './cgroup.js';
+import { GvisorDriver, RUNSC_PLATFORM } from './gvisor.js';
+import { NoIsolationDriver } from './none.js';
+import { prepareSandboxHost, type SandboxHost } from './sandboxed-instance.js';
+import { UidPool } from './uid-pool.js';
+
+const run = promisify(execFile);
+
+export type IsolationMode = 'auto' | 'gvisor' | 'bwrap' | 'none';
+
+export interface SelectOptions {
+  /** Where the per-instance channel directories are created. */
+  runDir: string;
+  pidsLimit: number;
+  tmpMb: number;
+  /** The sandbox drivers' own files (root skeleton, runsc state). Default: `sandbox` next to runDir. */
+  stateDir?: string;
+  /** cgroup path under each controller for the instance groups (default `aether`). */
+  cgroupParent?: string;
+  /** Host uids given to instances, one per live instance (default 200000, 50000 of them). */
+  uids?: { first: number; size: number };
+  probeTimeoutMs?: number;
+}
+
+export interface SelectedDriver {
+  driver: IsolationDriver;
+  /** One line for the start-up log: what was chosen and why (for `none`, a warning). */
+  reason: string;
+}
+
+interface Candidate {
+  name: 'gvisor' | 'bwrap';
+  /** The package that provides it, for the error message. */
+  install: string;
+  version(host: SandboxHost): Promise<string>;
+  create(host: SandboxHost): IsolationDriver;
+}
+
+const CANDIDATES: Candidate[] = [
+  {
+    name: 'gvisor',
+    install: 'apt-get install runsc',
+    version: async (host) => {
+      const { stdout } = await run('runsc', ['--version'], { env: { PATH: host.hostPath } });
+      const release = /version\s+(?:\S*~)?(\d{8})/.exec(stdout)?.[1] ?? stdout.split('\n')[0]!.trim();
+      return `runsc ${release} ${RUNSC_PLATFORM}`;
+    },
+    create: (host) => new GvisorDriver(host),
+  },
+  {
+    name: 'bwrap',
+    install: 'apt-get install bubblewrap util-linux',
+    version: async (host) => {
+      const { stdout } = await run('bwrap', ['--version'], { env: { PATH: host.hostPath } });
+      await run('setpriv', ['--version'], { env: { PATH: host.hostPath } });
+      return stdout.trim();
+    },
+    create: (host) => new BwrapDriver(host),
+  },
+];
+
+const PROBE_HANDLER = "exports.handler = async () => 'ok';\n";
+
+export async function selectDriver(mode: IsolationMode, opts: SelectOptions): Promise<SelectedDriver> {
+  if (mode === 'none') {
+    return {
+      driver: new NoIsolationDriver({ runDir: opts.runDir }),
+      reason: "functions run as plain host processes with Aether's own user, files and network: development with trusted code only",
+    };
+  }
+  const stateDir = opts.stateDir ?? path.join(path.dirname(path.resolve(opts.runDir)), 'sandbox');
+  const host = await prepareSandboxHost({
+    runDir: opts.runDir,
+    stateDir,
+    pidsLimit: opts.pidsLimit,
+    tmpMb: opts.tmpMb,
+    cgroups: new CgroupTree({ parent: opts.cgroupParent }),
+    uids: new UidPool(opts.uids?.first, opts.uids?.size),
+  });
+  const candidates = CANDIDATES.filter((c) => mode === 'auto' || c.name === mode);
+  const failures: string[] = [];
+  for (const candidate of candidates) {
+    try {
+      const version = await candidate.version(host).catch((err: NodeJS.ErrnoException) => {
+        throw new Error(err.code === 'ENOENT' ? `not installed (${candidate.install})` : err.message);
+      });
+      const driver = candidate.create(host);
+      const ms = await probe(driver, host, opts.probeTimeoutMs ?? 15_000);
+      return { driver, reason: `${candidate.name}: ${version} probe ok in ${ms} ms` };
+    } catch (err) {
+      failures.push(`${candidate.name}: ${err instanceof Error ? err.message : String(err)}`);
+    }
+  }
+  const fix = candidates.map((c) => c.install).join(' or ');
+  throw new Error(
+    `no working isolation for "${mode}" on this host: ${failures.join('; ')}. ` +
+      `To fix: ${fix}, and run Aether as root with the cgroup v1 memory, pids and cpu controllers mounted under /sys/fs/cgroup. ` +
+      '(AETHER_ISOLATION=none runs functions without any isolation: development with trusted code only.)',
+  );
+}
+
+/** Starts a trivial function in the sandbox and stops it again; resolves with the time to ready. */
+async function probe(driver: IsolationDriver, host: SandboxHost, timeoutMs: number): Promise<number> {
+  const codeDir = path.join(host.stateDir, 'probe');
+  await mkdir(codeDir, { recursive: true });
+  await chmod(codeDir, 0o755);
+  await writeFile(path.join(codeDir, 'index.js'), PROBE_HANDLER, { mode: 0o644 });
+  const started = Date.now();
+  const instance = await driver.start({
+    instanceId: `probe-${randomBytes(6).toString('hex')}`,
+    functionId: 'probe',
+    codeDir,
+    env: {},
+    port: 3000,
+    memoryMb: 128,
+    vcpu: 1,
+    concurrency: 1,
+    startTimeoutMs: timeoutMs,
+    onLog: () => {},
+  });
+  const ms = Date.now() - started;
+  await instance.stop(0);
+  return ms;
+}

@@ -67,6 +67,7 @@ export async function startServer(config: Config, logger: Logger = pino({ level:
     functions,
     scheduler,
     invocations: store,
+    startTimeoutMs: config.startTimeoutMs,
     health: () => ({ isolation: driver.name }),
   });
   const address = await app.listen({ port: config.port, host: config.host });

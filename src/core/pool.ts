@@ -83,7 +83,7 @@ export class FunctionPool {
     if (!this.fn.code_hash) return Promise.reject(conflict(`function ${this.fn.name} has no code yet: upload it with POST /api/functions/${this.fn.id}/code`));
     const inst = this.freeInstance();
     if (inst && this.waiters.length === 0) return Promise.resolve(this.lease(inst, false));
-    if (this.waiters.length >= this.deps.settings.maxQueue) {
+    if (this.waiters.length >= this.deps.settings.maxQueue + this.slotsComing()) {
       return Promise.reject(unavailable(`function ${this.fn.name} is at capacity and its queue is full (${this.deps.settings.maxQueue} waiting)`, 'queue_full'));
     }
     return new Promise<Lease>((resolve, reject) => {
@@ -151,6 +151,14 @@ export class FunctionPool {
       this.drain(inst);
       live--;
     }
+  }
+
+  /** Slots on instances that are starting or may still be started: requests waiting for them are not "queued". */
+  private slotsComing(): number {
+    const live = this.current();
+    const starting = live.filter((i) => i.state === 'starting').length;
+    const room = Math.max(0, this.fn.max_instances - live.length);
+    return (starting + room) * this.fn.concurrency;
   }
 
   private current(): Instance[] {

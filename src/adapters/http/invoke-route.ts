@@ -12,6 +12,7 @@ export interface InvokeDeps {
   functions: FunctionService;
   scheduler: Scheduler;
   invocations: InvocationLog;
+  startTimeoutMs: number;
 }
 
 export async function invokeRoutes(app: FastifyInstance, deps: InvokeDeps): Promise<void> {
@@ -30,12 +31,12 @@ export async function invokeRoutes(app: FastifyInstance, deps: InvokeDeps): Prom
     let error: string | null = null;
     try {
       fn = deps.functions.get(req.params.id);
-      const deadline = started + fn.timeout_ms;
-      lease = await deps.scheduler.acquire(fn, deadline);
+      // Waiting for an instance may include a cold start; timeout_ms bounds the function's own run.
+      lease = await deps.scheduler.acquire(fn, started + deps.startTimeoutMs + fn.timeout_ms);
       status = await forward(req.raw, res, lease, {
         path: functionPath(req.raw.url!),
         requestId,
-        deadline,
+        deadline: Date.now() + fn.timeout_ms,
         concurrency: fn.concurrency,
         clientIp: req.ip,
       });

@@ -2,6 +2,7 @@
  * The all-in-one server (`aether serve`): composition root that wires the adapters (SQLite, local
  * code store, the chosen isolation driver, Fastify) into the core and starts listening.
  */
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { pino, type Logger } from 'pino';
@@ -34,6 +35,8 @@ export async function startServer(config: Config, logger: Logger = pino({ level:
     runDir: path.join(config.dataDir, 'run'),
     pidsLimit: config.pidsLimit,
     tmpMb: config.tmpMb,
+    // One cgroup parent per data dir: a restart sweeps its own leftovers and nobody else's.
+    cgroupParent: `aether/${createHash('sha256').update(config.dataDir).digest('hex').slice(0, 12)}`,
   });
   if (driver.name === 'none') logger.warn({ isolation: 'none' }, `NO ISOLATION: ${reason}`);
   else logger.info({ isolation: driver.name }, `isolation: ${reason}`);

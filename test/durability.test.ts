@@ -26,12 +26,17 @@ test('after kill -9 every acknowledged function and upload is there and serves',
       }
     })();
     await new Promise((r) => setTimeout(r, 1500));
+    await first.api('POST', '/api/functions', { name: 'running', runtime: 'node' });
+    await first.upload('running', { 'handler.js': HANDLER_CJS });
+    assert.equal((await first.invoke('running', '/')).status, 200); // an instance is up when the server dies
     await first.kill('SIGKILL');
     await writer;
     assert.ok(acknowledged.length >= 3, `only ${acknowledged.length} uploads before the kill`);
 
     const second = await startAether({ dataDir });
     try {
+      assert.ok(second.logs.some((l) => /removed [1-9]\d* instances left by a previous run/.test(l)), 'leftovers of the killed server were cleaned');
+      assert.equal((await second.invoke('running', '/')).status, 200);
       const names = new Set(((await second.api('GET', '/api/functions')).body as any[]).map((f) => f.name));
       for (const name of acknowledged) assert.ok(names.has(name), `${name} was lost`);
       for (const name of [acknowledged[0]!, acknowledged.at(-1)!]) {

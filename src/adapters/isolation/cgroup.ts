@@ -63,6 +63,20 @@ export class CgroupTree {
     return group;
   }
 
+  /**
+   * Removes the groups a previous life of this Aether left behind (after a kill -9), killing anything
+   * still inside. Only this tree's parent is swept, so other Aethers on the host are untouched.
+   */
+  async sweep(): Promise<number> {
+    const ids = new Set<string>();
+    for (const ctrl of LIMITED) {
+      const entries = await fs.readdir(path.join(this.mountRoot, ctrl, this.parent), { withFileTypes: true }).catch(() => []);
+      for (const e of entries) if (e.isDirectory() && SAFE_NAME.test(e.name)) ids.add(e.name);
+    }
+    for (const id of ids) await new InstanceCgroup(this, id, { memoryMb: 0, vcpu: 0, pids: 0 }).remove();
+    return ids.size;
+  }
+
   /** Removes the (empty) parent groups, e.g. at the end of a test run. Best effort. */
   async removeParent(): Promise<void> {
     for (const ctrl of await fs.readdir(this.mountRoot).catch(() => [])) {

@@ -2,7 +2,8 @@
  * What the bwrap and gVisor drivers share around one instance: a uid of its own, cgroups with its
  * limits, its channel, and undoing all of that once the sandbox is gone (or failed to start).
  */
-import { realpath } from 'node:fs/promises';
+import { readdir, realpath, rm } from 'node:fs/promises';
+import path from 'node:path';
 import type { InstanceHandle, InstanceSpec } from '../../core/ports.js';
 import { agentDir } from './agent-path.js';
 import type { CgroupTree, InstanceCgroup } from './cgroup.js';
@@ -96,4 +97,16 @@ export async function launchSandboxed(
       },
     },
   });
+}
+
+/**
+ * After a crash of Aether its sandboxes died with it (die-with-parent / pdeathsig), but their
+ * cgroups, channel dirs and gVisor state remain: remove them before starting anything new.
+ */
+export async function cleanLeftovers(host: SandboxHost): Promise<number> {
+  const groups = await host.cgroups.sweep();
+  const channels = await readdir(host.runDir).catch(() => []);
+  await Promise.all(channels.map((name) => rm(path.join(host.runDir, name), { recursive: true, force: true })));
+  for (const dir of ['bundles', 'runsc']) await rm(path.join(host.stateDir, dir), { recursive: true, force: true });
+  return Math.max(groups, channels.length);
 }

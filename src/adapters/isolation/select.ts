@@ -13,7 +13,7 @@ import { BwrapDriver } from './bwrap.js';
 import { CgroupTree } from './cgroup.js';
 import { GvisorDriver, RUNSC_PLATFORM } from './gvisor.js';
 import { NoIsolationDriver } from './none.js';
-import { prepareSandboxHost, type SandboxHost } from './sandboxed-instance.js';
+import { cleanLeftovers, prepareSandboxHost, type SandboxHost } from './sandboxed-instance.js';
 import { UidPool } from './uid-pool.js';
 
 const run = promisify(execFile);
@@ -89,6 +89,8 @@ export async function selectDriver(mode: IsolationMode, opts: SelectOptions): Pr
     cgroups: new CgroupTree({ parent: opts.cgroupParent }),
     uids: new UidPool(opts.uids?.first, opts.uids?.size),
   });
+  const leftovers = await cleanLeftovers(host);
+  const cleaned = leftovers > 0 ? ` (removed ${leftovers} instances left by a previous run)` : '';
   const candidates = CANDIDATES.filter((c) => mode === 'auto' || c.name === mode);
   const failures: string[] = [];
   for (const candidate of candidates) {
@@ -98,7 +100,7 @@ export async function selectDriver(mode: IsolationMode, opts: SelectOptions): Pr
       });
       const driver = candidate.create(host);
       const ms = await probe(driver, host, opts.probeTimeoutMs ?? 15_000);
-      return { driver, reason: `${candidate.name}: ${version} probe ok in ${ms} ms` };
+      return { driver, reason: `${candidate.name}: ${version} probe ok in ${ms} ms${cleaned}` };
     } catch (err) {
       failures.push(`${candidate.name}: ${err instanceof Error ? err.message : String(err)}`);
     }

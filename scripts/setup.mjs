@@ -26,8 +26,8 @@ if (mtime(path.join(root, 'node_modules/.package-lock.json')) < mtime(path.join(
   run('npm', ['ci', '--no-audit', '--no-fund']);
 }
 
-// 2. OS packages for the sandbox drivers (and later the cluster services), via apt when root.
-const wanted = { bwrap: 'bubblewrap', runsc: 'runsc', setpriv: 'util-linux' };
+// 2. OS packages: the sandbox drivers, and etcd/Redis for cluster mode and its tests; via apt when root.
+const wanted = { bwrap: 'bubblewrap', runsc: 'runsc', setpriv: 'util-linux', etcd: 'etcd-server', etcdctl: 'etcd-client', 'redis-server': 'redis-server' };
 const missing = Object.entries(wanted).filter(([bin]) => !has(bin)).map(([, pkg]) => pkg);
 if (missing.length > 0) {
   if (process.getuid?.() === 0 && has('apt-get')) {

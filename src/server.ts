@@ -61,7 +61,7 @@ export async function startServer(config: Config, logger: Logger = pino({ level:
     },
   });
   const functions = new FunctionService(store, code, store, scheduler);
-  for (const fn of store.list()) scheduler.updated(fn); // warm min_instances after a restart
+  for (const fn of await store.list()) scheduler.updated(fn); // warm min_instances after a restart
 
   const app = await buildApp({
     logger,

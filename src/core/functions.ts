@@ -16,54 +16,54 @@ export class FunctionService {
     private readonly scheduler: Scheduler,
   ) {}
 
-  create(body: unknown): FunctionRecord {
+  async create(body: unknown): Promise<FunctionRecord> {
     const fn = newFunction(body);
-    this.store.create(fn);
+    await this.store.create(fn);
     return fn;
   }
 
-  get(idOrName: string): FunctionRecord {
-    const fn = this.store.get(idOrName);
+  async get(idOrName: string): Promise<FunctionRecord> {
+    const fn = await this.store.get(idOrName);
     if (!fn) throw notFound(`no function ${idOrName}`);
     return fn;
   }
 
-  list(): FunctionRecord[] {
+  list(): Promise<FunctionRecord[]> {
     return this.store.list();
   }
 
-  change(idOrName: string, body: unknown, mode: 'replace' | 'patch'): FunctionRecord {
-    const fn = this.get(idOrName);
+  async change(idOrName: string, body: unknown, mode: 'replace' | 'patch'): Promise<FunctionRecord> {
+    const fn = await this.get(idOrName);
     const next = changeFunction(fn, body, mode);
     if (next === fn) return fn;
-    this.store.update(next);
+    await this.store.update(next);
     this.scheduler.updated(next);
     return next;
   }
 
   async delete(idOrName: string): Promise<void> {
-    const fn = this.get(idOrName);
-    this.store.delete(fn.id);
+    const fn = await this.get(idOrName);
+    await this.store.delete(fn.id);
     await this.scheduler.removed(fn.id);
-    if (fn.code_hash && !this.store.list().some((f) => f.code_hash === fn.code_hash)) await this.code.remove(fn.code_hash);
+    if (fn.code_hash && !(await this.store.list()).some((f) => f.code_hash === fn.code_hash)) await this.code.remove(fn.code_hash);
   }
 
   /** Stores and validates the archive before anything changes: a rejected upload leaves the old code serving. */
   async uploadCode(idOrName: string, archive: NodeJS.ReadableStream, format: ArchiveFormat): Promise<FunctionRecord> {
-    this.get(idOrName);
+    await this.get(idOrName);
     const stored = await this.code.put(archive, format);
-    const fn = this.get(idOrName); // re-read: the function may have changed or gone during the upload
+    const fn = await this.get(idOrName); // re-read: the function may have changed or gone during the upload
     const next: FunctionRecord = { ...fn, code_hash: stored.hash, code_size: stored.size, version: fn.version + 1, updated_at: new Date().toISOString() };
-    this.store.update(next);
+    await this.store.update(next);
     this.scheduler.updated(next);
     return next;
   }
 
-  instances(idOrName: string): InstanceInfo[] {
-    return this.scheduler.instances(this.get(idOrName).id);
+  async instances(idOrName: string): Promise<InstanceInfo[]> {
+    return this.scheduler.instances((await this.get(idOrName)).id);
   }
 
-  invocations(idOrName: string, limit = 100): InvocationRecord[] {
-    return this.invocationLog.latest(this.get(idOrName).id, limit);
+  async invocations(idOrName: string, limit = 100): Promise<InvocationRecord[]> {
+    return this.invocationLog.latest((await this.get(idOrName)).id, limit);
   }
 }

@@ -5,18 +5,20 @@
 import type { Socket } from 'node:net';
 import type { FunctionRecord, InvocationRecord } from './types.js';
 
+/** Async so that shared stores (etcd) fit as well as the embedded one (SQLite). */
 export interface FunctionStore {
-  create(fn: FunctionRecord): void; // throws conflict when the name is taken
-  get(idOrName: string): FunctionRecord | undefined;
-  list(): FunctionRecord[];
-  update(fn: FunctionRecord): void;
-  delete(id: string): boolean;
+  create(fn: FunctionRecord): Promise<void>; // rejects with conflict when the name is taken
+  get(idOrName: string): Promise<FunctionRecord | undefined>;
+  list(): Promise<FunctionRecord[]>;
+  update(fn: FunctionRecord): Promise<void>; // rejects with conflict when a new name is taken
+  delete(id: string): Promise<boolean>;
 }
 
 export interface InvocationLog {
+  /** Fire and forget: recording must never slow down or fail an invocation. */
   record(inv: InvocationRecord): void;
   /** Newest first. */
-  latest(functionId: string, limit: number): InvocationRecord[];
+  latest(functionId: string, limit: number): Promise<InvocationRecord[]>;
 }
 
 export interface StoredCode {

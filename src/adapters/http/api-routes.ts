@@ -11,11 +11,11 @@ type IdParams = { Params: { id: string } };
 export async function apiRoutes(app: FastifyInstance, opts: { functions: FunctionService; maxUploadBytes: number }): Promise<void> {
   const fns = opts.functions;
 
-  app.post('/api/functions', async (req, reply) => reply.status(201).send(publicView(fns.create(req.body))));
-  app.get('/api/functions', async () => fns.list().map(publicView));
-  app.get<IdParams>('/api/functions/:id', async (req) => publicView(fns.get(req.params.id)));
-  app.put<IdParams>('/api/functions/:id', async (req) => publicView(fns.change(req.params.id, req.body, 'replace')));
-  app.patch<IdParams>('/api/functions/:id', async (req) => publicView(fns.change(req.params.id, req.body, 'patch')));
+  app.post('/api/functions', async (req, reply) => reply.status(201).send(publicView(await fns.create(req.body))));
+  app.get('/api/functions', async () => (await fns.list()).map(publicView));
+  app.get<IdParams>('/api/functions/:id', async (req) => publicView(await fns.get(req.params.id)));
+  app.put<IdParams>('/api/functions/:id', async (req) => publicView(await fns.change(req.params.id, req.body, 'replace')));
+  app.patch<IdParams>('/api/functions/:id', async (req) => publicView(await fns.change(req.params.id, req.body, 'patch')));
   app.delete<IdParams>('/api/functions/:id', async (req, reply) => {
     await fns.delete(req.params.id);
     return reply.status(204).send();

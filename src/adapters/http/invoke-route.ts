@@ -30,7 +30,7 @@ export async function invokeRoutes(app: FastifyInstance, deps: InvokeDeps): Prom
     let status = 0;
     let error: string | null = null;
     try {
-      fn = deps.functions.get(req.params.id);
+      fn = await deps.functions.get(req.params.id);
       // Waiting for an instance may include a cold start; timeout_ms bounds the function's own run.
       lease = await deps.scheduler.acquire(fn, started + deps.startTimeoutMs + fn.timeout_ms);
       status = await forward(req.raw, res, lease, {

@@ -38,7 +38,7 @@ export class SqliteStore implements FunctionStore, InvocationLog {
     this.flushTimer.unref();
   }
 
-  create(fn: FunctionRecord): void {
+  async create(fn: FunctionRecord): Promise<void> {
     try {
       this.db.prepare('INSERT INTO functions (id, name, record) VALUES (?, ?, ?)').run(fn.id, fn.name, JSON.stringify(fn));
     } catch (err) {
@@ -46,17 +46,17 @@ export class SqliteStore implements FunctionStore, InvocationLog {
     }
   }
 
-  get(idOrName: string): FunctionRecord | undefined {
+  async get(idOrName: string): Promise<FunctionRecord | undefined> {
     const row = this.db.prepare('SELECT record FROM functions WHERE id = ? OR name = ?').get(idOrName, idOrName) as { record: string } | undefined;
     return row && (JSON.parse(row.record) as FunctionRecord);
   }
 
-  list(): FunctionRecord[] {
+  async list(): Promise<FunctionRecord[]> {
     const rows = this.db.prepare('SELECT record FROM functions ORDER BY name').all() as { record: string }[];
     return rows.map((r) => JSON.parse(r.record) as FunctionRecord);
   }
 
-  update(fn: FunctionRecord): void {
+  async update(fn: FunctionRecord): Promise<void> {
     try {
       this.db.prepare('UPDATE functions SET name = ?, record = ? WHERE id = ?').run(fn.name, JSON.stringify(fn), fn.id);
     } catch (err) {
@@ -64,7 +64,7 @@ export class SqliteStore implements FunctionStore, InvocationLog {
     }
   }
 
-  delete(id: string): boolean {
+  async delete(id: string): Promise<boolean> {
     const tx = this.db.transaction(() => {
       this.db.prepare('DELETE FROM invocations WHERE function_id = ?').run(id);
       return this.db.prepare('DELETE FROM functions WHERE id = ?').run(id).changes > 0;
@@ -77,7 +77,7 @@ export class SqliteStore implements FunctionStore, InvocationLog {
     this.pending.push(inv);
   }
 
-  latest(functionId: string, limit: number): InvocationRecord[] {
+  async latest(functionId: string, limit: number): Promise<InvocationRecord[]> {
     this.flush();
     const rows = this.db
       .prepare('SELECT record FROM invocations WHERE function_id = ? ORDER BY seq DESC LIMIT ?')

@@ -65,13 +65,9 @@ export async function startServer(config: Config, logger: Logger = pino({ level:
 
   const app = await buildApp({
     logger,
-    apiToken: token,
-    maxUploadBytes: config.limits.maxCompressedBytes,
-    functions,
-    scheduler,
-    invocations: store,
-    startTimeoutMs: config.startTimeoutMs,
     health: () => ({ isolation: driver.name }),
+    api: { token, functions, maxUploadBytes: config.limits.maxCompressedBytes },
+    invoke: { functions, router: scheduler, invocations: store, startTimeoutMs: config.startTimeoutMs },
   });
   const address = await app.listen({ port: config.port, host: config.host });
   logger.info({ url: address, data_dir: config.dataDir }, 'aether is serving');

@@ -4,8 +4,7 @@
  */
 import { changeFunction, newFunction } from './function-spec.js';
 import { notFound } from './errors.js';
-import type { ArchiveFormat, CodeStore, FunctionStore, InvocationLog } from './ports.js';
-import type { Scheduler } from './scheduler.js';
+import type { ArchiveFormat, CodeStore, FunctionStore, InvocationLog, Placement } from './ports.js';
 import type { FunctionRecord, InstanceInfo, InvocationRecord } from './types.js';
 
 export class FunctionService {
@@ -13,7 +12,7 @@ export class FunctionService {
     private readonly store: FunctionStore,
     private readonly code: CodeStore,
     private readonly invocationLog: InvocationLog,
-    private readonly scheduler: Scheduler,
+    private readonly placement: Placement,
   ) {}
 
   async create(body: unknown): Promise<FunctionRecord> {
@@ -37,14 +36,14 @@ export class FunctionService {
     const next = changeFunction(fn, body, mode);
     if (next === fn) return fn;
     await this.store.update(next);
-    this.scheduler.updated(next);
+    this.placement.updated(next);
     return next;
   }
 
   async delete(idOrName: string): Promise<void> {
     const fn = await this.get(idOrName);
     await this.store.delete(fn.id);
-    await this.scheduler.removed(fn.id);
+    await this.placement.removed(fn.id);
     if (fn.code_hash && !(await this.store.list()).some((f) => f.code_hash === fn.code_hash)) await this.code.remove(fn.code_hash);
   }
 
@@ -55,12 +54,12 @@ export class FunctionService {
     const fn = await this.get(idOrName); // re-read: the function may have changed or gone during the upload
     const next: FunctionRecord = { ...fn, code_hash: stored.hash, code_size: stored.size, version: fn.version + 1, updated_at: new Date().toISOString() };
     await this.store.update(next);
-    this.scheduler.updated(next);
+    this.placement.updated(next);
     return next;
   }
 
   async instances(idOrName: string): Promise<InstanceInfo[]> {
-    return this.scheduler.instances((await this.get(idOrName)).id);
+    return this.placement.instances((await this.get(idOrName)).id);
   }
 
   async invocations(idOrName: string, limit = 100): Promise<InvocationRecord[]> {

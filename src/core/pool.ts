@@ -24,6 +24,9 @@ export interface PoolDeps {
   log: Logger;
   settings: PoolSettings;
   onInstanceLog(fn: FunctionRecord, instanceId: string, stream: 'stdout' | 'stderr', line: string): void;
+  /** Instance lifecycle, e.g. for a cluster worker to announce its instances in discovery. */
+  onInstanceReady?(fn: FunctionRecord, instanceId: string): void;
+  onInstanceGone?(fn: FunctionRecord, instanceId: string): void;
   now?: () => number;
 }
 
@@ -46,6 +49,8 @@ export interface Lease {
   readonly instanceId: string;
   readonly handle: InstanceHandle;
   readonly coldStart: boolean;
+  /** For a lease on a remote worker (cluster gateway): how to address it. */
+  readonly remote?: { pathPrefix: string; headers: Record<string, string>; maxConnections: number };
   /** Why the instance ended, if it did (waits briefly for the exit to be known). */
   exitReason(): Promise<string | undefined>;
   /** The instance is stuck (e.g. a request timed out): replace it. */
@@ -100,6 +105,13 @@ export class FunctionPool {
       this.scaleUp();
       this.dispatch();
     });
+  }
+
+  /** Starts one more instance ahead of requests (cluster provisioning); resolves once it is ready. */
+  async provision(): Promise<void> {
+    if (this.closed || !this.fn.code_hash) throw conflict(`function ${this.fn.name} has no code to start`);
+    if (this.current().length >= this.fn.max_instances) return;
+    await this.coldStart(true);
   }
 
   /** A new configuration or code: new requests go to the new version, old instances drain. */
@@ -233,7 +245,7 @@ export class FunctionPool {
   }
 
   /** A cold start: a new instance of the current version, through the isolation driver. */
-  private async coldStart(): Promise<void> {
+  private async coldStart(rethrow = false): Promise<void> {
     const fn = this.fn;
     const inst = new Instance(fn.version, this.now());
     this.instances.set(inst.id, inst);
@@ -261,12 +273,14 @@ export class FunctionPool {
       }
       inst.state = 'ready';
       inst.lastActive = this.now();
+      this.deps.onInstanceReady?.(fn, inst.id);
       this.dispatch(inst);
     } catch (err) {
       this.instances.delete(inst.id);
       const message = err instanceof Error ? err.message : String(err);
       this.deps.log.error({ function: fn.name, instance: inst.id, err: message }, 'instance failed to start');
       this.failWaitersIfHopeless(message);
+      if (rethrow) throw badGateway(`function ${fn.name} failed to start: ${message}`, 'start_failed');
     }
   }
 
@@ -283,7 +297,7 @@ export class FunctionPool {
     const expected = inst.state === 'draining' || inst.state === 'stopped';
     inst.state = 'stopped';
     inst.exit = exit;
-    this.instances.delete(inst.id);
+    this.forget(inst);
     if (!expected) {
       this.deps.log.warn({ function: this.fn.name, instance: inst.id, code: exit.code, signal: exit.signal, reason: exit.reason }, 'instance exited unexpectedly');
       this.scaleUp();
@@ -301,8 +315,12 @@ export class FunctionPool {
     inst.state = inst.state === 'stopped' ? 'stopped' : 'draining';
     await inst.handle?.stop(this.deps.settings.stopGraceMs);
     inst.state = 'stopped';
-    this.instances.delete(inst.id);
+    this.forget(inst);
     this.keepMinimum();
+  }
+
+  private forget(inst: Instance): void {
+    if (this.instances.delete(inst.id) && inst.handle) this.deps.onInstanceGone?.(this.fn, inst.id);
   }
 
   private removeWaiter(w: Waiter): void {

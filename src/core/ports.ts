@@ -3,7 +3,7 @@
  * later etcd/Redis/S3/QEMU/Firecracker) implement them; the core never imports an adapter.
  */
 import type { Socket } from 'node:net';
-import type { FunctionRecord, InvocationRecord } from './types.js';
+import type { FunctionRecord, InstanceInfo, InvocationRecord } from './types.js';
 
 /** Async so that shared stores (etcd) fit as well as the embedded one (SQLite). */
 export interface FunctionStore {
@@ -85,4 +85,62 @@ export interface Logger {
   info(obj: object, msg?: string): void;
   warn(obj: object, msg?: string): void;
   error(obj: object, msg?: string): void;
+}
+
+/**
+ * Where functions' instances live: the local Scheduler in single-node mode and on a worker, the
+ * cluster view (discovery) on a gateway. The function service tells it about changes.
+ */
+export interface Placement {
+  updated(fn: FunctionRecord): void;
+  removed(functionId: string): Promise<void>;
+  instances(functionId: string): InstanceInfo[] | Promise<InstanceInfo[]>;
+}
+
+/** A worker as it announces itself in discovery (cluster mode). */
+export interface WorkerInfo {
+  id: string;
+  url: string; // where gateways reach its invocation endpoint
+  driver: string;
+  driver_reason: string;
+  cpus: number;
+  memory_mb: number;
+  max_instances: number;
+  instances: number;
+  started_at: string;
+}
+
+/** One running instance as discovery lists it: which worker has it, for which version. */
+export interface InstanceRoute {
+  function_id: string;
+  instance_id: string;
+  worker_id: string;
+  worker_url: string;
+  version: number;
+  concurrency: number;
+  started_at: string;
+}
+
+/** The gateway's read side of discovery: a cache kept current by watching, never by polling. */
+export interface RouteDirectory {
+  workers(): WorkerInfo[];
+  instances(functionId: string): InstanceRoute[];
+  /** Resolves with the first instance of that version to appear; rejects at the deadline. */
+  waitForInstance(functionId: string, version: number, deadline: number): Promise<InstanceRoute>;
+}
+
+export interface ProvisionRequest {
+  functionId: string;
+  version: number;
+  /** Which instance of the function this asks for (0 = the first): requests for one slot are deduplicated. */
+  slot: number;
+  targetWorker: string;
+  deadline: number;
+}
+
+/** Cold starts in cluster mode go through a queue to the worker chosen for them. */
+export interface ProvisionRequests {
+  request(req: ProvisionRequest): Promise<{ jobId: string; enqueued: boolean }>;
+  /** Withdraws a job nobody waits for any more (its cold start timed out). */
+  cancel(req: ProvisionRequest, jobId: string): Promise<void>;
 }

@@ -3,9 +3,15 @@
  * periodic scale-down. The single entry point the invocation adapters use.
  */
 import { FunctionPool, type Lease, type PoolDeps } from './pool.js';
+import type { Placement } from './ports.js';
 import type { FunctionRecord, InstanceInfo } from './types.js';
 
-export class Scheduler {
+/** Hands out a slot for one invocation: the local Scheduler, or a gateway's cluster router. */
+export interface Router {
+  acquire(fn: FunctionRecord, deadline: number): Promise<Lease>;
+}
+
+export class Scheduler implements Router, Placement {
   private readonly pools = new Map<string, FunctionPool>();
   private readonly timer: NodeJS.Timeout;
 
@@ -21,6 +27,18 @@ export class Scheduler {
 
   acquire(fn: FunctionRecord, deadline: number): Promise<Lease> {
     return this.pool(fn).acquire(deadline);
+  }
+
+  /** Starts an instance ahead of requests (a cluster provisioning job). */
+  provision(fn: FunctionRecord): Promise<void> {
+    return this.pool(fn).provision();
+  }
+
+  /** Live instances across all functions (a worker's load). */
+  instanceCount(): number {
+    let n = 0;
+    for (const pool of this.pools.values()) n += pool.info().filter((i) => i.state !== 'stopped').length;
+    return n;
   }
 
   /** A function was created, changed or got new code. */

@@ -43,4 +43,6 @@ export interface InstanceInfo {
   started_at: string;
   in_flight: number;
   served: number;
+  /** Cluster mode: the worker that runs it. */
+  worker_id?: string;
 }

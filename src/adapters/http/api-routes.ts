@@ -4,12 +4,14 @@ import multipart from '@fastify/multipart';
 import { badRequest, AetherError } from '../../core/errors.js';
 import { publicView } from '../../core/function-spec.js';
 import type { FunctionService } from '../../core/functions.js';
-import type { ArchiveFormat } from '../../core/ports.js';
+import type { ArchiveFormat, WorkerInfo } from '../../core/ports.js';
 
 type IdParams = { Params: { id: string } };
 
-export async function apiRoutes(app: FastifyInstance, opts: { functions: FunctionService; maxUploadBytes: number }): Promise<void> {
+export async function apiRoutes(app: FastifyInstance, opts: { functions: FunctionService; maxUploadBytes: number; workers?: () => WorkerInfo[] }): Promise<void> {
   const fns = opts.functions;
+  const workers = opts.workers;
+  if (workers) app.get('/api/workers', async () => workers());
 
   app.post('/api/functions', async (req, reply) => reply.status(201).send(publicView(await fns.create(req.body))));
   app.get('/api/functions', async () => (await fns.list()).map(publicView));

@@ -1,16 +1,24 @@
-/** The HTTP front door: management API (token required), invocation routes and health. */
+/**
+ * The HTTP front door. All-in-one server and gateway: management API (token required) and
+ * invocation routes. Worker: invocation routes and an internal instance listing, for gateways only.
+ */
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import type { FunctionService } from '../../core/functions.js';
+import type { WorkerInfo } from '../../core/ports.js';
+import type { InstanceInfo } from '../../core/types.js';
 import { apiRoutes } from './api-routes.js';
-import { bearerAuth } from './auth.js';
+import { bearerAuth, clusterAuth } from './auth.js';
 import { installErrorHandling } from './errors.js';
 import { invokeRoutes, type InvokeDeps } from './invoke-route.js';
 
-export interface AppOptions extends InvokeDeps {
+export interface AppOptions {
   logger: FastifyBaseLogger;
-  apiToken: string;
-  maxUploadBytes: number;
   /** Extra facts for /healthz, e.g. the isolation driver in use. */
   health: () => object;
+  invoke: InvokeDeps;
+  api?: { token: string; functions: FunctionService; maxUploadBytes: number; workers?: () => WorkerInfo[] };
+  /** Worker only: what gateways may ask about its instances. */
+  internal?: { token: string; instances(functionId: string): InstanceInfo[] };
 }
 
 export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
@@ -26,10 +34,19 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
 
   app.get('/healthz', async () => ({ status: 'ok', ...opts.health() }));
 
-  await app.register(async (api) => {
-    api.addHook('onRequest', bearerAuth(opts.apiToken));
-    await apiRoutes(api, { functions: opts.functions, maxUploadBytes: opts.maxUploadBytes });
-  });
-  await app.register(async (scope) => invokeRoutes(scope, opts));
+  const { api, internal } = opts;
+  if (api) {
+    await app.register(async (scope) => {
+      scope.addHook('onRequest', bearerAuth(api.token));
+      await apiRoutes(scope, api);
+    });
+  }
+  if (internal) {
+    await app.register(async (scope) => {
+      scope.addHook('onRequest', clusterAuth(internal.token));
+      scope.get<{ Params: { id: string } }>('/internal/functions/:id/instances', async (req) => internal.instances(req.params.id));
+    });
+  }
+  await app.register(async (scope) => invokeRoutes(scope, opts.invoke));
   return app;
 }

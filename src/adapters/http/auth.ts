@@ -14,3 +14,16 @@ export function bearerAuth(token: string) {
     if (!timingSafeEqual(digest(match[1]!.trim()), expected)) throw new AetherError(401, 'unauthorized', 'invalid token');
   };
 }
+
+/** Gateways present the shared cluster token to workers in this header (never passed to functions). */
+export const CLUSTER_TOKEN_HEADER = 'x-aether-cluster-token';
+
+export function clusterAuth(token: string) {
+  const expected = digest(token);
+  return async (req: FastifyRequest): Promise<void> => {
+    const given = req.headers[CLUSTER_TOKEN_HEADER];
+    if (typeof given !== 'string' || !timingSafeEqual(digest(given), expected)) {
+      throw new AetherError(401, 'unauthorized', `workers take invocations from gateways only (${CLUSTER_TOKEN_HEADER})`);
+    }
+  };
+}

@@ -7,10 +7,11 @@ import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:
 import { pipeline } from 'node:stream/promises';
 import { Pool, errors as undiciErrors } from 'undici';
 import { AetherError, badGateway, timedOut } from '../../core/errors.js';
+import { CLUSTER_TOKEN_HEADER } from './auth.js';
 import type { Lease } from '../../core/pool.js';
 import type { InstanceHandle } from '../../core/ports.js';
 
-const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'expect', 'proxy-authenticate', 'proxy-authorization']);
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'expect', 'proxy-authenticate', 'proxy-authorization', CLUSTER_TOKEN_HEADER]);
 
 const pools = new WeakMap<InstanceHandle, Pool>();
 
@@ -38,20 +39,28 @@ function poolFor(handle: InstanceHandle, connections: number): Pool {
 }
 
 export interface ForwardOptions {
-  path: string; // path and query as the function should see them
+  path: string; // path and query as the target should see them
   requestId: string;
   deadline: number; // epoch ms by which response headers must have arrived
-  concurrency: number;
+  connections: number; // at most this many connections to the target
   clientIp: string;
+  extraHeaders?: Record<string, string>;
+  instanceId: string;
 }
 
-/** Resolves with the status sent to the client; throws an AetherError if nothing was sent yet. */
-export async function forward(req: IncomingMessage, res: ServerResponse, lease: Lease, opts: ForwardOptions): Promise<number> {
+/** Which instance served the request: a worker names it in this header for the gateway's records. */
+export const INSTANCE_HEADER = 'x-aether-instance';
+
+/**
+ * Resolves with the status sent to the client and the instance that served it; throws an
+ * AetherError if nothing was sent yet (code `connection_refused`: the request never left).
+ */
+export async function forward(req: IncomingMessage, res: ServerResponse, lease: Lease, opts: ForwardOptions): Promise<{ status: number; instanceId: string }> {
   const headers = forwardedHeaders(req.headers, opts);
   const hasBody = req.headers['content-length'] !== undefined ? req.headers['content-length'] !== '0' : req.headers['transfer-encoding'] !== undefined;
   let upstream;
   try {
-    upstream = await poolFor(lease.handle, opts.concurrency).request({
+    upstream = await poolFor(lease.handle, opts.connections).request({
       method: req.method as 'GET',
       path: opts.path,
       headers,
@@ -61,17 +70,21 @@ export async function forward(req: IncomingMessage, res: ServerResponse, lease: 
   } catch (err) {
     throw await explain(err, lease);
   }
-  res.writeHead(upstream.statusCode, responseHeaders(upstream.headers));
+  const instanceId = (upstream.headers[INSTANCE_HEADER] as string | undefined) ?? opts.instanceId;
+  res.writeHead(upstream.statusCode, { ...responseHeaders(upstream.headers), [INSTANCE_HEADER]: instanceId });
   try {
     await pipeline(upstream.body, res);
   } catch {
     res.destroy(); // the client sees a truncated response rather than a silently short one
   }
-  return upstream.statusCode;
+  return { status: upstream.statusCode, instanceId };
 }
 
 async function explain(err: unknown, lease: Lease): Promise<AetherError> {
   if (err instanceof AetherError) return err;
+  if ((err as NodeJS.ErrnoException).code === 'ECONNREFUSED') {
+    return new AetherError(502, 'connection_refused', 'the target refused the connection');
+  }
   if (err instanceof undiciErrors.HeadersTimeoutError) {
     lease.recycle();
     return timedOut('the function did not respond within its timeout');
@@ -90,7 +103,7 @@ function forwardedHeaders(incoming: IncomingHttpHeaders, opts: ForwardOptions): 
   out['x-forwarded-for'] = prior ? `${prior}, ${opts.clientIp}` : opts.clientIp;
   out['x-aether-request-id'] = opts.requestId;
   out['x-aether-deadline'] = String(opts.deadline);
-  return out;
+  return Object.assign(out, opts.extraHeaders);
 }
 
 function responseHeaders(headers: IncomingHttpHeaders): Record<string, string | string[]> {

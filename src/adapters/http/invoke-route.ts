@@ -1,45 +1,74 @@
 /** ANY /functions/{id}/*: routes the request to an instance of the function and records the invocation. */
 import { randomUUID } from 'node:crypto';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { AetherError } from '../../core/errors.js';
 import type { FunctionService } from '../../core/functions.js';
+import type { Lease } from '../../core/pool.js';
 import type { InvocationLog } from '../../core/ports.js';
-import type { Scheduler } from '../../core/scheduler.js';
+import type { Router } from '../../core/scheduler.js';
+import type { FunctionRecord } from '../../core/types.js';
+import { clusterAuth } from './auth.js';
 import { toAetherError } from './errors.js';
 import { forward } from './forward.js';
 
 export interface InvokeDeps {
-  functions: FunctionService;
-  scheduler: Scheduler;
-  invocations: InvocationLog;
+  functions: Pick<FunctionService, 'get'>;
+  router: Router;
+  /** Where invocations are recorded; a cluster worker leaves that to the gateway. */
+  invocations?: InvocationLog;
   startTimeoutMs: number;
+  /** Cluster workers only take invocations from gateways, which present this token. */
+  requireToken?: string;
 }
+
+/** A retry is safe only when the request provably never reached the instance. */
+const MAX_REFUSED_RETRIES = 2;
 
 export async function invokeRoutes(app: FastifyInstance, deps: InvokeDeps): Promise<void> {
   // Bodies are streamed to the instance untouched: no parser may read them here.
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', (_req, _payload, done) => done(null));
+  if (deps.requireToken) app.addHook('onRequest', clusterAuth(deps.requireToken));
 
-  const handler = async (req: import('fastify').FastifyRequest<{ Params: { id: string } }>, reply: import('fastify').FastifyReply) => {
+  const handler = async (req: FastifyRequest<{ Params: { id: string } }>, reply: FastifyReply) => {
     reply.hijack();
     const started = Date.now();
-    const requestId = randomUUID();
+    const requestId = (deps.requireToken && (req.headers['x-aether-request-id'] as string)) || randomUUID();
     const res = reply.raw;
-    let fn;
-    let lease;
+    let fn: FunctionRecord | undefined;
+    let lease: Lease | undefined;
     let status = 0;
     let error: string | null = null;
+    let instanceId: string | null = null;
     try {
       fn = await deps.functions.get(req.params.id);
-      // Waiting for an instance may include a cold start; timeout_ms bounds the function's own run.
-      lease = await deps.scheduler.acquire(fn, started + deps.startTimeoutMs + fn.timeout_ms);
-      status = await forward(req.raw, res, lease, {
-        path: functionPath(req.raw.url!),
-        requestId,
-        deadline: Date.now() + fn.timeout_ms,
-        concurrency: fn.concurrency,
-        clientIp: req.ip,
-      });
+      for (let attempt = 0; ; attempt++) {
+        // Waiting for an instance may include a cold start; timeout_ms bounds the function's own run.
+        lease = await deps.router.acquire(fn, started + deps.startTimeoutMs + fn.timeout_ms);
+        try {
+          const out = await forward(req.raw, res, lease, {
+            path: (lease.remote?.pathPrefix ?? '') + functionPath(req.raw.url!),
+            requestId,
+            deadline: Date.now() + fn.timeout_ms + (lease.remote ? deps.startTimeoutMs : 0),
+            connections: lease.remote?.maxConnections ?? fn.concurrency,
+            clientIp: req.ip,
+            extraHeaders: lease.remote?.headers,
+            instanceId: lease.instanceId,
+          });
+          status = out.status;
+          instanceId = out.instanceId;
+          break;
+        } catch (err) {
+          lease.release();
+          const refused = err instanceof AetherError && err.code === 'connection_refused';
+          if (!refused || attempt >= MAX_REFUSED_RETRIES) {
+            lease = undefined;
+            throw err;
+          }
+          lease.recycle(); // that target is gone: route around it
+          lease = undefined;
+        }
+      }
     } catch (err) {
       const ae = toAetherError(err);
       status = ae.status;
@@ -49,7 +78,7 @@ export async function invokeRoutes(app: FastifyInstance, deps: InvokeDeps): Prom
     } finally {
       lease?.release();
     }
-    if (fn) {
+    if (fn && deps.invocations) {
       deps.invocations.record({
         id: requestId,
         function_id: fn.id,
@@ -57,7 +86,7 @@ export async function invokeRoutes(app: FastifyInstance, deps: InvokeDeps): Prom
         status,
         duration_ms: Date.now() - started,
         cold_start: lease?.coldStart ?? false,
-        instance_id: lease?.instanceId ?? null,
+        instance_id: instanceId,
         error,
       });
     }

@@ -1,9 +1,9 @@
 import { createHash, randomUUID } from 'node:crypto';
-import { chmodSync, createWriteStream, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { chmodSync, createWriteStream, mkdirSync, readdirSync, rmSync, type Stats } from 'node:fs';
 import { rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { notFound, tooLarge } from '../../core/errors.js';
+import { badGateway, notFound, tooLarge } from '../../core/errors.js';
 import type { ArchiveFormat, CodeStore, StoredCode } from '../../core/ports.js';
 import { extractArchive } from './archive.js';
 import { DEFAULT_ARCHIVE_LIMITS, formatBytes, type ArchiveLimits } from './archive-limits.js';
@@ -11,6 +11,10 @@ import { fsyncPath, fsyncTree } from './fsync-tree.js';
 
 const TMP_PREFIX = '.tmp-';
 const HASH = /^[0-9a-f]{64}$/;
+const FORMATS: readonly ArchiveFormat[] = ['zip', 'tar.gz'];
+
+/** Whether `hash` has the shape of a content hash (lowercase sha256 hex), i.e. is safe in paths and keys. */
+export const isCodeHash = (hash: string): boolean => HASH.test(hash);
 
 /**
  * Code on the local disk, by content hash: `root/<hash>/` is the unpacked tree that sandboxes
@@ -33,11 +37,18 @@ export class LocalCodeStore implements CodeStore {
     }
   }
 
-  async put(archive: NodeJS.ReadableStream, format: ArchiveFormat): Promise<StoredCode> {
+  /**
+   * `expectedHash` is for archives fetched from elsewhere by hash (object storage): when the bytes
+   * do not hash to it, the source served something else (502 `code_corrupt`) and nothing is stored.
+   */
+  async put(archive: NodeJS.ReadableStream, format: ArchiveFormat, expectedHash?: string): Promise<StoredCode> {
     const upload = this.tmpPath();
     const unpacked = this.tmpPath();
     try {
       const stored = await this.receive(archive, upload);
+      if (expectedHash !== undefined && stored.hash !== expectedHash) {
+        throw badGateway(`code archive has sha256 ${stored.hash}, expected ${expectedHash}`, 'code_corrupt');
+      }
       const dir = join(this.root, stored.hash);
       if (!(await isDirectory(dir))) {
         await extractArchive(upload, format, unpacked, this.limits);
@@ -58,15 +69,22 @@ export class LocalCodeStore implements CodeStore {
     return dir;
   }
 
+  /** The archive as uploaded, when this store holds it (cluster mode ships it to object storage). */
+  async archive(hash: string): Promise<{ path: string; format: ArchiveFormat } | undefined> {
+    for (const format of FORMATS) {
+      const path = join(this.root, `${checkHash(hash)}.${format}`);
+      if (await exists(path)) return { path, format };
+    }
+    return undefined;
+  }
+
   async remove(hash: string): Promise<void> {
     const dir = join(this.root, checkHash(hash));
     // Move the tree out of sight first: a crash mid-delete leaves a temp dir, never a partial tree.
     const doomed = this.tmpPath();
     await rename(dir, doomed).catch(ignoreMissing);
     await rm(doomed, { recursive: true, force: true });
-    await Promise.all(
-      (['zip', 'tar.gz'] as const).map((ext) => rm(join(this.root, `${hash}.${ext}`), { force: true })),
-    );
+    await Promise.all(FORMATS.map((ext) => rm(join(this.root, `${hash}.${ext}`), { force: true })));
   }
 
   /** Streams the upload to `path`, hashing it and stopping as soon as it exceeds the size limit. */
@@ -101,11 +119,19 @@ function checkHash(hash: string): string {
 }
 
 async function isDirectory(path: string): Promise<boolean> {
+  return (await statOrUndefined(path))?.isDirectory() ?? false;
+}
+
+async function exists(path: string): Promise<boolean> {
+  return (await statOrUndefined(path)) !== undefined;
+}
+
+async function statOrUndefined(path: string): Promise<Stats | undefined> {
   try {
-    return (await stat(path)).isDirectory();
+    return await stat(path);
   } catch (err) {
     ignoreMissing(err);
-    return false;
+    return undefined;
   }
 }
 

@@ -1,0 +1,177 @@
+/**
+ * Function metadata in etcd, shared by every gateway and worker: `/aether/functions/{id}` holds the
+ * record, `/aether/names/{name}` its id. Each write is one transaction that checks the name key,
+ * so a name stays unique across the cluster and a rename frees the old name in the same step.
+ *
+ * Reads come from a watch-fed copy in memory: invocations keep being routed while etcd is down
+ * (writes then fail fast with a 503), and the copy is relisted when etcd comes back.
+ */
+import type { Etcd3, ITxnResponse } from 'etcd3';
+import { conflict, notFound } from '../../core/errors.js';
+import type { FunctionStore, Logger } from '../../core/ports.js';
+import type { FunctionRecord } from '../../core/types.js';
+import { asUnavailable, connectEtcd, silentLogger } from './client.js';
+import { FUNCTIONS_PREFIX, functionKey, nameKey } from './keys.js';
+import { Listeners } from './listeners.js';
+import { PrefixMirror } from './prefix-mirror.js';
+
+export type FunctionChange = { type: 'put'; fn: FunctionRecord } | { type: 'delete'; id: string };
+
+/** How long a read waits for the very first load before answering 503 (a gateway started while etcd is down). */
+const FIRST_LOAD_WAIT_MS = 3000;
+/** Optimistic writes retry this often when the record changed between their read and their transaction. */
+const WRITE_ATTEMPTS = 5;
+
+export class EtcdFunctionStore implements FunctionStore {
+  private readonly client: Etcd3;
+  private readonly mirror: PrefixMirror<FunctionRecord>;
+  private readonly idByName = new Map<string, string>();
+  private readonly listeners: Listeners<FunctionChange>;
+
+  constructor(endpoints: string | string[], opts: { log?: Logger } = {}) {
+    const log = opts.log ?? silentLogger;
+    this.client = connectEtcd(endpoints);
+    this.listeners = new Listeners(log);
+    this.mirror = new PrefixMirror(this.client, FUNCTIONS_PREFIX, decodeRecord, (key, fn, prev) => this.changed(key, fn, prev), log);
+  }
+
+  /** Resolves once every function has been loaded from etcd. */
+  ready(): Promise<void> {
+    return this.mirror.ready();
+  }
+
+  /** Called for every change, whoever made it (this process's writes included); returns an unsubscribe. */
+  onChange(listener: (ev: FunctionChange) => void): () => void {
+    return this.listeners.add(listener);
+  }
+
+  /** Records are frozen: they are the cache itself, shared by every caller. */
+  async get(idOrName: string): Promise<FunctionRecord | undefined> {
+    await this.loaded();
+    const byId = this.mirror.get(functionKey(idOrName));
+    if (byId) return byId;
+    const id = this.idByName.get(idOrName);
+    return id === undefined ? undefined : this.mirror.get(functionKey(id));
+  }
+
+  async list(): Promise<FunctionRecord[]> {
+    await this.loaded();
+    return [...this.mirror.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  }
+
+  async create(fn: FunctionRecord): Promise<void> {
+    const raw = JSON.stringify(fn);
+    const res = await this.txn(() =>
+      this.client
+        .if(nameKey(fn.name), 'Create', '==', 0)
+        .and(functionKey(fn.id), 'Create', '==', 0)
+        .then(this.client.put(nameKey(fn.name)).value(fn.id), this.client.put(functionKey(fn.id)).value(raw))
+        .else(this.client.get(nameKey(fn.name)))
+        .commit(),
+    );
+    if (!res.succeeded) {
+      throw res.responses[0].response_range.kvs.length > 0 ? nameTaken(fn.name) : conflict(`a function with id ${fn.id} already exists`);
+    }
+    this.applied(functionKey(fn.id), raw, res);
+  }
+
+  async update(fn: FunctionRecord): Promise<void> {
+    const raw = JSON.stringify(fn);
+    for (let attempt = 0; attempt < WRITE_ATTEMPTS; attempt++) {
+      // Usually one round trip: the name key points at this function, so the stored record has
+      // this name too and overwriting it (last writer wins) keeps names consistent.
+      const kept = await this.txn(() =>
+        this.client.if(nameKey(fn.name), 'Value', '==', fn.id).then(this.client.put(functionKey(fn.id)).value(raw)).commit(),
+      );
+      if (kept.succeeded) return this.applied(functionKey(fn.id), raw, kept);
+      // A rename: move the name key along, provided nobody changed the record since it was read.
+      const current = await this.read(fn.id);
+      if (!current) throw notFound(`no function ${fn.id}`);
+      const moved = await this.txn(() =>
+        this.client
+          .if(functionKey(fn.id), 'Mod', '==', current.modRevision)
+          .and(nameKey(fn.name), 'Create', '==', 0)
+          .then(
+            this.client.put(functionKey(fn.id)).value(raw),
+            this.client.delete().key(nameKey(current.fn.name)),
+            this.client.put(nameKey(fn.name)).value(fn.id),
+          )
+          .else(this.client.get(nameKey(fn.name)))
+          .commit(),
+      );
+      if (moved.succeeded) return this.applied(functionKey(fn.id), raw, moved);
+      const owner = moved.responses[0].response_range.kvs[0]?.value.toString();
+      if (owner !== undefined && owner !== fn.id) throw nameTaken(fn.name);
+    }
+    throw concurrentChange(fn.id);
+  }
+
+  async delete(id: string): Promise<boolean> {
+    for (let attempt = 0; attempt < WRITE_ATTEMPTS; attempt++) {
+      const current = await this.read(id);
+      if (!current) return false;
+      const res = await this.txn(() =>
+        this.client
+          .if(functionKey(id), 'Mod', '==', current.modRevision)
+          .then(this.client.delete().key(functionKey(id)), this.client.delete().key(nameKey(current.fn.name)))
+          .commit(),
+      );
+      if (res.succeeded) {
+        this.applied(functionKey(id), undefined, res);
+        return true;
+      }
+    }
+    throw concurrentChange(id);
+  }
+
+  close(): void {
+    this.mirror.close();
+    this.listeners.clear();
+    this.client.close();
+  }
+
+  /** The stored record and its revision, straight from etcd (the cache may lag behind other writers). */
+  private async read(id: string): Promise<{ fn: FunctionRecord; modRevision: string } | undefined> {
+    try {
+      const res = await this.client.get(functionKey(id)).exec();
+      const kv = res.kvs[0];
+      return kv && { fn: JSON.parse(kv.value.toString()) as FunctionRecord, modRevision: kv.mod_revision };
+    } catch (err) {
+      throw storeUnavailable(err);
+    }
+  }
+
+  private async txn(run: () => Promise<ITxnResponse>): Promise<ITxnResponse> {
+    try {
+      return await run();
+    } catch (err) {
+      throw storeUnavailable(err);
+    }
+  }
+
+  /** Read-your-writes: the cache shows an acknowledged write before the watch brings it. */
+  private applied(key: string, raw: string | undefined, res: ITxnResponse): void {
+    this.mirror.applyLocal(key, raw, Number(res.header.revision));
+  }
+
+  private async loaded(): Promise<void> {
+    if (!(await this.mirror.isLoaded(FIRST_LOAD_WAIT_MS))) throw storeUnavailable(new Error('functions not loaded yet'));
+  }
+
+  private changed(key: string, fn: FunctionRecord | undefined, prev: FunctionRecord | undefined): void {
+    if (prev && prev.name !== fn?.name && this.idByName.get(prev.name) === prev.id) this.idByName.delete(prev.name);
+    if (fn) this.idByName.set(fn.name, fn.id);
+    this.listeners.emit(fn ? { type: 'put', fn } : { type: 'delete', id: key.slice(FUNCTIONS_PREFIX.length) });
+  }
+}
+
+function decodeRecord(_key: string, raw: string): FunctionRecord | undefined {
+  const fn = JSON.parse(raw) as FunctionRecord;
+  if (typeof fn?.id !== 'string' || typeof fn.name !== 'string') return undefined;
+  Object.freeze(fn.env_vars);
+  return Object.freeze(fn);
+}
+
+const nameTaken = (name: string) => conflict(`a function named ${name} already exists`);
+const concurrentChange = (id: string) => conflict(`function ${id} is being changed concurrently, try again`);
+const storeUnavailable = (err: unknown) => asUnavailable(err, 'the function store', 'store_unavailable');

@@ -1,0 +1,11 @@
+/** The etcd key layout shared with the rest of the cluster (see notes/cluster.md). */
+export const FUNCTIONS_PREFIX = '/aether/functions/';
+export const NAMES_PREFIX = '/aether/names/';
+export const WORKERS_PREFIX = '/workers/';
+/** Instance routes live under `/functions/{functionId}/instances/{instanceId}`. */
+export const ROUTES_PREFIX = '/functions/';
+
+export const functionKey = (id: string) => FUNCTIONS_PREFIX + id;
+export const nameKey = (name: string) => NAMES_PREFIX + name;
+export const workerKey = (id: string) => WORKERS_PREFIX + id;
+export const instanceKey = (functionId: string, instanceId: string) => `${ROUTES_PREFIX}${functionId}/instances/${instanceId}`;

@@ -24,10 +24,24 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
+/** 0711: sandboxes run as other uids and must traverse to their bind-mounted code, nothing more. */
+export function prepareDataDir(dir: string): void {
+  fs.mkdirSync(dir, { recursive: true, mode: 0o711 });
+  fs.chmodSync(dir, 0o711);
+}
+
+/** Instance output goes to the log, tagged with function and instance, env var values masked. */
+export function instanceLogger(logger: Logger): (fn: FunctionRecord, instance: string, stream: 'stdout' | 'stderr', line: string) => void {
+  const maskers = new WeakMap<FunctionRecord, (line: string) => string>();
+  return (fn, instance, stream, line) => {
+    let mask = maskers.get(fn);
+    if (!mask) maskers.set(fn, (mask = secretMasker(fn.env_vars)));
+    logger.info({ function: fn.name, instance, stream }, mask(line));
+  };
+}
+
 export async function startServer(config: Config, logger: Logger = pino({ level: config.logLevel })): Promise<RunningServer> {
-  // 0711: sandboxes run as other uids and must traverse to their bind-mounted code, nothing more.
-  fs.mkdirSync(config.dataDir, { recursive: true, mode: 0o711 });
-  fs.chmodSync(config.dataDir, 0o711);
+  prepareDataDir(config.dataDir);
   const { token, created, file } = loadOrCreateToken(config.dataDir, config.apiToken);
   if (created) process.stdout.write(`\nAether API token (saved to ${file}, shown only this once):\n\n  ${token}\n\n`);
 
@@ -43,7 +57,6 @@ export async function startServer(config: Config, logger: Logger = pino({ level:
 
   const store = new SqliteStore(path.join(config.dataDir, 'aether.db'));
   const code = new LocalCodeStore(path.join(config.dataDir, 'code'), config.limits);
-  const maskers = new WeakMap<FunctionRecord, (line: string) => string>();
   const scheduler = new Scheduler({
     driver,
     codeDir: (hash) => code.dir(hash),
@@ -54,11 +67,7 @@ export async function startServer(config: Config, logger: Logger = pino({ level:
       startTimeoutMs: config.startTimeoutMs,
       stopGraceMs: config.stopGraceMs,
     },
-    onInstanceLog: (fn, instance, stream, line) => {
-      let mask = maskers.get(fn);
-      if (!mask) maskers.set(fn, (mask = secretMasker(fn.env_vars)));
-      logger.info({ function: fn.name, instance, stream }, mask(line));
-    },
+    onInstanceLog: instanceLogger(logger),
   });
   const functions = new FunctionService(store, code, store, scheduler);
   for (const fn of await store.list()) scheduler.updated(fn); // warm min_instances after a restart

@@ -4,8 +4,10 @@
  * client commands (`deploy`, `invoke`, ...) are further subcommands of this same program.
  */
 import { Command } from 'commander';
-import { ConfigError, loadConfig } from '../config.js';
+import { ConfigError, loadClusterConfig, loadConfig, loadWorkerConfig } from '../config.js';
+import { startGateway } from '../gateway.js';
 import { startServer } from '../server.js';
+import { startWorker } from '../worker.js';
 
 const program = new Command('aether').description('Serverless functions in isolated sandboxes and microVMs');
 
@@ -20,16 +22,39 @@ program
     if (opts.port) env.PORT = opts.port;
     if (opts.dataDir) env.AETHER_DATA_DIR = opts.dataDir;
     if (opts.isolation) env.AETHER_ISOLATION = opts.isolation;
-    const server = await startServer(loadConfig(env));
-    const stop = () => {
-      server.close().then(
-        () => process.exit(0),
-        () => process.exit(1),
-      );
-    };
-    process.once('SIGINT', stop);
-    process.once('SIGTERM', stop);
+    untilSignal(await startServer(loadConfig(env)));
   });
+
+program
+  .command('gateway')
+  .description('run a cluster gateway: the HTTP API, routing invocations to workers (etcd, Redis, S3)')
+  .option('-p, --port <port>', 'listen port (PORT)')
+  .action(async (opts: { port?: string }) => {
+    const env = { ...process.env, ...(opts.port ? { PORT: opts.port } : {}) };
+    untilSignal(await startGateway(loadClusterConfig(env)));
+  });
+
+program
+  .command('worker')
+  .description('run a cluster worker: instances of functions on this host, announced in etcd')
+  .option('-p, --port <port>', 'listen port for gateways (PORT)')
+  .option('-i, --isolation <driver>', 'auto | gvisor | bwrap | none (AETHER_ISOLATION)')
+  .action(async (opts: { port?: string; isolation?: string }) => {
+    const env = { ...process.env, ...(opts.port ? { PORT: opts.port } : {}), ...(opts.isolation ? { AETHER_ISOLATION: opts.isolation } : {}) };
+    untilSignal(await startWorker(loadWorkerConfig(env)));
+  });
+
+/** Runs until SIGINT/SIGTERM, then closes cleanly (instances stopped, registrations withdrawn). */
+function untilSignal(server: { close(): Promise<void> }): void {
+  const stop = () => {
+    server.close().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+}
 
 program.parseAsync().catch((err: unknown) => {
   // Configuration and start-up errors: one clear line, no stack.

@@ -114,25 +114,32 @@ export class ClusterRouter implements Router, Placement {
   }
 
   private async provisionAndWait(fn: FunctionRecord, slot: number, deadline: number): Promise<void> {
-    const target = this.placement();
+    const target = this.placement(fn);
     if (!target) throw unavailable('no live worker can take a new instance', 'no_capacity');
     const req: ProvisionRequest = { functionId: fn.id, version: fn.version, slot, targetWorker: target.id, deadline };
     const { jobId, enqueued } = await this.deps.provision.request(req);
     try {
       await this.deps.directory.waitForInstance(fn.id, fn.version, deadline);
     } catch {
-      if (enqueued) await this.deps.provision.cancel(req, jobId).catch(() => {});
+      if (enqueued) await this.deps.provision.cancel(jobId, req).catch(() => {});
       throw timedOut(`function ${fn.name} did not start in time`);
     }
   }
 
-  /** The live worker with the most free instance capacity (not whichever worker pops the queue first). */
-  private placement(): WorkerInfo | undefined {
+  /**
+   * Where a new instance goes: a live worker with room, preferring one that runs fewer instances of
+   * this function (spread for availability), then the most free capacity — not whichever worker
+   * pops the queue first.
+   */
+  private placement(fn: FunctionRecord): WorkerInfo | undefined {
     const now = this.now();
+    const mine = new Map<string, number>();
+    for (const r of this.deps.directory.instances(fn.id)) mine.set(r.worker_id, (mine.get(r.worker_id) ?? 0) + 1);
+    const score = (w: WorkerInfo) => [mine.get(w.id) ?? 0, w.instances - w.max_instances];
     let best: WorkerInfo | undefined;
     for (const w of this.deps.directory.workers()) {
       if ((this.refusedUntil.get(w.id) ?? 0) > now || w.instances >= w.max_instances) continue;
-      if (!best || w.max_instances - w.instances > best.max_instances - best.instances) best = w;
+      if (!best || lexLess(score(w), score(best))) best = w;
     }
     return best;
   }
@@ -183,4 +190,9 @@ export class ClusterRouter implements Router, Placement {
       }
     }
   }
+}
+
+function lexLess(a: number[], b: number[]): boolean {
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return a[i]! < b[i]!;
+  return false;
 }

@@ -142,5 +142,5 @@ export interface ProvisionRequest {
 export interface ProvisionRequests {
   request(req: ProvisionRequest): Promise<{ jobId: string; enqueued: boolean }>;
   /** Withdraws a job nobody waits for any more (its cold start timed out). */
-  cancel(req: ProvisionRequest, jobId: string): Promise<void>;
+  cancel(jobId: string, req: ProvisionRequest): Promise<void>;
 }

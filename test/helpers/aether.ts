@@ -28,9 +28,9 @@ export function makeZip(files: Record<string, string>): Buffer {
   return Buffer.from(zipSync(Object.fromEntries(Object.entries(files).map(([k, v]) => [k, strToU8(v)]))));
 }
 
-export async function startAether(opts: { isolation?: string; env?: Record<string, string>; dataDir?: string } = {}): Promise<Aether> {
+export async function startAether(opts: { role?: 'serve' | 'gateway' | 'worker'; isolation?: string; env?: Record<string, string>; dataDir?: string } = {}): Promise<Aether> {
   const dataDir = opts.dataDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'aether-test-'));
-  const proc = spawn(process.execPath, [path.join(ROOT, 'dist/cli/main.js'), 'serve'], {
+  const proc = spawn(process.execPath, [path.join(ROOT, 'dist/cli/main.js'), opts.role ?? 'serve'], {
     env: {
       ...process.env,
       PORT: '0',

@@ -1,0 +1,83 @@
+/**
+ * A cluster gateway (`aether gateway`): the same HTTP API as the all-in-one server, keeping no state
+ * of its own. Function records live in etcd, invocation records in Redis, code in S3; invocations go
+ * to workers found through etcd discovery, cold starts through the Redis provisioning queue.
+ */
+import net from 'node:net';
+import path from 'node:path';
+import { pino, type Logger } from 'pino';
+import { request } from 'undici';
+import { EtcdDiscovery } from './adapters/etcd/discovery.js';
+import { EtcdFunctionStore } from './adapters/etcd/function-store.js';
+import { buildApp } from './adapters/http/app.js';
+import { CLUSTER_TOKEN_HEADER } from './adapters/http/auth.js';
+import { connectRedis } from './adapters/redis/connection.js';
+import { RedisInvocationLog } from './adapters/redis/invocation-log.js';
+import { ProvisionQueue } from './adapters/redis/provision-queue.js';
+import { S3CodeStore } from './adapters/s3/s3-code-store.js';
+import type { ClusterConfig } from './config.js';
+import { ClusterRouter } from './core/cluster-router.js';
+import { FunctionService } from './core/functions.js';
+import type { WorkerInfo } from './core/ports.js';
+import type { InstanceInfo } from './core/types.js';
+import { prepareDataDir, type RunningServer } from './server.js';
+
+export async function startGateway(config: ClusterConfig, logger: Logger = pino({ level: config.logLevel })): Promise<RunningServer> {
+  prepareDataDir(config.dataDir);
+  const store = new EtcdFunctionStore(config.etcdEndpoints, { log: logger });
+  const discovery = new EtcdDiscovery(config.etcdEndpoints, { leaseTtlS: config.leaseTtlS, log: logger });
+  const code = new S3CodeStore({ ...config.s3, cacheDir: path.join(config.dataDir, 'code'), limits: config.limits });
+  await code.ensureBucket().catch((err: Error) => logger.warn({ err: err.message }, 'S3 bucket not ready yet; uploads will retry'));
+  const redis = await connectRedis(config.redisUrl);
+  const invocations = new RedisInvocationLog(redis, logger);
+  const workerHeaders = { [CLUSTER_TOKEN_HEADER]: config.apiToken };
+
+  const router = new ClusterRouter({
+    directory: discovery,
+    provision: new ProvisionQueue(redis, logger),
+    connect: (worker) => connectTo(worker),
+    workerInstances: async (worker, functionId) => {
+      const res = await request(`${worker.url}/internal/functions/${encodeURIComponent(functionId)}/instances`, { headers: workerHeaders, headersTimeout: 2000, bodyTimeout: 2000 });
+      if (res.statusCode !== 200) throw new Error(`worker ${worker.id} answered ${res.statusCode}`);
+      return (await res.body.json()) as InstanceInfo[];
+    },
+    workerHeaders,
+    log: logger,
+  });
+  const functions = new FunctionService(store, code, invocations, router);
+
+  const app = await buildApp({
+    logger,
+    health: () => ({ role: 'gateway', workers: discovery.workers().length }),
+    api: { token: config.apiToken, functions, maxUploadBytes: config.limits.maxCompressedBytes, workers: () => discovery.workers() },
+    invoke: { functions, router, invocations, startTimeoutMs: config.startTimeoutMs },
+  });
+  await app.listen({ port: config.port, host: config.host });
+  const port = (app.server.address() as { port: number }).port;
+  logger.info({ url: `http://127.0.0.1:${port}`, role: 'gateway' }, 'aether is serving');
+
+  return {
+    url: `http://127.0.0.1:${port}`,
+    token: config.apiToken,
+    driver: 'cluster',
+    close: async () => {
+      await app.close();
+      await discovery.close();
+      store.close();
+      code.close();
+      redis.disconnect();
+    },
+  };
+}
+
+function connectTo(worker: WorkerInfo): Promise<net.Socket> {
+  const { hostname, port } = new URL(worker.url);
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: hostname, port: Number(port), noDelay: true });
+    socket.once('connect', () => {
+      socket.off('error', reject);
+      resolve(socket);
+    });
+    socket.once('error', reject);
+  });
+}

@@ -1,0 +1,148 @@
+/**
+ * A cluster worker (`aether worker`): runs instances of any function on this host, announces itself
+ * and its instances in etcd, takes cold starts from its Redis provisioning stream, fetches code from
+ * S3 (cached by hash), and serves invocations forwarded by gateways.
+ */
+import { randomUUID } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { pino, type Logger } from 'pino';
+import { EtcdDiscovery } from './adapters/etcd/discovery.js';
+import { EtcdFunctionStore } from './adapters/etcd/function-store.js';
+import { buildApp } from './adapters/http/app.js';
+import { selectDriver } from './adapters/isolation/select.js';
+import { connectRedis } from './adapters/redis/connection.js';
+import { ProvisionQueue } from './adapters/redis/provision-queue.js';
+import { S3CodeStore } from './adapters/s3/s3-code-store.js';
+import type { WorkerConfig } from './config.js';
+import { notFound } from './core/errors.js';
+import type { WorkerInfo } from './core/ports.js';
+import { Scheduler } from './core/scheduler.js';
+import { instanceLogger, prepareDataDir, type RunningServer } from './server.js';
+
+const MB = 1024 * 1024;
+
+export async function startWorker(config: WorkerConfig, logger: Logger = pino({ level: config.logLevel })): Promise<RunningServer> {
+  prepareDataDir(config.dataDir);
+  const workerId = config.workerId ?? persistentId(config.dataDir);
+  const log = logger.child({ worker: workerId });
+  const { driver, reason } = await selectDriver(config.isolation, {
+    runDir: path.join(config.dataDir, 'run'),
+    pidsLimit: config.pidsLimit,
+    tmpMb: config.tmpMb,
+    cgroupParent: `aether/${workerId}`,
+  });
+  log.info({ isolation: driver.name }, `isolation: ${reason}`);
+
+  const functions = new EtcdFunctionStore(config.etcdEndpoints, { log });
+  const discovery = new EtcdDiscovery(config.etcdEndpoints, { leaseTtlS: config.leaseTtlS, log });
+  // A restart reclaims nothing of its previous life: routes to instances that died with it go first.
+  const stale = await discovery.removeStaleInstances(workerId).catch(() => 0);
+  if (stale > 0) log.info({ stale }, 'removed routes left by a previous run');
+  const code = new S3CodeStore({ ...config.s3, cacheDir: path.join(config.dataDir, 'code'), limits: config.limits });
+  const redis = await connectRedis(config.redisUrl);
+  const queue = new ProvisionQueue(redis, log);
+
+  let info: WorkerInfo;
+  const announce = () => {
+    info = { ...info, instances: scheduler.instanceCount() };
+    discovery.updateWorker(info).catch((err: Error) => log.warn({ err: err.message }, 'could not update the worker registration'));
+  };
+  const scheduler = new Scheduler({
+    driver,
+    codeDir: (hash) => code.dir(hash),
+    log,
+    settings: { maxQueue: config.maxQueue, scaleDownGraceMs: config.scaleDownGraceMs, startTimeoutMs: config.startTimeoutMs, stopGraceMs: config.stopGraceMs },
+    onInstanceLog: instanceLogger(log),
+    onInstanceReady: (fn, instanceId) => {
+      const route = { function_id: fn.id, instance_id: instanceId, worker_id: workerId, worker_url: info.url, version: fn.version, concurrency: fn.concurrency, started_at: new Date().toISOString() };
+      discovery.registerInstance(route).catch((err: Error) => log.warn({ err: err.message }, 'instance registration deferred'));
+      announce();
+    },
+    onInstanceGone: (fn, instanceId) => {
+      discovery.unregisterInstance(fn.id, instanceId).catch((err: Error) => log.warn({ err: err.message }, 'instance removal deferred'));
+      announce();
+    },
+  });
+  // Code and config changes arrive through etcd: instances of old versions drain, deleted functions stop.
+  functions.onChange((ev) => {
+    if (ev.type === 'put') scheduler.updated(ev.fn);
+    else void scheduler.removed(ev.id);
+  });
+  await functions.ready();
+
+  const lookup = {
+    get: async (idOrName: string) => {
+      const fn = await functions.get(idOrName);
+      if (!fn) throw notFound(`no function ${idOrName}`);
+      return fn;
+    },
+  };
+  const app = await buildApp({
+    logger: log,
+    health: () => ({ role: 'worker', worker_id: workerId, isolation: driver.name }),
+    invoke: { functions: lookup, router: scheduler, startTimeoutMs: config.startTimeoutMs, requireToken: config.apiToken },
+    internal: { token: config.apiToken, instances: (id) => scheduler.instances(id).map((i) => ({ ...i, worker_id: workerId })) },
+  });
+  await app.listen({ port: config.port, host: config.host });
+  const port = (app.server.address() as { port: number }).port;
+  const url = `http://${config.workerIp ?? defaultIp()}:${port}`;
+  info = {
+    id: workerId,
+    url,
+    driver: driver.name,
+    driver_reason: reason,
+    cpus: os.availableParallelism(),
+    memory_mb: Math.round(os.totalmem() / MB),
+    max_instances: config.maxInstances ?? Math.max(1, Math.floor((os.totalmem() * 0.75) / (128 * MB))),
+    instances: 0,
+    started_at: new Date().toISOString(),
+  };
+  await discovery.registerWorker(info);
+  const consumer = queue.consume({
+    workerId,
+    isAlive: (id) => discovery.workers().some((w) => w.id === id),
+    handle: async (job) => {
+      const fn = await functions.get(job.functionId);
+      if (!fn || fn.version !== job.version) return; // deleted or redeployed meanwhile: nobody waits for this version
+      await scheduler.provision(fn);
+    },
+  });
+  log.info({ url, worker_id: workerId }, 'aether is serving');
+
+  return {
+    url: `http://127.0.0.1:${port}`,
+    token: config.apiToken,
+    driver: driver.name,
+    close: async () => {
+      await consumer.stop();
+      await app.close();
+      await scheduler.shutdown();
+      await discovery.close();
+      functions.close();
+      code.close();
+      redis.disconnect();
+    },
+  };
+}
+
+/** A worker keeps its id across restarts, so it can recognise (and clean up) its previous life. */
+function persistentId(dataDir: string): string {
+  const file = path.join(dataDir, 'worker-id');
+  try {
+    return fs.readFileSync(file, 'utf8').trim();
+  } catch {
+    const id = `${os.hostname().replace(/[^A-Za-z0-9_.-]/g, '-').slice(0, 40)}-${randomUUID().slice(0, 8)}`;
+    fs.writeFileSync(file, id + '\n');
+    return id;
+  }
+}
+
+/** The first non-internal IPv4 address: how other hosts most likely reach this one (else set WORKER_IP). */
+function defaultIp(): string {
+  for (const list of Object.values(os.networkInterfaces())) {
+    for (const a of list ?? []) if (a.family === 'IPv4' && !a.internal) return a.address;
+  }
+  return '127.0.0.1';
+}

@@ -1,5 +1,9 @@
 import { S3Client } from '@aws-sdk/client-s3';
 
+// The SDK warns on every start that releases after January 2027 need Node 22; Aether pins this
+// client's major and says so in the README, so the warning only adds noise to the logs.
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+
 /** Where code archives live: any S3-protocol endpoint (MinIO, AWS S3, s3rver), addressed path-style. */
 export interface S3Config {
   endpoint: string;
@@ -15,24 +19,7 @@ export interface S3Config {
   timeoutMs?: number;
 }
 
-export const DEFAULT_BUCKET = 'function-code';
 export const DEFAULT_REGION = 'us-east-1';
-
-/** Cluster-mode settings: MINIO_ENDPOINT (a URL, or host:port meaning http), MINIO_ACCESS_KEY, MINIO_SECRET_KEY, MINIO_BUCKET. */
-export function s3ConfigFromEnv(env: NodeJS.ProcessEnv = process.env): S3Config {
-  const required = (name: string) => {
-    const value = env[name];
-    if (!value) throw new Error(`${name} must be set for cluster mode`);
-    return value;
-  };
-  const endpoint = required('MINIO_ENDPOINT');
-  return {
-    endpoint: /^https?:\/\//.test(endpoint) ? endpoint : `http://${endpoint}`,
-    accessKeyId: required('MINIO_ACCESS_KEY'),
-    secretAccessKey: required('MINIO_SECRET_KEY'),
-    bucket: env.MINIO_BUCKET || DEFAULT_BUCKET,
-  };
-}
 
 export function createS3Client(config: S3Config): S3Client {
   const timeoutMs = config.timeoutMs ?? 2000;

@@ -1,0 +1,51 @@
+/** Configuration: defaults, and one clear line naming the setting when something is wrong. */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { ConfigError, loadClusterConfig, loadConfig, loadWorkerConfig } from '../src/config.ts';
+
+const cluster = {
+  ETCD_ENDPOINTS: 'http://10.0.0.1:2379, http://10.0.0.2:2379',
+  REDIS_ADDR: '10.0.0.3:6379',
+  MINIO_ENDPOINT: 'http://minio:9000',
+  MINIO_ACCESS_KEY: 'k',
+  MINIO_SECRET_KEY: 's',
+  AETHER_API_TOKEN: '0123456789abcdef',
+};
+
+test('single node: defaults', () => {
+  const c = loadConfig({});
+  assert.equal(c.port, 8080);
+  assert.equal(c.isolation, 'auto');
+  assert.equal(c.limits.maxCompressedBytes, 50 * 1024 * 1024);
+  assert.equal(c.limits.maxUncompressedBytes, 250 * 1024 * 1024);
+  assert.equal(c.limits.maxEntries, 10_000);
+  assert.equal(c.apiToken, undefined);
+});
+
+test('invalid values name the setting', () => {
+  assert.throws(() => loadConfig({ PORT: '70000' }), (e: Error) => e instanceof ConfigError && /^invalid configuration: PORT: /.test(e.message));
+  assert.throws(() => loadConfig({ AETHER_ISOLATION: 'docker' }), /AETHER_ISOLATION/);
+  assert.throws(() => loadConfig({ AETHER_API_TOKEN: 'short' }), /AETHER_API_TOKEN: must be at least 16 characters/);
+});
+
+test('cluster: the original names, defaults, and what is missing', () => {
+  const c = loadClusterConfig(cluster);
+  assert.deepEqual(c.etcdEndpoints, ['http://10.0.0.1:2379', 'http://10.0.0.2:2379']);
+  assert.equal(c.redisUrl, 'redis://10.0.0.3:6379');
+  assert.deepEqual(c.s3, { endpoint: 'http://minio:9000', accessKeyId: 'k', secretAccessKey: 's', bucket: 'function-code', region: 'us-east-1' });
+  assert.equal(c.leaseTtlS, 5);
+  assert.equal(loadClusterConfig({ ...cluster, REDIS_ADDR: undefined, REDIS_URL: 'redis://r:1/2' }).redisUrl, 'redis://r:1/2');
+  for (const name of ['ETCD_ENDPOINTS', 'MINIO_ENDPOINT', 'MINIO_ACCESS_KEY', 'MINIO_SECRET_KEY', 'AETHER_API_TOKEN', 'REDIS_ADDR']) {
+    assert.throws(() => loadClusterConfig({ ...cluster, [name]: undefined }), new RegExp(`invalid configuration: ${name}: .*required`), name);
+  }
+  assert.throws(() => loadClusterConfig({ ...cluster, ETCD_ENDPOINTS: 'not a url' }), /ETCD_ENDPOINTS/);
+  assert.throws(() => loadClusterConfig({ ...cluster, REDIS_ADDR: 'nohost' }), /REDIS_ADDR: must be host:port/);
+});
+
+test('worker settings', () => {
+  const w = loadWorkerConfig({ ...cluster, WORKER_IP: '10.0.0.9', AETHER_WORKER_ID: 'w-1', AETHER_WORKER_MAX_INSTANCES: '40' });
+  assert.equal(w.workerIp, '10.0.0.9');
+  assert.equal(w.workerId, 'w-1');
+  assert.equal(w.maxInstances, 40);
+  assert.throws(() => loadWorkerConfig({ ...cluster, AETHER_WORKER_ID: 'bad id!' }), /AETHER_WORKER_ID/);
+});

@@ -10,18 +10,11 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import { HANDLER_CJS, startAether, TOKEN, type Aether } from './helpers/aether.ts';
 import { startServices, type Services } from './helpers/services.ts';
+import { until } from './helpers/wait.ts';
 
 const LEASE_TTL_S = 3;
 const HELLO = HANDLER_CJS;
 
-async function until(cond: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (Date.now() < end) {
-    if (await cond()) return;
-    await sleep(200);
-  }
-  assert.fail(`timed out waiting for ${what}`);
-}
 
 describe('cluster mode', () => {
   let services: Services;

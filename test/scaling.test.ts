@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import { sandboxDrivers, startAether, type Aether } from './helpers/aether.ts';
+import { until } from './helpers/wait.ts';
 
 // Sleeps ?ms=N before answering; /crash exits the process; /hang never answers.
 const SLOW = `
@@ -13,14 +14,6 @@ exports.handler = async (event) => {
   return { statusCode: 200, body: process.env.VERSION || 'v1' };
 };`;
 
-async function until(cond: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (Date.now() < end) {
-    if (await cond()) return;
-    await sleep(100);
-  }
-  assert.fail(`timed out waiting for ${what}`);
-}
 
 for (const driver of sandboxDrivers()) {
   describe(`scaling on ${driver}`, () => {

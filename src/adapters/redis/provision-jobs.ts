@@ -4,17 +4,9 @@
  * side (ProvisionConsumer).
  */
 import type { Redis } from 'ioredis';
+import type { ProvisionRequest } from '../../core/ports.js';
 
-export interface ProvisionRequest {
-  functionId: string;
-  version: number;
-  /** Which instance of this function version the job provides (0, 1, ...): the dedupe unit. */
-  slot: number;
-  /** Worker whose stream gets the job. */
-  targetWorker: string;
-  /** Epoch ms after which nobody waits for the instance: the job is then dropped, never started. */
-  deadline: number;
-}
+export type { ProvisionRequest };
 
 export type ProvisionSlot = Pick<ProvisionRequest, 'functionId' | 'version' | 'slot'>;
 

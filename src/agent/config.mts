@@ -64,13 +64,16 @@ function parseConfig(value: unknown): AgentConfig {
 
 /**
  * The function sees only its configured env, plus PORT (always the configured one: the agent relies
- * on it in server mode) and defaults for PATH, HOME and NODE_ENV. Nothing of the agent's own env remains.
+ * on it in server mode) and defaults for PATH, HOME, NODE_ENV and TZ. Nothing of the agent's own env remains.
+ * TZ=UTC as on Lambda: the sandbox has no /etc/localtime, and without TZ the first Date formatting
+ * (every HTTP response's Date header) searches the zoneinfo tree: ~0.7 s of a cold start under gVisor.
  */
 export function replaceEnv(config: AgentConfig): void {
   const env = {
     PATH: process.env.PATH || '/usr/local/bin:/usr/bin:/bin',
     HOME: '/tmp',
     NODE_ENV: 'production',
+    TZ: 'UTC',
     ...config.env,
     PORT: String(config.port),
   };

@@ -4,7 +4,6 @@
  * the instance's InstanceHandle, so this module knows nothing of how the instance is reached.
  */
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
-import { pipeline } from 'node:stream/promises';
 import { Pool, errors as undiciErrors } from 'undici';
 import { AetherError, badGateway, timedOut } from '../../core/errors.js';
 import { CLUSTER_TOKEN_HEADER } from './auth.js';
@@ -58,26 +57,30 @@ export const INSTANCE_HEADER = 'x-aether-instance';
 export async function forward(req: IncomingMessage, res: ServerResponse, lease: Lease, opts: ForwardOptions): Promise<{ status: number; instanceId: string }> {
   const headers = forwardedHeaders(req.headers, opts);
   const hasBody = req.headers['content-length'] !== undefined ? req.headers['content-length'] !== '0' : req.headers['transfer-encoding'] !== undefined;
-  let upstream;
+  let status = 0;
+  let instanceId = opts.instanceId;
   try {
-    upstream = await poolFor(lease.handle, opts.connections).request({
-      method: req.method as 'GET',
-      path: opts.path,
-      headers,
-      body: hasBody ? req : undefined,
-      headersTimeout: Math.max(1, opts.deadline - Date.now()),
-    });
+    // stream() writes the body straight into the client's response: no intermediate Readable.
+    await poolFor(lease.handle, opts.connections).stream(
+      {
+        method: req.method as 'GET',
+        path: opts.path,
+        headers,
+        body: hasBody ? req : undefined,
+        headersTimeout: Math.max(1, opts.deadline - Date.now()),
+      },
+      ({ statusCode, headers: upstreamHeaders }) => {
+        status = statusCode;
+        instanceId = (upstreamHeaders[INSTANCE_HEADER] as string | undefined) ?? instanceId;
+        res.writeHead(statusCode, { ...responseHeaders(upstreamHeaders as IncomingHttpHeaders), [INSTANCE_HEADER]: instanceId });
+        return res;
+      },
+    );
   } catch (err) {
-    throw await explain(err, lease);
-  }
-  const instanceId = (upstream.headers[INSTANCE_HEADER] as string | undefined) ?? opts.instanceId;
-  res.writeHead(upstream.statusCode, { ...responseHeaders(upstream.headers), [INSTANCE_HEADER]: instanceId });
-  try {
-    await pipeline(upstream.body, res);
-  } catch {
+    if (!res.headersSent) throw await explain(err, lease);
     res.destroy(); // the client sees a truncated response rather than a silently short one
   }
-  return { status: upstream.statusCode, instanceId };
+  return { status, instanceId };
 }
 
 async function explain(err: unknown, lease: Lease): Promise<AetherError> {

@@ -15,6 +15,8 @@ export class SqliteStore implements FunctionStore, InvocationLog {
   private readonly db: Database.Database;
   private pending: InvocationRecord[] = [];
   private readonly flushTimer: NodeJS.Timeout;
+  /** Prepared once: every invocation looks its function up, and preparing costs more than the query. */
+  private readonly sql;
 
   constructor(file: string, flushMs = 200) {
     this.db = new Database(file);
@@ -34,31 +36,44 @@ export class SqliteStore implements FunctionStore, InvocationLog {
       );
       CREATE INDEX IF NOT EXISTS invocations_by_function ON invocations (function_id, seq);
     `);
+    this.sql = {
+      insertFn: this.db.prepare('INSERT INTO functions (id, name, record) VALUES (?, ?, ?)'),
+      getFn: this.db.prepare('SELECT record FROM functions WHERE id = ? OR name = ?'),
+      listFns: this.db.prepare('SELECT record FROM functions ORDER BY name'),
+      updateFn: this.db.prepare('UPDATE functions SET name = ?, record = ? WHERE id = ?'),
+      deleteFn: this.db.prepare('DELETE FROM functions WHERE id = ?'),
+      deleteInvocations: this.db.prepare('DELETE FROM invocations WHERE function_id = ?'),
+      latest: this.db.prepare('SELECT record FROM invocations WHERE function_id = ? ORDER BY seq DESC LIMIT ?'),
+      insertInvocation: this.db.prepare('INSERT INTO invocations (function_id, record) VALUES (?, ?)'),
+      trimInvocations: this.db.prepare(
+        'DELETE FROM invocations WHERE function_id = ? AND seq <= (SELECT seq FROM invocations WHERE function_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)',
+      ),
+    };
     this.flushTimer = setInterval(() => this.flush(), flushMs);
     this.flushTimer.unref();
   }
 
   async create(fn: FunctionRecord): Promise<void> {
     try {
-      this.db.prepare('INSERT INTO functions (id, name, record) VALUES (?, ?, ?)').run(fn.id, fn.name, JSON.stringify(fn));
+      this.sql.insertFn.run(fn.id, fn.name, JSON.stringify(fn));
     } catch (err) {
       throw uniqueViolation(err, fn.name) ?? err;
     }
   }
 
   async get(idOrName: string): Promise<FunctionRecord | undefined> {
-    const row = this.db.prepare('SELECT record FROM functions WHERE id = ? OR name = ?').get(idOrName, idOrName) as { record: string } | undefined;
+    const row = this.sql.getFn.get(idOrName, idOrName) as { record: string } | undefined;
     return row && (JSON.parse(row.record) as FunctionRecord);
   }
 
   async list(): Promise<FunctionRecord[]> {
-    const rows = this.db.prepare('SELECT record FROM functions ORDER BY name').all() as { record: string }[];
+    const rows = this.sql.listFns.all() as { record: string }[];
     return rows.map((r) => JSON.parse(r.record) as FunctionRecord);
   }
 
   async update(fn: FunctionRecord): Promise<void> {
     try {
-      this.db.prepare('UPDATE functions SET name = ?, record = ? WHERE id = ?').run(fn.name, JSON.stringify(fn), fn.id);
+      this.sql.updateFn.run(fn.name, JSON.stringify(fn), fn.id);
     } catch (err) {
       throw uniqueViolation(err, fn.name) ?? err;
     }
@@ -66,8 +81,8 @@ export class SqliteStore implements FunctionStore, InvocationLog {
 
   async delete(id: string): Promise<boolean> {
     const tx = this.db.transaction(() => {
-      this.db.prepare('DELETE FROM invocations WHERE function_id = ?').run(id);
-      return this.db.prepare('DELETE FROM functions WHERE id = ?').run(id).changes > 0;
+      this.sql.deleteInvocations.run(id);
+      return this.sql.deleteFn.run(id).changes > 0;
     });
     this.pending = this.pending.filter((r) => r.function_id !== id);
     return tx();
@@ -79,9 +94,7 @@ export class SqliteStore implements FunctionStore, InvocationLog {
 
   async latest(functionId: string, limit: number): Promise<InvocationRecord[]> {
     this.flush();
-    const rows = this.db
-      .prepare('SELECT record FROM invocations WHERE function_id = ? ORDER BY seq DESC LIMIT ?')
-      .all(functionId, limit) as { record: string }[];
+    const rows = this.sql.latest.all(functionId, limit) as { record: string }[];
     return rows.map((r) => JSON.parse(r.record) as InvocationRecord);
   }
 
@@ -90,13 +103,9 @@ export class SqliteStore implements FunctionStore, InvocationLog {
     if (this.pending.length === 0) return;
     const batch = this.pending;
     this.pending = [];
-    const insert = this.db.prepare('INSERT INTO invocations (function_id, record) VALUES (?, ?)');
-    const trim = this.db.prepare(
-      'DELETE FROM invocations WHERE function_id = ? AND seq <= (SELECT seq FROM invocations WHERE function_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)',
-    );
     this.db.transaction(() => {
-      for (const inv of batch) insert.run(inv.function_id, JSON.stringify(inv));
-      for (const id of new Set(batch.map((b) => b.function_id))) trim.run(id, id, KEEP_INVOCATIONS);
+      for (const inv of batch) this.sql.insertInvocation.run(inv.function_id, JSON.stringify(inv));
+      for (const id of new Set(batch.map((b) => b.function_id))) this.sql.trimInvocations.run(id, id, KEEP_INVOCATIONS);
     })();
   }
 

@@ -14,5 +14,8 @@ const files = fs
   .map((f) => path.join('test', f))
   .filter((f) => only.length === 0 || only.some((o) => f.includes(o)))
   .sort();
+// Type errors in tests or the benchmark fail the run before anything starts (tsx only strips types).
+const typecheck = spawnSync(process.execPath, [path.join(root, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.tests.json'], { cwd: root, stdio: 'inherit' });
+if (typecheck.status !== 0) process.exit(typecheck.status ?? 1);
 const result = spawnSync(process.execPath, ['--import', 'tsx', '--test', '--test-concurrency=1', '--test-reporter=spec', ...files], { cwd: root, stdio: 'inherit' });
 process.exit(result.status ?? 1);

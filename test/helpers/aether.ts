@@ -24,8 +24,8 @@ export interface Aether {
   stop(): Promise<void>;
 }
 
-export function makeZip(files: Record<string, string>): Buffer {
-  return Buffer.from(zipSync(Object.fromEntries(Object.entries(files).map(([k, v]) => [k, strToU8(v)]))));
+export function makeZip(files: Record<string, string>): Uint8Array<ArrayBuffer> {
+  return new Uint8Array(zipSync(Object.fromEntries(Object.entries(files).map(([k, v]) => [k, strToU8(v)]))));
 }
 
 export async function startAether(opts: { role?: 'serve' | 'gateway' | 'worker'; isolation?: string; env?: Record<string, string>; dataDir?: string } = {}): Promise<Aether> {

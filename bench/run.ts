@@ -1,0 +1,127 @@
+/**
+ * `npm run bench`: cold start, warm latency and throughput of Aether against plain node, per
+ * isolation driver, all in one run so that every ratio is against a baseline taken under the same
+ * noise. Prints tables and PASS/MISS per target; writes the numbers as JSON.
+ *
+ *   --quick        fewer samples and shorter loads (a smoke run, not numbers to quote)
+ *   --json <file>  where to write the results (default bench/results/<ISO timestamp>.json)
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { parseArgs } from 'node:util';
+import { startAether, type AetherServer } from './aether.js';
+import { measureColdStarts, type ColdStartRow } from './cold-start.js';
+import { startDirect, type DirectServer } from './direct.js';
+import { functionFiles, MODES, type Mode } from './functions.js';
+import { coldStartTable, targetsTable, throughputTable, warmLatencyTable } from './report.js';
+import { checkTargets } from './targets.js';
+import { measureThroughput, type ThroughputOptions, type ThroughputRow } from './throughput.js';
+import { measureWarmLatency, type WarmLatencyRow, type WarmOptions } from './warm-latency.js';
+
+const DRIVERS = ['bwrap', 'gvisor'];
+
+interface Plan {
+  coldSamples: number;
+  warm: WarmOptions;
+  throughput: ThroughputOptions;
+}
+
+const FULL: Plan = {
+  coldSamples: 15,
+  warm: { warmup: 300, rounds: 4, perRound: 500 },
+  throughput: { warmupSeconds: 0.5, rounds: 2, seconds: 2 },
+};
+const QUICK: Plan = {
+  coldSamples: 3,
+  warm: { warmup: 50, rounds: 2, perRound: 100 },
+  throughput: { warmupSeconds: 0.5, rounds: 1, seconds: 1 },
+};
+
+/**
+ * The warm function: concurrency above the load's connections, so one instance can take them all and
+ * no request waits in Aether's queue; Aether may still scale out if it decides to.
+ */
+const HOT_SPEC = { concurrency: 64, max_instances: 4, idle_timeout_s: 600 };
+
+const { values: args } = parseArgs({ options: { quick: { type: 'boolean', default: false }, json: { type: 'string' } } });
+const plan = args.quick ? QUICK : FULL;
+const startedAt = new Date();
+const t0 = performance.now();
+const machine = {
+  cpus: os.cpus().length,
+  cpu_model: os.cpus()[0]?.model ?? 'unknown',
+  memory_gb: Math.round(os.totalmem() / 2 ** 30),
+  load_average_start: os.loadavg().map((l) => Number(l.toFixed(2))),
+  node: process.version,
+  kernel: os.release(),
+};
+console.log(`Aether bench ${startedAt.toISOString()}${args.quick ? ' (--quick: smoke run, few samples)' : ''}`);
+console.log(`machine: ${machine.cpus} cpus (${machine.cpu_model}), ${machine.memory_gb} GiB, load average at start ${machine.load_average_start.join(' ')}, node ${machine.node}, linux ${machine.kernel}`);
+
+const cold: ColdStartRow[] = [];
+const warm: WarmLatencyRow[] = [];
+const throughput: ThroughputRow[] = [];
+const drivers: Record<string, { ran: boolean; reason?: string }> = {};
+
+const direct = new Map<Mode, DirectServer>();
+try {
+  for (const mode of MODES) direct.set(mode, await startDirect(mode));
+  for (const driver of DRIVERS) {
+    let aether: AetherServer;
+    try {
+      aether = await startAether(driver);
+    } catch (err) {
+      const reason = err instanceof Error ? err.message : String(err);
+      drivers[driver] = { ran: false, reason };
+      console.log(`\nskipping ${driver}: Aether does not start with it: ${reason}`);
+      continue;
+    }
+    drivers[driver] = { ran: true };
+    try {
+      progress(`${driver}: cold starts (${plan.coldSamples} per mode)`);
+      cold.push(...(await measureColdStarts(aether, driver, plan.coldSamples)));
+      for (const mode of MODES) {
+        const fn = await aether.deploy({ name: `hot-${mode}`, ...HOT_SPEC }, functionFiles(mode));
+        const viaAether = { origin: aether.url, path: `/functions/${fn.name}/` };
+        const plain = { origin: direct.get(mode)!.url, path: '/' };
+        progress(`${driver}: ${mode} warm latency`);
+        warm.push({ driver, mode, ...(await measureWarmLatency(plain, viaAether, plan.warm)) });
+        progress(`${driver}: ${mode} throughput`);
+        throughput.push({ driver, mode, ...(await measureThroughput(plain, viaAether, aether, fn.id, plan.throughput)) });
+      }
+    } finally {
+      await aether.stop();
+    }
+  }
+} finally {
+  await Promise.all([...direct.values()].map((d) => d.stop()));
+}
+
+const targets = checkTargets(cold, warm, throughput);
+const results = {
+  started_at: startedAt.toISOString(),
+  duration_s: Math.round((performance.now() - t0) / 100) / 10,
+  quick: args.quick,
+  machine: { ...machine, load_average_end: os.loadavg().map((l) => Number(l.toFixed(2))) },
+  drivers,
+  cold_start: cold,
+  warm_latency: warm,
+  throughput,
+  targets,
+};
+
+if (cold.length) console.log(coldStartTable(cold));
+if (warm.length) console.log(warmLatencyTable(warm));
+if (throughput.length) console.log(throughputTable(throughput));
+console.log(targetsTable(targets));
+
+const out = args.json ?? path.join(import.meta.dirname, 'results', `${startedAt.toISOString().replace(/[-:]|\.\d+/g, '')}.json`);
+fs.mkdirSync(path.dirname(out), { recursive: true });
+fs.writeFileSync(out, JSON.stringify(results, null, 2) + '\n');
+console.log(`\n${targets.filter((t) => t.pass).length}/${targets.length} targets met; ${results.duration_s} s; results in ${path.relative(process.cwd(), out)}`);
+
+function progress(what: string): void {
+  console.error(`[bench ${((performance.now() - t0) / 1000).toFixed(0).padStart(3)} s] ${what}`);
+}

@@ -26,18 +26,25 @@ if (mtime(path.join(root, 'node_modules/.package-lock.json')) < mtime(path.join(
   run('npm', ['ci', '--no-audit', '--no-fund']);
 }
 
-// 2. OS packages: the sandbox drivers, and etcd/Redis for cluster mode and its tests; via apt when root.
-const wanted = { bwrap: 'bubblewrap', runsc: 'runsc', setpriv: 'util-linux', etcd: 'etcd-server', etcdctl: 'etcd-client', 'redis-server': 'redis-server' };
-const missing = Object.entries(wanted).filter(([bin]) => !has(bin)).map(([, pkg]) => pkg);
-if (missing.length > 0) {
-  if (process.getuid?.() === 0 && has('apt-get')) {
+// 2. OS packages: sandbox and microVM drivers, and etcd/Redis for cluster mode and its tests; via apt
+//    when root. The microVM image build also needs apt's package lists (it downloads Debian's kernel).
+const packages = [
+  'bubblewrap', 'runsc', 'util-linux', // sandboxes (setpriv is in util-linux)
+  'qemu-system-x86', 'busybox-static', 'e2fsprogs', // microVMs and their guest image
+  'etcd-server', 'etcd-client', 'redis-server', // cluster mode
+];
+const installed = (pkg) => spawnSync('dpkg-query', ['-W', '-f=${Status}', pkg], { encoding: 'utf8' }).stdout?.includes('install ok installed');
+const missing = has('dpkg-query') ? packages.filter((pkg) => !installed(pkg)) : [];
+const listsEmpty = () => !fs.existsSync('/var/lib/apt/lists') || !fs.readdirSync('/var/lib/apt/lists').some((f) => f.endsWith('_Packages'));
+if (process.getuid?.() === 0 && has('apt-get')) {
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  if (missing.length > 0 || listsEmpty()) run('apt-get', ['update', '-qq'], { env });
+  if (missing.length > 0) {
     say(`installing OS packages: ${missing.join(' ')}`);
-    const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-    run('apt-get', ['update', '-qq'], { env });
     run('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...missing], { env });
-  } else {
-    say(`missing OS packages (${missing.join(' ')}); install them as root: apt-get install ${missing.join(' ')}`);
   }
+} else if (missing.length > 0) {
+  say(`missing OS packages (${missing.join(' ')}); install them as root: apt-get install ${missing.join(' ')}`);
 }
 
 // 3. TypeScript build, when any source is newer than the last build.

@@ -13,7 +13,8 @@ const schema = z.object({
   HOST: z.string().min(1).default('0.0.0.0'),
   AETHER_DATA_DIR: z.string().min(1).default('./.aether'),
   AETHER_API_TOKEN: z.string().min(16, 'must be at least 16 characters').optional(),
-  AETHER_ISOLATION: z.enum(['auto', 'gvisor', 'bwrap', 'none']).default('auto'),
+  AETHER_ISOLATION: z.enum(['auto', 'qemu', 'gvisor', 'bwrap', 'none']).default('auto'),
+  AETHER_VM_CACHE: z.string().min(1).optional(),
   AETHER_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
   AETHER_MAX_UPLOAD_MB: int(1, 10_000).default(50),
   AETHER_MAX_UNPACKED_MB: int(1, 100_000).default(250),
@@ -31,7 +32,9 @@ export interface Config {
   host: string;
   dataDir: string;
   apiToken?: string;
-  isolation: 'auto' | 'gvisor' | 'bwrap' | 'none';
+  isolation: 'auto' | 'qemu' | 'gvisor' | 'bwrap' | 'none';
+  /** Guest kernels and images, shared by every Aether on the host. */
+  vmCacheDir: string;
   logLevel: string;
   limits: { maxCompressedBytes: number; maxUncompressedBytes: number; maxEntries: number };
   maxQueue: number;
@@ -52,6 +55,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     dataDir: path.resolve(c.AETHER_DATA_DIR),
     apiToken: c.AETHER_API_TOKEN,
     isolation: c.AETHER_ISOLATION,
+    vmCacheDir: path.resolve(c.AETHER_VM_CACHE ?? (process.getuid?.() === 0 ? '/var/cache/aether/vm' : path.join(c.AETHER_DATA_DIR, 'vm'))),
     logLevel: c.AETHER_LOG_LEVEL,
     limits: {
       maxCompressedBytes: c.AETHER_MAX_UPLOAD_MB * MB,

@@ -49,6 +49,7 @@ export async function startServer(config: Config, logger: Logger = pino({ level:
     runDir: path.join(config.dataDir, 'run'),
     pidsLimit: config.pidsLimit,
     tmpMb: config.tmpMb,
+    vmCacheDir: config.vmCacheDir,
     // One cgroup parent per data dir: a restart sweeps its own leftovers and nobody else's.
     cgroupParent: `aether/${createHash('sha256').update(config.dataDir).digest('hex').slice(0, 12)}`,
   });

@@ -31,6 +31,7 @@ export async function startWorker(config: WorkerConfig, logger: Logger = pino({ 
     runDir: path.join(config.dataDir, 'run'),
     pidsLimit: config.pidsLimit,
     tmpMb: config.tmpMb,
+    vmCacheDir: config.vmCacheDir,
     cgroupParent: `aether/${workerId}`,
   });
   log.info({ isolation: driver.name }, `isolation: ${reason}`);

@@ -4,7 +4,8 @@
  * strongest that works (gVisor, then bubblewrap) and never degrades to no isolation.
  */
 import { execFile } from 'node:child_process';
-import { chmod, mkdir, writeFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { access, chmod, mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
@@ -13,12 +14,13 @@ import { BwrapDriver } from './bwrap.js';
 import { CgroupTree } from './cgroup.js';
 import { GvisorDriver, RUNSC_PLATFORM } from './gvisor.js';
 import { NoIsolationDriver } from './none.js';
+import { QemuDriver } from './qemu/driver.js';
 import { cleanLeftovers, prepareSandboxHost, type SandboxHost } from './sandboxed-instance.js';
 import { UidPool } from './uid-pool.js';
 
 const run = promisify(execFile);
 
-export type IsolationMode = 'auto' | 'gvisor' | 'bwrap' | 'none';
+export type IsolationMode = 'auto' | 'qemu' | 'gvisor' | 'bwrap' | 'none';
 
 export interface SelectOptions {
   /** Where the per-instance channel directories are created. */
@@ -32,6 +34,8 @@ export interface SelectOptions {
   /** Host uids given to instances, one per live instance (default 200000, 50000 of them). */
   uids?: { first: number; size: number };
   probeTimeoutMs?: number;
+  /** Guest kernels, images and code disks for microVMs (shared by every Aether on the host). */
+  vmCacheDir?: string;
 }
 
 export interface SelectedDriver {
@@ -91,8 +95,20 @@ export async function selectDriver(mode: IsolationMode, opts: SelectOptions): Pr
   });
   const leftovers = await cleanLeftovers(host);
   const cleaned = leftovers > 0 ? ` (removed ${leftovers} instances left by a previous run)` : '';
-  const candidates = CANDIDATES.filter((c) => mode === 'auto' || c.name === mode);
   const failures: string[] = [];
+  if (mode === 'qemu' || (mode === 'auto' && (await microVmPossible()))) {
+    try {
+      const qemu = await QemuDriver.create({ runDir: opts.runDir, cacheDir: opts.vmCacheDir ?? path.join(stateDir, 'vm') });
+      const why = `qemu: ${qemu.accel.accel} (${qemu.accel.detail})`;
+      // Under TCG a microVM takes seconds to boot: only when asked for by name.
+      if (mode === 'qemu' || qemu.accel.accel === 'kvm') return { driver: qemu, reason: `${why}${cleaned}` };
+      failures.push(`${why}: not chosen without KVM (AETHER_ISOLATION=qemu uses TCG)`);
+    } catch (err) {
+      if (mode === 'qemu') throw new Error(`qemu isolation unavailable: ${err instanceof Error ? err.message : String(err)}`);
+      failures.push(`qemu: ${err instanceof Error ? err.message : String(err)}`);
+    }
+  }
+  const candidates = CANDIDATES.filter((c) => mode === 'auto' || c.name === mode);
   for (const candidate of candidates) {
     try {
       const version = await candidate.version(host).catch((err: NodeJS.ErrnoException) => {
@@ -100,7 +116,8 @@ export async function selectDriver(mode: IsolationMode, opts: SelectOptions): Pr
       });
       const driver = candidate.create(host);
       const ms = await probe(driver, host, opts.probeTimeoutMs ?? 15_000);
-      return { driver, reason: `${candidate.name}: ${version} probe ok in ${ms} ms${cleaned}` };
+      const passedOver = failures.length > 0 ? ` (passed over: ${failures.join('; ')})` : '';
+      return { driver, reason: `${candidate.name}: ${version} probe ok in ${ms} ms${cleaned}${passedOver}` };
     } catch (err) {
       failures.push(`${candidate.name}: ${err instanceof Error ? err.message : String(err)}`);
     }
@@ -111,6 +128,12 @@ export async function selectDriver(mode: IsolationMode, opts: SelectOptions): Pr
       `To fix: ${fix}, and run Aether as root with the cgroup v1 memory, pids and cpu controllers mounted under /sys/fs/cgroup. ` +
       '(AETHER_ISOLATION=none runs functions without any isolation: development with trusted code only.)',
   );
+}
+
+/** A microVM can only be worth probing with QEMU installed and a KVM device present. */
+async function microVmPossible(): Promise<boolean> {
+  const kvm = await access('/dev/kvm', constants.R_OK | constants.W_OK).then(() => true, () => false);
+  return kvm && (await run('qemu-system-x86_64', ['--version']).then(() => true, () => false));
 }
 
 /** Starts a trivial function in the sandbox and stops it again; resolves with the time to ready. */

@@ -59,6 +59,24 @@ for (const driver of sandboxDrivers()) {
       await until(async () => (await instances('inflight')).length === 0, 4000, 'scale to zero after the long request');
     });
 
+    test('min_instances stay warm: started without a request, kept past idle_timeout_s', async () => {
+      await a.deploy({ name: 'warm', min_instances: 1, idle_timeout_s: 1 }, { 'handler.js': SLOW });
+      await until(async () => (await instances('warm')).some((i) => i.state === 'ready'), 10_000, 'the warm instance');
+      await sleep(2500);
+      assert.equal((await instances('warm')).length, 1);
+      assert.equal((await a.invoke('warm')).status, 200);
+      assert.equal((await a.api('GET', '/api/functions/warm/invocations')).body[0].cold_start, false);
+    });
+
+    test('a warm instance that keeps crashing is restarted with a growing delay, not in a tight loop', async () => {
+      await a.deploy({ name: 'crashloop', min_instances: 1 }, { 'handler.js': 'setTimeout(() => process.exit(1), 20); exports.handler = async () => "ok";' });
+      await sleep(4000);
+      await a.api('PATCH', '/api/functions/crashloop', { min_instances: 0 });
+      const starts = a.logs.filter((l) => l.includes('"instance ready"') && l.includes('"crashloop"')).length;
+      assert.ok(starts >= 2, `restarted (${starts} starts)`);
+      assert.ok(starts <= 7, `${starts} starts in 4 s: backoff 0.1, 0.2, 0.4, 0.8, 1.6 s allows at most 6`);
+    });
+
     test('requests beyond capacity queue, and a full queue is 503', async () => {
       await a.deploy({ name: 'queue', concurrency: 1, max_instances: 1 }, { 'handler.js': SLOW });
       assert.equal((await a.invoke('queue', '/')).status, 200); // warm

@@ -58,6 +58,10 @@ export interface Lease {
   release(): void;
 }
 
+/** An instance that dies within this long of starting continues a crash streak. */
+const CRASH_WINDOW_MS = 60_000;
+const MAX_RESTART_DELAY_MS = 30_000;
+
 interface Waiter {
   resolve(lease: Lease): void;
   reject(err: AetherError): void;
@@ -69,6 +73,8 @@ export class FunctionPool {
   private readonly waiters: Waiter[] = [];
   private closed = false;
   private readonly now: () => number;
+  private crashStreak = 0;
+  private restartTimer?: NodeJS.Timeout;
 
   constructor(
     private fn: FunctionRecord,
@@ -127,6 +133,7 @@ export class FunctionPool {
   /** Stops everything; waiting requests fail. */
   async close(): Promise<void> {
     this.closed = true;
+    clearTimeout(this.restartTimer);
     for (const w of this.waiters.splice(0)) {
       clearTimeout(w.timer);
       w.reject(notFound(`function ${this.fn.name} was deleted`));
@@ -300,8 +307,13 @@ export class FunctionPool {
     this.forget(inst);
     if (!expected) {
       this.deps.log.warn({ function: this.fn.name, instance: inst.id, code: exit.code, signal: exit.signal, reason: exit.reason }, 'instance exited unexpectedly');
-      this.scaleUp();
-      this.keepMinimum();
+      this.scaleUp(); // requests waiting now are served at once
+      // Warm instances (min_instances) come back with a growing delay while they keep dying young.
+      const young = this.now() - inst.startedAt.getTime() < CRASH_WINDOW_MS;
+      this.crashStreak = young ? this.crashStreak + 1 : 1;
+      clearTimeout(this.restartTimer);
+      this.restartTimer = setTimeout(() => this.keepMinimum(), Math.min(MAX_RESTART_DELAY_MS, 100 * 2 ** (this.crashStreak - 1)));
+      this.restartTimer.unref();
     }
   }
 

@@ -32,21 +32,21 @@ export async function apiRoutes(app: FastifyInstance, opts: { functions: Functio
       scope.addContentTypeParser(type, (_req, payload, done) => done(null, payload));
     }
     scope.post<IdParams>('/api/functions/:id/code', async (req, reply) => {
-      const { stream, format } = await archiveFrom(req);
+      const { stream, format } = await archiveFrom(req, opts.maxUploadBytes);
       const fn = await fns.uploadCode(req.params.id, stream, format);
       return reply.status(200).send({ id: fn.id, code_hash: fn.code_hash, code_size: fn.code_size, version: fn.version });
     });
   });
 }
 
-async function archiveFrom(req: FastifyRequest): Promise<{ stream: NodeJS.ReadableStream; format: ArchiveFormat }> {
+async function archiveFrom(req: FastifyRequest, maxBytes: number): Promise<{ stream: NodeJS.ReadableStream; format: ArchiveFormat }> {
   const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
   if (type === 'multipart/form-data') {
     const part = await req.file();
     if (!part || part.fieldname !== 'file') throw badRequest('expected the archive in a multipart field named "file"');
     const gz = /\.(tar\.gz|tgz)$/i.test(part.filename) || /gzip/.test(part.mimetype);
     // Surface the multipart size limit as our 413 rather than a truncated archive.
-    part.file.on('limit', () => part.file.destroy(new AetherError(413, 'too_large', `archive exceeds the upload limit`)));
+    part.file.on('limit', () => part.file.destroy(new AetherError(413, 'too_large', `archive is larger than ${Math.round(maxBytes / 2 ** 20)} MB`)));
     return { stream: part.file, format: gz ? 'tar.gz' : 'zip' };
   }
   if (!req.body || typeof (req.body as NodeJS.ReadableStream).pipe !== 'function') {

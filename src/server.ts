@@ -75,7 +75,7 @@ export async function startServer(config: Config, logger: Logger = pino({ level:
 
   const app = await buildApp({
     logger,
-    health: () => ({ isolation: driver.name }),
+    health: () => ({ isolation: driver.name, isolation_reason: reason }),
     api: { token, functions, maxUploadBytes: config.limits.maxCompressedBytes },
     invoke: { functions, router: scheduler, invocations: store, startTimeoutMs: config.startTimeoutMs },
   });

@@ -82,7 +82,7 @@ export async function startWorker(config: WorkerConfig, logger: Logger = pino({ 
   };
   const app = await buildApp({
     logger: log,
-    health: () => ({ role: 'worker', worker_id: workerId, isolation: driver.name }),
+    health: () => ({ role: 'worker', worker_id: workerId, isolation: driver.name, isolation_reason: reason }),
     invoke: { functions: lookup, router: scheduler, startTimeoutMs: config.startTimeoutMs, requireToken: config.apiToken },
     internal: { token: config.apiToken, instances: (id) => scheduler.instances(id).map((i) => ({ ...i, worker_id: workerId })) },
   });

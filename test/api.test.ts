@@ -12,7 +12,10 @@ describe('management API', () => {
   test('healthz answers without a token', async () => {
     const res = await fetch(`${a.url}/healthz`);
     assert.equal(res.status, 200);
-    assert.equal((await res.json()).status, 'ok');
+    const health = await res.json();
+    assert.equal(health.status, 'ok');
+    assert.ok(['gvisor', 'bwrap', 'qemu'].includes(health.isolation));
+    assert.match(health.isolation_reason, new RegExp(`^${health.isolation}: `));
   });
 
   test('/api requires the bearer token', async () => {

@@ -469,7 +469,8 @@ describe('environment and token', () => {
     });
     const { handle } = await start(t, codeDir, { env: { GREETING: 'hi', NODE_ENV: 'staging' }, port: 4321, memoryMb: 256 });
     const { env, cwd, argv, execArgv } = json(await send(handle));
-    assert.deepEqual(Object.keys(env).sort(), ['GREETING', 'HOME', 'NODE_ENV', 'PATH', 'PORT']);
+    assert.deepEqual(Object.keys(env).sort(), ['GREETING', 'HOME', 'NODE_ENV', 'PATH', 'PORT', 'TZ']);
+    assert.equal(env.TZ, 'UTC');
     assert.equal(env.GREETING, 'hi');
     assert.equal(env.NODE_ENV, 'staging');
     assert.equal(env.PORT, '4321');

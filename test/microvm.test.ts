@@ -189,7 +189,7 @@ describe('accelerator probe', () => {
 
 describe('QEMU microVM driver (TCG)', () => {
   before(async () => {
-    driver = await QemuDriver.create({ runDir: path.join(work, 'run'), cacheDir, accel: 'tcg' });
+    driver = await QemuDriver.create({ runDir: path.join(work, 'run'), cacheDir, accel: 'tcg', tcgMinStartTimeoutMs: 0 });
   });
 
   test('boots the function under its own kernel and serves it through hostfwd', async () => {

@@ -12,8 +12,7 @@ const TEXT_TYPE = /^(text\/|application\/(json|xml|javascript|x-www-form-urlenco
 export function lambdaResponder(handler: LambdaHandler, config: AgentConfig): Responder {
   let counter = 0;
   return async (req, res) => {
-    const declared = Number(req.headers['content-length'] ?? 0);
-    const body = declared > MAX_BODY_BYTES ? undefined : await readBody(req);
+    const body = await readBody(req);
     if (!body) {
       sendError(res, 413, 'payload_too_large', `request body over ${MAX_BODY_BYTES} bytes`, true);
       return;
@@ -37,15 +36,19 @@ function header(req: IncomingMessage, name: string): string | undefined {
   return Array.isArray(value) ? value[0] : value;
 }
 
-/** The body, or undefined once it grows past the limit (checked while streaming: no length is trusted). */
+/**
+ * The body, or undefined if it is over the limit (counted while streaming: no length is trusted).
+ * An oversized body is still read to its end, discarded: answering while the client is still sending
+ * would cut the connection under it and the client would see a broken pipe instead of the 413.
+ */
 async function readBody(req: IncomingMessage): Promise<Buffer | undefined> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of req as AsyncIterable<Buffer>) {
     size += chunk.length;
-    if (size > MAX_BODY_BYTES) return undefined;
-    chunks.push(chunk);
+    if (size <= MAX_BODY_BYTES) chunks.push(chunk);
   }
+  if (size > MAX_BODY_BYTES) return undefined;
   return chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size);
 }
 

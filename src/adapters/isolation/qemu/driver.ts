@@ -26,8 +26,6 @@ const run = promisify(execFile);
 export const GUEST_OVERHEAD_MB = 64;
 /** Where the agent listens in the guest (unless the function wants that port). */
 const AGENT_PORT = 50_000;
-/** Under TCG a boot takes 5-7 s here (several times that on a busy host): a sandbox's start timeout is too short. */
-const TCG_MIN_START_TIMEOUT_MS = 60_000;
 /** QEMU binds the hostfwd port itself: if another process took it since we looked, try another. */
 const PORT_ATTEMPTS = 3;
 
@@ -43,6 +41,11 @@ export interface QemuDriverOptions {
   qemuBinary?: string;
   kvmProbeTimeoutMs?: number;
   onProgress?: (message: string) => void;
+  /**
+   * Under TCG a boot takes 5-7 s here (several times that on a busy host), so start timeouts meant for
+   * sandboxes are raised to this (default 60 s).
+   */
+  tcgMinStartTimeoutMs?: number;
 }
 
 export class QemuDriver implements IsolationDriver {
@@ -76,7 +79,8 @@ export class QemuDriver implements IsolationDriver {
   }
 
   async start(requested: InstanceSpec): Promise<InstanceHandle> {
-    const spec = this.accel.accel === 'tcg' ? { ...requested, startTimeoutMs: Math.max(requested.startTimeoutMs, TCG_MIN_START_TIMEOUT_MS) } : requested;
+    const floor = this.accel.accel === 'tcg' ? (this.opts.tcgMinStartTimeoutMs ?? 60_000) : 0;
+    const spec = { ...requested, startTimeoutMs: Math.max(requested.startTimeoutMs, floor) };
     const codeDisk = await this.codeDisks.diskFor(spec.codeDir);
     const guestPort = spec.port === AGENT_PORT ? AGENT_PORT + 1 : AGENT_PORT;
     const nodeArgs = ['--import', path.posix.join(GUEST_AGENT_DIR, 'listen-mode.mjs'), ...agentNodeArgs(spec.memoryMb, GUEST_AGENT_DIR)];

@@ -1,20 +1,22 @@
 /**
- * The Aether under test: the built CLI (`dist/cli/main.js serve`) as a child process on a free
- * loopback port with its own data dir, one isolation driver, and a small client for its API.
+ * The Aether under test, with one isolation driver: single node (`aether serve`), or a cluster of one
+ * gateway and one worker on real etcd, Redis and S3. Either way the bench talks to one URL (the
+ * server, or the gateway) through the same small API client.
  */
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { strToU8, zipSync } from 'fflate';
+import type { Services } from '../test/helpers/services.js';
+import { launchAether, type AetherProcess } from '../tools/aether-process.js';
 
-const ROOT = path.resolve(import.meta.dirname, '..');
 const TOKEN = 'bench-token-0123456789abcdef';
-const START_TIMEOUT_MS = 60_000;
-const STOP_TIMEOUT_MS = 10_000;
 const LOG_WAIT_MS = 2_000;
+const SETTLE_TIMEOUT_MS = 15_000;
+const POLL_MS = 20;
+
+export type Setup = 'single' | 'cluster';
 
 export interface FunctionInfo {
   id: string;
@@ -30,6 +32,8 @@ export interface Invocation {
 }
 
 export interface AetherServer {
+  setup: Setup;
+  driver: string;
   url: string;
   port: number;
   api<T = unknown>(method: string, p: string, body?: unknown): Promise<T>;
@@ -37,53 +41,102 @@ export interface AetherServer {
   deploy(spec: Record<string, unknown>, files: Record<string, string>): Promise<FunctionInfo>;
   instances(fnId: string): Promise<Array<{ state: string }>>;
   invocations(fnId: string): Promise<Invocation[]>;
-  /** How long the instance took to start, from Aether's "instance ready" log line (waits for it briefly). */
+  /** How long the instance took to start, from the "instance ready" log line (waits for it briefly). */
   startMs(instanceId: string): Promise<number>;
+  /** Deletes the functions and returns once their instances are gone. */
+  remove(fnIds: string[]): Promise<void>;
   stop(): Promise<void>;
 }
 
-/** Starts Aether with the driver; rejects with Aether's own explanation if it refuses to start. */
-export async function startAether(isolation: string): Promise<AetherServer> {
-  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'aether-bench-'));
-  fs.chmodSync(dataDir, 0o711); // sandboxes run as other uids and must traverse to their code
-  const proc = spawn(process.execPath, [path.join(ROOT, 'dist/cli/main.js'), 'serve'], {
-    env: {
-      ...process.env,
-      PORT: '0',
-      HOST: '127.0.0.1',
-      AETHER_DATA_DIR: dataDir,
-      AETHER_API_TOKEN: TOKEN,
-      AETHER_ISOLATION: isolation,
-      AETHER_LOG_LEVEL: 'info',
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const exited = once(proc, 'exit');
-  const stop = async () => {
-    if (proc.exitCode === null && proc.signalCode === null) {
-      proc.kill('SIGTERM');
-      const timer = setTimeout(() => proc.kill('SIGKILL'), STOP_TIMEOUT_MS);
-      await exited;
-      clearTimeout(timer);
-    }
-    fs.rmSync(dataDir, { recursive: true, force: true });
-  };
-
-  const started = new Map<string, number>();
-  let url: string;
+/** `aether serve` with the driver; rejects with Aether's own explanation if it refuses to start. */
+export async function startSingleNode(driver: string): Promise<AetherServer> {
+  const ready = readyLog();
+  const dataDir = sandboxDataDir();
+  let server: AetherProcess;
   try {
-    url = await serving(proc.stdout!, proc.stderr!, exited, (line) => {
-      if (line.includes('"instance ready"')) {
-        const { instance, ms } = JSON.parse(line) as { instance: string; ms: number };
-        started.set(instance, ms);
-      }
-    });
+    server = await launchAether({ role: 'serve', dataDir, token: TOKEN, isolation: driver, onLine: ready.onLine });
+  } catch (err) {
+    await stopAll([], [dataDir]);
+    throw err;
+  }
+  const client = apiClient(server.url);
+  return {
+    setup: 'single',
+    driver,
+    ...client,
+    startMs: ready.startMs,
+    // A single node's DELETE returns once the instances have stopped.
+    remove: async (fnIds) => void (await Promise.all(fnIds.map((id) => client.api('DELETE', `/api/functions/${id}`)))),
+    stop: () => stopAll([server], [dataDir]),
+  };
+}
+
+/** One worker with the driver and one gateway in front of it, on the given engines. */
+export async function startCluster(driver: string, services: Services): Promise<AetherServer> {
+  const ready = readyLog();
+  const dirs = [sandboxDataDir(), sandboxDataDir()];
+  const started: AetherProcess[] = [];
+  const stop = () => stopAll(started, dirs);
+  try {
+    const env = { ...services.env, WORKER_IP: '127.0.0.1', AETHER_WORKER_ID: 'bench-worker' };
+    started.push(await launchAether({ role: 'worker', dataDir: dirs[0]!, token: TOKEN, isolation: driver, env, onLine: ready.onLine }));
+    started.push(await launchAether({ role: 'gateway', dataDir: dirs[1]!, token: TOKEN, isolation: driver, env: services.env }));
+    await until(async () => (await apiClient(started[1]!.url).api<unknown[]>('GET', '/api/workers')).length === 1, 'the gateway to see the worker');
   } catch (err) {
     await stop();
     throw err;
   }
-  const headers = { authorization: `Bearer ${TOKEN}` };
+  const [worker, gateway] = started as [AetherProcess, AetherProcess];
+  const client = apiClient(gateway.url);
+  return {
+    setup: 'cluster',
+    driver,
+    ...client,
+    startMs: ready.startMs,
+    async remove(fnIds) {
+      await Promise.all(fnIds.map((id) => client.api('DELETE', `/api/functions/${id}`)));
+      // The worker stops them when etcd tells it, after the DELETE has returned: wait for its sandboxes to exit.
+      await until(async () => childPids(worker.proc.pid!).length === 0, 'the worker to stop the deleted functions');
+    },
+    stop,
+  };
+}
 
+/** Its data dir: sandboxes run as other uids and must traverse it to their code. */
+function sandboxDataDir(): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'aether-bench-'));
+  fs.chmodSync(dir, 0o711);
+  return dir;
+}
+
+async function stopAll(procs: AetherProcess[], dirs: string[]): Promise<void> {
+  // The gateway (started last) first, so that it never routes to a worker already gone.
+  for (const p of [...procs].reverse()) await p.stop();
+  for (const dir of dirs) fs.rmSync(dir, { recursive: true, force: true });
+}
+
+/** Instance start times from the "instance ready" lines of the process that runs the instances. */
+function readyLog() {
+  const started = new Map<string, number>();
+  return {
+    onLine(line: string) {
+      if (!line.includes('"instance ready"')) return;
+      const { instance, ms } = JSON.parse(line) as { instance: string; ms: number };
+      started.set(instance, ms);
+    },
+    async startMs(instanceId: string): Promise<number> {
+      const end = Date.now() + LOG_WAIT_MS;
+      while (!started.has(instanceId)) {
+        if (Date.now() > end) throw new Error(`Aether logged no "instance ready" for instance ${instanceId}`);
+        await sleep(5);
+      }
+      return started.get(instanceId)!;
+    },
+  };
+}
+
+function apiClient(url: string) {
+  const headers = { authorization: `Bearer ${TOKEN}` };
   const api = async <T>(method: string, p: string, body?: unknown): Promise<T> => {
     const res = await fetch(url + p, {
       method,
@@ -94,63 +147,32 @@ export async function startAether(isolation: string): Promise<AetherServer> {
     if (!res.ok) throw new Error(`${method} ${p}: ${res.status} ${text}`);
     return (text ? JSON.parse(text) : undefined) as T;
   };
-  const instances = (fnId: string) => api<Array<{ state: string }>>('GET', `/api/functions/${fnId}/instances`);
-
   return {
     url,
     port: Number(new URL(url).port),
     api,
-    async deploy(spec, files) {
+    async deploy(spec: Record<string, unknown>, files: Record<string, string>): Promise<FunctionInfo> {
       const fn = await api<FunctionInfo>('POST', '/api/functions', { runtime: 'node', ...spec });
       const zip = zipSync(Object.fromEntries(Object.entries(files).map(([name, text]) => [name, strToU8(text)])));
       const res = await fetch(`${url}/api/functions/${fn.id}/code`, { method: 'POST', headers: { ...headers, 'content-type': 'application/zip' }, body: zip });
       if (!res.ok) throw new Error(`upload to ${fn.name}: ${res.status} ${await res.text()}`);
       return { ...fn, ...((await res.json()) as { version: number }) };
     },
-    instances,
-    invocations: (fnId) => api<Invocation[]>('GET', `/api/functions/${fnId}/invocations`),
-    async startMs(instanceId) {
-      const end = Date.now() + LOG_WAIT_MS;
-      while (!started.has(instanceId)) {
-        if (Date.now() > end) throw new Error(`Aether logged no "instance ready" for instance ${instanceId}`);
-        await sleep(5);
-      }
-      return started.get(instanceId)!;
-    },
-    stop,
+    instances: (fnId: string) => api<Array<{ state: string }>>('GET', `/api/functions/${fnId}/instances`),
+    invocations: (fnId: string) => api<Invocation[]>('GET', `/api/functions/${fnId}/invocations`),
   };
 }
 
-/**
- * Reads the JSON log until the "aether is serving" line, and keeps reading it afterwards (a full pipe
- * would block the server), handing each line to onLine. An exit before that line rejects with what
- * Aether said on stderr.
- */
-function serving(stdout: NodeJS.ReadableStream, stderr: NodeJS.ReadableStream, exited: Promise<unknown>, onLine: (line: string) => void): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`not serving within ${START_TIMEOUT_MS} ms`)), START_TIMEOUT_MS);
-    let buf = '';
-    let errors = '';
-    stdout.setEncoding('utf8');
-    stderr.setEncoding('utf8');
-    stderr.on('data', (chunk: string) => (errors = (errors + chunk).slice(-4096)));
-    stdout.on('data', (chunk: string) => {
-      buf += chunk;
-      let nl;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        onLine(line);
-        if (line.includes('"aether is serving"')) {
-          clearTimeout(timer);
-          resolve(JSON.parse(line).url.replace('0.0.0.0', '127.0.0.1'));
-        }
-      }
-      if (buf.length > 1 << 20) buf = ''; // only whole lines matter; never grow without bound
-    });
-    void exited.then(() => {
-      clearTimeout(timer);
-      reject(new Error(errors.trim().split('\n').pop() || 'exited before serving'));
-    });
-  });
+/** The child processes of `pid` (its sandboxes), from every thread's list in /proc. */
+function childPids(pid: number): string[] {
+  const tasks = fs.readdirSync(`/proc/${pid}/task`);
+  return tasks.flatMap((t) => fs.readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').split(' ').filter(Boolean));
+}
+
+async function until(cond: () => Promise<boolean>, what: string): Promise<void> {
+  const end = Date.now() + SETTLE_TIMEOUT_MS;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error(`timed out after ${SETTLE_TIMEOUT_MS} ms waiting for ${what}`);
+    await sleep(POLL_MS);
+  }
 }

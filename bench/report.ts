@@ -1,5 +1,6 @@
 /** The human-readable side of a run: aligned tables on stdout. */
 import type { ColdStartRow } from './cold-start.js';
+import type { ClusterVsSingle } from './compare.js';
 import type { TargetCheck } from './targets.js';
 import type { ThroughputRow } from './throughput.js';
 import type { WarmLatencyRow } from './warm-latency.js';
@@ -20,31 +21,39 @@ const fixed = (n: number, digits = 1) => Number(n.toFixed(digits));
 export function coldStartTable(rows: ColdStartRow[]): string {
   return table(
     'Cold start: no instance -> first response byte (ms); node = `node -e` spawn -> first byte',
-    ['driver', 'mode', 'n', 'aether p50', 'p95', 'of which start p50', 'node p50', 'p95', 'x node p50', 'x node p95'],
-    rows.map((r) => [r.driver, r.mode, r.aether.n, fixed(r.aether.p50), fixed(r.aether.p95), fixed(r.instance_start.p50), fixed(r.node.p50), fixed(r.node.p95), r.ratio_p50, r.ratio_p95]),
+    ['setup', 'driver', 'mode', 'n', 'aether p50', 'p95', 'of which start p50', 'node p50', 'p95', 'x node p50', 'x node p95'],
+    rows.map((r) => [r.setup, r.driver, r.mode, r.aether.n, fixed(r.aether.p50), fixed(r.aether.p95), fixed(r.instance_start.p50), fixed(r.node.p50), fixed(r.node.p95), r.ratio_p50, r.ratio_p95]),
   );
 }
 
 export function warmLatencyTable(rows: WarmLatencyRow[]): string {
   return table(
     'Warm latency: sequential requests on one kept-alive connection (ms)',
-    ['driver', 'mode', 'n', 'aether p50', 'p99', 'direct p50', 'p99', 'overhead p50', 'p99', 'x direct p50'],
-    rows.map((r) => [r.driver, r.mode, r.aether.n, fixed(r.aether.p50, 3), fixed(r.aether.p99, 3), fixed(r.direct.p50, 3), fixed(r.direct.p99, 3), fixed(r.overhead_p50_ms, 3), fixed(r.overhead_p99_ms, 3), r.ratio_p50]),
+    ['setup', 'driver', 'mode', 'n', 'aether p50', 'p99', 'direct p50', 'p99', 'overhead p50', 'p99', 'x direct p50'],
+    rows.map((r) => [r.setup, r.driver, r.mode, r.aether.n, fixed(r.aether.p50, 3), fixed(r.aether.p99, 3), fixed(r.direct.p50, 3), fixed(r.direct.p99, 3), fixed(r.overhead_p50_ms, 3), fixed(r.overhead_p99_ms, 3), r.ratio_p50]),
   );
 }
 
 export function throughputTable(rows: ThroughputRow[]): string {
   return table(
     `Throughput: ${rows[0]?.connections ?? '-'} connections (2xx requests/s)`,
-    ['driver', 'mode', 's each', 'aether rps', 'direct rps', 'x direct', 'instances', 'failures a/d'],
-    rows.map((r) => [r.driver, r.mode, r.seconds_each, r.aether_rps, r.direct_rps, r.ratio, r.aether_instances, `${r.aether_failures}/${r.direct_failures}`]),
+    ['setup', 'driver', 'mode', 's each', 'aether rps', 'direct rps', 'x direct', 'instances', 'failures a/d'],
+    rows.map((r) => [r.setup, r.driver, r.mode, r.seconds_each, r.aether_rps, r.direct_rps, r.ratio, r.aether_instances, `${r.aether_failures}/${r.direct_failures}`]),
   );
 }
 
 export function targetsTable(checks: TargetCheck[]): string {
   return table(
     'Targets',
-    ['', 'target', 'driver', 'mode', 'measured', 'limit'],
-    checks.map((c) => [c.pass ? 'PASS' : 'MISS', c.target, c.driver, c.mode, `${c.value} ${c.unit}`, `${c.must} ${c.limit} ${c.unit}`]),
+    ['', 'target', 'setup', 'driver', 'mode', 'measured', 'limit'],
+    checks.map((c) => [c.pass ? 'PASS' : 'MISS', c.target, c.setup, c.driver, c.mode, `${c.value} ${c.unit}`, `${c.must} ${c.limit} ${c.unit}`]),
+  );
+}
+
+export function clusterTable(rows: ClusterVsSingle[]): string {
+  return table(
+    'Cluster (1 gateway + 1 worker, etcd/Redis/S3) vs single node; cold start = through gateway -> Redis queue -> worker',
+    ['metric', 'driver', 'mode', 'unit', 'single', 'cluster', 'x single'],
+    rows.map((r) => [r.metric, r.driver, r.mode, r.unit, fixed(r.single, 3), fixed(r.cluster, 3), r.ratio ?? '-']),
   );
 }

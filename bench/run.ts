@@ -4,6 +4,8 @@
  * noise. Prints tables and PASS/MISS per target; writes the numbers as JSON.
  *
  *   --quick        fewer samples and shorter loads (a smoke run, not numbers to quote)
+ *   --cluster      bubblewrap only, single node next to a cluster (1 gateway + 1 worker on real etcd,
+ *                  Redis and S3 started for the run), and how the cluster compares
  *   --json <file>  where to write the results (default bench/results/<ISO timestamp>.json)
  */
 import fs from 'node:fs';
@@ -11,16 +13,20 @@ import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
-import { startAether, type AetherServer } from './aether.js';
+import { startServices } from '../test/helpers/services.js';
+import { startCluster, startSingleNode, type AetherServer } from './aether.js';
 import { measureColdStarts, type ColdStartRow } from './cold-start.js';
+import { compareClusterToSingle } from './compare.js';
 import { startDirect, type DirectServer } from './direct.js';
 import { functionFiles, MODES, type Mode } from './functions.js';
-import { coldStartTable, targetsTable, throughputTable, warmLatencyTable } from './report.js';
+import { clusterTable, coldStartTable, targetsTable, throughputTable, warmLatencyTable } from './report.js';
 import { checkTargets } from './targets.js';
 import { measureThroughput, type ThroughputOptions, type ThroughputRow } from './throughput.js';
 import { measureWarmLatency, type WarmLatencyRow, type WarmOptions } from './warm-latency.js';
 
 const DRIVERS = ['bwrap', 'gvisor'];
+/** The cluster runs the fastest sandbox, so that what it shows is the cluster's own cost. */
+const CLUSTER_DRIVER = 'bwrap';
 
 interface Plan {
   coldSamples: number;
@@ -45,7 +51,9 @@ const QUICK: Plan = {
  */
 const HOT_SPEC = { concurrency: 64, max_instances: 4, idle_timeout_s: 600 };
 
-const { values: args } = parseArgs({ options: { quick: { type: 'boolean', default: false }, json: { type: 'string' } } });
+const { values: args } = parseArgs({
+  options: { quick: { type: 'boolean', default: false }, cluster: { type: 'boolean', default: false }, json: { type: 'string' } },
+});
 const plan = args.quick ? QUICK : FULL;
 const startedAt = new Date();
 const t0 = performance.now();
@@ -57,46 +65,62 @@ const machine = {
   node: process.version,
   kernel: os.release(),
 };
-console.log(`Aether bench ${startedAt.toISOString()}${args.quick ? ' (--quick: smoke run, few samples)' : ''}`);
+console.log(`Aether bench ${startedAt.toISOString()}${args.quick ? ' (--quick: smoke run, few samples)' : ''}${args.cluster ? ' (--cluster: single node vs cluster, bwrap)' : ''}`);
 console.log(`machine: ${machine.cpus} cpus (${machine.cpu_model}), ${machine.memory_gb} GiB, load average at start ${machine.load_average_start.join(' ')}, node ${machine.node}, linux ${machine.kernel}`);
 
 const cold: ColdStartRow[] = [];
 const warm: WarmLatencyRow[] = [];
 const throughput: ThroughputRow[] = [];
-const drivers: Record<string, { ran: boolean; reason?: string }> = {};
+type Ran = { ran: boolean; reason?: string };
+const drivers: Record<string, Ran> = {};
+let cluster: Ran | undefined;
 
 const direct = new Map<Mode, DirectServer>();
 try {
   for (const mode of MODES) direct.set(mode, await startDirect(mode));
-  for (const driver of DRIVERS) {
-    let aether: AetherServer;
+  for (const driver of args.cluster ? [CLUSTER_DRIVER] : DRIVERS) {
+    drivers[driver] = await measure(driver, () => startSingleNode(driver));
+  }
+  if (args.cluster) {
+    progress('cluster: starting etcd, Redis and S3');
+    const services = await startServices();
     try {
-      aether = await startAether(driver);
-    } catch (err) {
-      const reason = err instanceof Error ? err.message : String(err);
-      drivers[driver] = { ran: false, reason };
-      console.log(`\nskipping ${driver}: Aether does not start with it: ${reason}`);
-      continue;
-    }
-    drivers[driver] = { ran: true };
-    try {
-      progress(`${driver}: cold starts (${plan.coldSamples} per mode)`);
-      cold.push(...(await measureColdStarts(aether, driver, plan.coldSamples)));
-      for (const mode of MODES) {
-        const fn = await aether.deploy({ name: `hot-${mode}`, ...HOT_SPEC }, functionFiles(mode));
-        const viaAether = { origin: aether.url, path: `/functions/${fn.name}/` };
-        const plain = { origin: direct.get(mode)!.url, path: '/' };
-        progress(`${driver}: ${mode} warm latency`);
-        warm.push({ driver, mode, ...(await measureWarmLatency(plain, viaAether, plan.warm)) });
-        progress(`${driver}: ${mode} throughput`);
-        throughput.push({ driver, mode, ...(await measureThroughput(plain, viaAether, aether, fn.id, plan.throughput)) });
-      }
+      cluster = await measure(`cluster ${CLUSTER_DRIVER}`, () => startCluster(CLUSTER_DRIVER, services));
     } finally {
-      await aether.stop();
+      await services.stop();
     }
   }
 } finally {
   await Promise.all([...direct.values()].map((d) => d.stop()));
+}
+
+/** Every measurement of one Aether set-up, or why it could not start. */
+async function measure(label: string, start: () => Promise<AetherServer>): Promise<Ran> {
+  let aether: AetherServer;
+  try {
+    aether = await start();
+  } catch (err) {
+    const reason = err instanceof Error ? err.message : String(err);
+    console.log(`\nskipping ${label}: Aether does not start: ${reason}`);
+    return { ran: false, reason };
+  }
+  const row = { setup: aether.setup, driver: aether.driver };
+  try {
+    progress(`${label}: cold starts (${plan.coldSamples} per mode)`);
+    cold.push(...(await measureColdStarts(aether, plan.coldSamples)));
+    for (const mode of MODES) {
+      const fn = await aether.deploy({ name: `hot-${mode}`, ...HOT_SPEC }, functionFiles(mode));
+      const viaAether = { origin: aether.url, path: `/functions/${fn.name}/` };
+      const plain = { origin: direct.get(mode)!.url, path: '/' };
+      progress(`${label}: ${mode} warm latency`);
+      warm.push({ ...row, mode, ...(await measureWarmLatency(plain, viaAether, plan.warm)) });
+      progress(`${label}: ${mode} throughput`);
+      throughput.push({ ...row, mode, ...(await measureThroughput(plain, viaAether, aether, fn.id, plan.throughput)) });
+    }
+  } finally {
+    await aether.stop();
+  }
+  return { ran: true };
 }
 
 const targets = checkTargets(cold, warm, throughput);
@@ -106,6 +130,7 @@ const results = {
   quick: args.quick,
   machine: { ...machine, load_average_end: os.loadavg().map((l) => Number(l.toFixed(2))) },
   drivers,
+  ...(cluster && { cluster, cluster_vs_single: compareClusterToSingle(cold, warm, throughput) }),
   cold_start: cold,
   warm_latency: warm,
   throughput,
@@ -115,6 +140,7 @@ const results = {
 if (cold.length) console.log(coldStartTable(cold));
 if (warm.length) console.log(warmLatencyTable(warm));
 if (throughput.length) console.log(throughputTable(throughput));
+if (results.cluster_vs_single?.length) console.log(clusterTable(results.cluster_vs_single));
 console.log(targetsTable(targets));
 
 const out = args.json ?? path.join(import.meta.dirname, 'results', `${startedAt.toISOString().replace(/[-:]|\.\d+/g, '')}.json`);

@@ -5,7 +5,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import autocannon from 'autocannon';
-import type { AetherServer } from './aether.js';
+import type { AetherServer, Setup } from './aether.js';
 import type { Endpoint } from './endpoint.js';
 import { ratio } from './stats.js';
 
@@ -13,6 +13,7 @@ const CONNECTIONS = 50;
 const INSTANCE_POLL_MS = 200;
 
 export interface ThroughputRow {
+  setup: Setup;
   driver: string;
   mode: string;
   connections: number;
@@ -72,7 +73,7 @@ export async function measureThroughput(
   aether: AetherServer,
   fnId: string,
   opts: ThroughputOptions,
-): Promise<Omit<ThroughputRow, 'driver' | 'mode'>> {
+): Promise<Omit<ThroughputRow, 'setup' | 'driver' | 'mode'>> {
   await load(direct, opts.warmupSeconds);
   await load(viaAether, opts.warmupSeconds);
   const d: Tally = { ok: 0, failures: 0, seconds: 0 };

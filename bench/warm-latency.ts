@@ -5,9 +5,11 @@
 import { performance } from 'node:perf_hooks';
 import { Client } from 'undici';
 import { ratio, round, summarize, type Summary } from './stats.js';
+import type { Setup } from './aether.js';
 import type { Endpoint } from './endpoint.js';
 
 export interface WarmLatencyRow {
+  setup: Setup;
   driver: string;
   mode: string;
   aether: Summary;
@@ -37,7 +39,7 @@ async function sequential(client: Client, path: string, count: number): Promise<
   return out;
 }
 
-export async function measureWarmLatency(direct: Endpoint, aether: Endpoint, opts: WarmOptions): Promise<Omit<WarmLatencyRow, 'driver' | 'mode'>> {
+export async function measureWarmLatency(direct: Endpoint, aether: Endpoint, opts: WarmOptions): Promise<Omit<WarmLatencyRow, 'setup' | 'driver' | 'mode'>> {
   const client = (t: Endpoint) => new Client(t.origin, { pipelining: 1, keepAliveTimeout: 60_000, keepAliveMaxTimeout: 60_000 });
   const clients = [client(direct), client(aether)] as const;
   try {

@@ -1,4 +1,4 @@
-/** Smoke test of `npm run bench`: a --quick run must produce every section with real numbers. */
+/** Smoke tests of `npm run bench`: --quick runs must produce every section with real numbers. */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -9,9 +9,15 @@ import { test } from 'node:test';
 const ROOT = path.resolve(import.meta.dirname, '..');
 const MODES = ['handler', 'server'];
 
-function runBench(jsonFile: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
+const SECTIONS: Array<[string, string[]]> = [
+  ['cold_start', ['aether.p50', 'aether.p95', 'instance_start.p50', 'node.p50', 'node.p95', 'ratio_p50']],
+  ['warm_latency', ['aether.p50', 'aether.p99', 'direct.p50', 'direct.p99', 'ratio_p50']],
+  ['throughput', ['aether_rps', 'direct_rps', 'ratio', 'aether_instances']],
+];
+
+function runBench(args: string[], jsonFile: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const proc = spawn(process.execPath, ['--import', 'tsx', 'bench/run.ts', '--quick', '--json', jsonFile], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    const proc = spawn(process.execPath, ['--import', 'tsx', 'bench/run.ts', '--quick', ...args, '--json', jsonFile], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     proc.stdout.on('data', (c: Buffer) => (stdout += c));
@@ -27,41 +33,16 @@ function assertNumbers(row: Record<string, any>, paths: string[], where: string)
   }
 }
 
-test('bench --quick measures cold start, warm latency and throughput per driver and checks the targets', { timeout: 240_000 }, async () => {
+/** Runs the bench with `args` and hands its JSON results and stdout to `check`. */
+async function benchRun(args: string[], check: (r: any, stdout: string) => void): Promise<void> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'aether-bench-test-'));
   try {
     const jsonFile = path.join(dir, 'results.json');
-    const { code, stdout, stderr } = await runBench(jsonFile);
+    const { code, stdout, stderr } = await runBench(args, jsonFile);
     assert.equal(code, 0, `bench failed:\n${stdout}\n${stderr}`);
     const r = JSON.parse(fs.readFileSync(jsonFile, 'utf8'));
-
     assert.equal(r.quick, true);
-    assertNumbers(r.machine, ['cpus', 'load_average_start.0', 'load_average_end.0'], 'machine');
-    assert.match(stdout, new RegExp(`${r.machine.cpus} cpus.*load average at start`));
-
-    const ran = Object.keys(r.drivers).filter((d) => r.drivers[d].ran);
-    assert.ok(ran.length > 0, `no driver ran: ${JSON.stringify(r.drivers)}`);
-    for (const [driver, info] of Object.entries<any>(r.drivers)) {
-      if (!info.ran) assert.ok(info.reason, `${driver} was skipped without a reason`);
-    }
-
-    const sections: Array<[string, string[]]> = [
-      ['cold_start', ['aether.p50', 'aether.p95', 'instance_start.p50', 'node.p50', 'node.p95', 'ratio_p50']],
-      ['warm_latency', ['aether.p50', 'aether.p99', 'direct.p50', 'direct.p99', 'ratio_p50']],
-      ['throughput', ['aether_rps', 'direct_rps', 'ratio', 'aether_instances']],
-    ];
-    for (const [section, paths] of sections) {
-      for (const driver of ran) {
-        for (const mode of MODES) {
-          const row = r[section].find((x: any) => x.driver === driver && x.mode === mode);
-          assert.ok(row, `${section} has no row for ${driver}/${mode}`);
-          assertNumbers(row, paths, `${section} ${driver}/${mode}`);
-        }
-      }
-    }
-    for (const row of r.warm_latency) assert.ok(Number.isFinite(row.overhead_p50_ms), 'overhead is a number (may be negative)');
-    for (const row of r.throughput) assert.ok(row.aether_rps > 0 && row.direct_rps > 0 && row.aether_instances >= 1, JSON.stringify(row));
-
+    check(r, stdout);
     // One target per measured row, each judged on its number and printed as PASS or MISS.
     assert.equal(r.targets.length, r.cold_start.length + r.warm_latency.length + r.throughput.length);
     for (const t of r.targets) {
@@ -72,4 +53,55 @@ test('bench --quick measures cold start, warm latency and throughput per driver 
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** Every section has a row with real numbers for each mode of each (setup, driver) that ran. */
+function assertSections(r: any, ran: Array<{ setup: string; driver: string }>): void {
+  for (const [section, paths] of SECTIONS) {
+    for (const { setup, driver } of ran) {
+      for (const mode of MODES) {
+        const row = r[section].find((x: any) => x.setup === setup && x.driver === driver && x.mode === mode);
+        assert.ok(row, `${section} has no row for ${setup} ${driver}/${mode}`);
+        assertNumbers(row, paths, `${section} ${setup} ${driver}/${mode}`);
+      }
+    }
+  }
+  for (const row of r.warm_latency) assert.ok(Number.isFinite(row.overhead_p50_ms), 'overhead is a number (may be negative)');
+  for (const row of r.throughput) assert.ok(row.aether_rps > 0 && row.direct_rps > 0 && row.aether_instances >= 1, JSON.stringify(row));
+}
+
+test('bench --quick measures cold start, warm latency and throughput per driver and checks the targets', { timeout: 240_000 }, async () => {
+  await benchRun([], (r, stdout) => {
+    assertNumbers(r.machine, ['cpus', 'load_average_start.0', 'load_average_end.0'], 'machine');
+    assert.match(stdout, new RegExp(`${r.machine.cpus} cpus.*load average at start`));
+    const ran = Object.keys(r.drivers).filter((d) => r.drivers[d].ran);
+    assert.ok(ran.length > 0, `no driver ran: ${JSON.stringify(r.drivers)}`);
+    for (const [driver, info] of Object.entries<any>(r.drivers)) {
+      if (!info.ran) assert.ok(info.reason, `${driver} was skipped without a reason`);
+    }
+    assertSections(r, ran.map((driver) => ({ setup: 'single', driver })));
+    assert.equal(r.cluster, undefined, 'no cluster without --cluster');
+  });
+});
+
+test('bench --quick --cluster measures a gateway + worker cluster next to a single node and compares them', { timeout: 240_000 }, async () => {
+  await benchRun(['--cluster'], (r, stdout) => {
+    assert.deepEqual(r.drivers, { bwrap: { ran: true } });
+    assert.deepEqual(r.cluster, { ran: true });
+    assertSections(r, [{ setup: 'single', driver: 'bwrap' }, { setup: 'cluster', driver: 'bwrap' }]);
+
+    const metrics = ['cold start p50', 'cold start p95', 'warm overhead p50', 'warm overhead p99', 'throughput'];
+    assert.equal(r.cluster_vs_single.length, metrics.length * MODES.length);
+    for (const metric of metrics) {
+      for (const mode of MODES) {
+        const c = r.cluster_vs_single.find((x: any) => x.metric === metric && x.mode === mode);
+        assert.ok(c, `no ${metric} comparison for ${mode}`);
+        assert.ok(Number.isFinite(c.single) && Number.isFinite(c.cluster), JSON.stringify(c));
+        assert.equal(c.ratio, c.single > 0 ? Math.round((c.cluster / c.single) * 100) / 100 : null, JSON.stringify(c));
+      }
+    }
+    const cold = (setup: string) => r.cold_start.find((x: any) => x.setup === setup && x.mode === 'handler').aether.p50;
+    assert.equal(r.cluster_vs_single.find((x: any) => x.metric === 'cold start p50' && x.mode === 'handler').cluster, cold('cluster'));
+    assert.match(stdout, /Cluster \(1 gateway \+ 1 worker/);
+  });
 });

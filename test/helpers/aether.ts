@@ -2,13 +2,14 @@
  * Test harness: runs a real Aether server (the built CLI, as a child process, on a free loopback
  * port with its own data dir) and talks to it over real HTTP.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { zipSync, strToU8 } from 'fflate';
+import { launchAether, ROOT } from '../../tools/aether-process.ts';
 
-export const ROOT = path.resolve(import.meta.dirname, '../..');
+export { ROOT };
 export const TOKEN = 'test-token-0123456789abcdef';
 
 export interface Aether {
@@ -30,37 +31,15 @@ export function makeZip(files: Record<string, string>): Uint8Array<ArrayBuffer> 
 
 export async function startAether(opts: { role?: 'serve' | 'gateway' | 'worker'; isolation?: string; env?: Record<string, string>; dataDir?: string } = {}): Promise<Aether> {
   const dataDir = opts.dataDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'aether-test-'));
-  const proc = spawn(process.execPath, [path.join(ROOT, 'dist/cli/main.js'), opts.role ?? 'serve'], {
-    env: {
-      ...process.env,
-      PORT: '0',
-      HOST: '127.0.0.1',
-      AETHER_DATA_DIR: dataDir,
-      AETHER_API_TOKEN: TOKEN,
-      AETHER_ISOLATION: opts.isolation ?? 'auto',
-      AETHER_LOG_LEVEL: 'info',
-      ...opts.env,
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
   const logs: string[] = [];
-  const url = await new Promise<string>((resolve, reject) => {
-    let buf = '';
-    const onData = (chunk: Buffer) => {
-      buf += chunk.toString();
-      let nl;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        logs.push(line);
-        if (line.includes('"aether is serving"')) resolve(JSON.parse(line).url.replace('0.0.0.0', '127.0.0.1'));
-      }
-    };
-    proc.stdout!.on('data', onData);
-    proc.stderr!.on('data', (c: Buffer) => logs.push(c.toString()));
-    proc.once('exit', (code) => reject(new Error(`aether exited with ${code}:\n${logs.join('\n')}`)));
+  const { proc, url, kill, stop } = await launchAether({
+    role: opts.role ?? 'serve',
+    dataDir,
+    token: TOKEN,
+    isolation: opts.isolation ?? 'auto',
+    env: opts.env,
+    onLine: (line) => logs.push(line),
   });
-  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
 
   const a: Aether = {
     url,
@@ -92,17 +71,9 @@ export async function startAether(opts: { role?: 'serve' | 'gateway' | 'worker';
       if (up.status !== 200) throw new Error(`upload failed: ${JSON.stringify(up.body)}`);
       return { ...created.body, ...up.body };
     },
-    async kill(signal = 'SIGKILL') {
-      proc.kill(signal);
-      await exited;
-    },
+    kill,
     async stop() {
-      if (proc.exitCode === null && proc.signalCode === null) {
-        proc.kill('SIGTERM');
-        const t = setTimeout(() => proc.kill('SIGKILL'), 10_000);
-        await exited;
-        clearTimeout(t);
-      }
+      await stop();
       if (!opts.dataDir) fs.rmSync(dataDir, { recursive: true, force: true });
     },
   };

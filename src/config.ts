@@ -13,7 +13,7 @@ const schema = z.object({
   HOST: z.string().min(1).default('0.0.0.0'),
   AETHER_DATA_DIR: z.string().min(1).default('./.aether'),
   AETHER_API_TOKEN: z.string().min(16, 'must be at least 16 characters').optional(),
-  AETHER_ISOLATION: z.enum(['auto', 'qemu', 'gvisor', 'bwrap', 'none']).default('auto'),
+  AETHER_ISOLATION: z.enum(['auto', 'firecracker', 'qemu', 'gvisor', 'bwrap', 'none']).default('auto'),
   AETHER_VM_CACHE: z.string().min(1).optional(),
   AETHER_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
   AETHER_MAX_UPLOAD_MB: int(1, 10_000).default(50),
@@ -32,7 +32,7 @@ export interface Config {
   host: string;
   dataDir: string;
   apiToken?: string;
-  isolation: 'auto' | 'qemu' | 'gvisor' | 'bwrap' | 'none';
+  isolation: 'auto' | 'firecracker' | 'qemu' | 'gvisor' | 'bwrap' | 'none';
   /** Guest kernels and images, shared by every Aether on the host. */
   vmCacheDir: string;
   logLevel: string;

@@ -50,6 +50,7 @@ export async function startServer(config: Config, logger: Logger = pino({ level:
     pidsLimit: config.pidsLimit,
     tmpMb: config.tmpMb,
     vmCacheDir: config.vmCacheDir,
+    onProgress: (message) => logger.info({}, message),
     // One cgroup parent per data dir: a restart sweeps its own leftovers and nobody else's.
     cgroupParent: `aether/${createHash('sha256').update(config.dataDir).digest('hex').slice(0, 12)}`,
   });

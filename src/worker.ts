@@ -32,6 +32,7 @@ export async function startWorker(config: WorkerConfig, logger: Logger = pino({ 
     pidsLimit: config.pidsLimit,
     tmpMb: config.tmpMb,
     vmCacheDir: config.vmCacheDir,
+    onProgress: (message) => log.info({}, message),
     cgroupParent: `aether/${workerId}`,
   });
   log.info({ isolation: driver.name }, `isolation: ${reason}`);

@@ -6,6 +6,7 @@
 import { Command } from 'commander';
 import { ConfigError, loadClusterConfig, loadConfig, loadWorkerConfig } from '../config.js';
 import { startGateway } from '../gateway.js';
+import { buildImage } from '../image/build-image.js';
 import { startServer } from '../server.js';
 import { startWorker } from '../worker.js';
 
@@ -42,6 +43,20 @@ program
   .action(async (opts: { port?: string; isolation?: string }) => {
     const env = { ...process.env, ...(opts.port ? { PORT: opts.port } : {}), ...(opts.isolation ? { AETHER_ISOLATION: opts.isolation } : {}) };
     untilSignal(await startWorker(loadWorkerConfig(env)));
+  });
+
+program
+  .command('image')
+  .description('microVM guest image')
+  .command('build')
+  .description('build (or find, cached by content hash) the kernel, initramfs and root image microVMs boot')
+  .option('--cache-dir <dir>', 'where images are kept (AETHER_VM_CACHE)')
+  .option('--kernel <path>', 'a guest kernel of your own (KERNEL_PATH)')
+  .action(async (opts: { cacheDir?: string; kernel?: string }) => {
+    const env = { ...process.env, ...(opts.cacheDir ? { AETHER_VM_CACHE: opts.cacheDir } : {}) };
+    const { vmCacheDir } = loadConfig(env);
+    const image = await buildImage({ cacheDir: vmCacheDir, kernelPath: opts.kernel, onProgress: (m) => process.stderr.write(`${m}\n`) });
+    process.stdout.write(`${JSON.stringify(image, null, 2)}\n`);
   });
 
 /** Runs until SIGINT/SIGTERM, then closes cleanly (instances stopped, registrations withdrawn). */

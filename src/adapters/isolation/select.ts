@@ -14,13 +14,14 @@ import { BwrapDriver } from './bwrap.js';
 import { CgroupTree } from './cgroup.js';
 import { GvisorDriver, RUNSC_PLATFORM } from './gvisor.js';
 import { NoIsolationDriver } from './none.js';
+import { FirecrackerDriver } from './firecracker/driver.js';
 import { QemuDriver } from './qemu/driver.js';
 import { cleanLeftovers, prepareSandboxHost, type SandboxHost } from './sandboxed-instance.js';
 import { UidPool } from './uid-pool.js';
 
 const run = promisify(execFile);
 
-export type IsolationMode = 'auto' | 'qemu' | 'gvisor' | 'bwrap' | 'none';
+export type IsolationMode = 'auto' | 'firecracker' | 'qemu' | 'gvisor' | 'bwrap' | 'none';
 
 export interface SelectOptions {
   /** Where the per-instance channel directories are created. */
@@ -36,6 +37,8 @@ export interface SelectOptions {
   probeTimeoutMs?: number;
   /** Guest kernels, images and code disks for microVMs (shared by every Aether on the host). */
   vmCacheDir?: string;
+  /** Long steps (building the guest image on first use) report here. */
+  onProgress?: (message: string) => void;
 }
 
 export interface SelectedDriver {
@@ -96,9 +99,21 @@ export async function selectDriver(mode: IsolationMode, opts: SelectOptions): Pr
   const leftovers = await cleanLeftovers(host);
   const cleaned = leftovers > 0 ? ` (removed ${leftovers} instances left by a previous run)` : '';
   const failures: string[] = [];
-  if (mode === 'qemu' || (mode === 'auto' && (await microVmPossible()))) {
+  const vmCacheDir = opts.vmCacheDir ?? path.join(stateDir, 'vm');
+  if (mode === 'firecracker' || (mode === 'auto' && (await microVmPossible('firecracker')))) {
     try {
-      const qemu = await QemuDriver.create({ runDir: opts.runDir, cacheDir: opts.vmCacheDir ?? path.join(stateDir, 'vm') });
+      const fc = await FirecrackerDriver.create({ runDir: opts.runDir, cacheDir: vmCacheDir });
+      const probe = await fc.probe();
+      if (probe.ok) return { driver: fc, reason: `firecracker: ${probe.detail}${cleaned}` };
+      failures.push(`firecracker: ${probe.detail}`);
+    } catch (err) {
+      failures.push(`firecracker: ${err instanceof Error ? err.message : String(err)}`);
+    }
+    if (mode === 'firecracker') throw new Error(`firecracker isolation unavailable: ${failures.join('; ')}`);
+  }
+  if (mode === 'qemu' || (mode === 'auto' && (await microVmPossible('qemu-system-x86_64')))) {
+    try {
+      const qemu = await QemuDriver.create({ runDir: opts.runDir, cacheDir: vmCacheDir, onProgress: opts.onProgress });
       const why = `qemu: ${qemu.accel.accel} (${qemu.accel.detail})`;
       // Under TCG a microVM takes seconds to boot: only when asked for by name.
       if (mode === 'qemu' || qemu.accel.accel === 'kvm') return { driver: qemu, reason: `${why}${cleaned}` };
@@ -130,10 +145,10 @@ export async function selectDriver(mode: IsolationMode, opts: SelectOptions): Pr
   );
 }
 
-/** A microVM can only be worth probing with QEMU installed and a KVM device present. */
-async function microVmPossible(): Promise<boolean> {
+/** A microVM is only worth probing with its VMM installed and a KVM device present. */
+async function microVmPossible(vmm: string): Promise<boolean> {
   const kvm = await access('/dev/kvm', constants.R_OK | constants.W_OK).then(() => true, () => false);
-  return kvm && (await run('qemu-system-x86_64', ['--version']).then(() => true, () => false));
+  return kvm && (await run(vmm, ['--version']).then(() => true, () => false));
 }
 
 /** Starts a trivial function in the sandbox and stops it again; resolves with the time to ready. */

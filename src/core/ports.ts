@@ -77,6 +77,8 @@ export interface IsolationDriver {
   readonly name: string;
   /** Resolves when the instance is ready to take requests; rejects (and cleans up) otherwise. */
   start(spec: InstanceSpec): Promise<InstanceHandle>;
+  /** Releases what the driver holds on the host once every instance has stopped. */
+  close?(): Promise<void>;
 }
 
 /** Structured logger (pino's call shape). Secrets must never be passed in either argument. */

@@ -62,6 +62,7 @@ export class Scheduler implements Router, Placement {
     clearInterval(this.timer);
     await Promise.all([...this.pools.values()].map((p) => p.close()));
     this.pools.clear();
+    await this.deps.driver.close?.();
   }
 
   private pool(fn: FunctionRecord): FunctionPool {

@@ -21,6 +21,11 @@ export class BwrapDriver implements IsolationDriver {
 
   constructor(private readonly host: SandboxHost) {}
 
+  /** The per-Aether cgroup parent would otherwise stay behind, empty, in every controller. */
+  close(): Promise<void> {
+    return this.host.cgroups.removeParent();
+  }
+
   start(spec: InstanceSpec): Promise<InstanceHandle> {
     return launchSandboxed(this.host, spec, async (sandbox) => this.command(spec, sandbox));
   }

@@ -30,7 +30,7 @@ if (mtime(path.join(root, 'node_modules/.package-lock.json')) < mtime(path.join(
 //    when root. The microVM image build also needs apt's package lists (it downloads Debian's kernel).
 const packages = [
   'bubblewrap', 'runsc', 'util-linux', // sandboxes (setpriv is in util-linux)
-  'qemu-system-x86', 'busybox-static', 'e2fsprogs', // microVMs and their guest image
+  'qemu-system-x86', 'busybox-static', 'e2fsprogs', 'socat', // microVMs and their guest image (socat: vsock relay)
   'etcd-server', 'etcd-client', 'redis-server', // cluster mode
 ];
 const installed = (pkg) => spawnSync('dpkg-query', ['-W', '-f=${Status}', pkg], { encoding: 'utf8' }).stdout?.includes('install ok installed');

@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
-import { chmod, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { request, type IncomingMessage } from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -312,6 +312,82 @@ describe('the driver against the double', () => {
   });
 });
 
+describe('the driver through the jailer (FIRECRACKER_JAILER, fake-bin/jailer)', () => {
+  const jailerBin = path.resolve('test/helpers/fake-bin/jailer');
+  const jailBase = () => path.join(work, 'run', 'jail');
+  let jailed: FirecrackerDriver;
+  let jailerLog: string;
+  const jailerCalls = () => readFileSync(jailerLog, 'utf8').split('--end--\n').filter(Boolean).map((call) => call.split('\n').slice(0, -1));
+
+  before(async () => {
+    jailerLog = path.join(work, 'jailer.log');
+    process.env.FC_JAILER_LOG = jailerLog;
+    process.env.FC_DOUBLE_GUEST = 'agent';
+    // The jailed double runs as uid 200000 and appends to the request log.
+    await writeFile(requestLog, '', { flag: 'a' });
+    await chmod(requestLog, 0o666);
+    process.env.FIRECRACKER_JAILER = jailerBin;
+    try {
+      jailed = await FirecrackerDriver.create({
+        runDir: path.join(work, 'run'),
+        cacheDir: path.join(work, 'cache'),
+        image,
+        network: new HostNetwork(DEFAULT_NETWORK, async (command) => void commands.push(command)),
+      });
+    } finally {
+      delete process.env.FIRECRACKER_JAILER;
+    }
+  });
+
+  test('spawns Firecracker through the jailer, as its own uid, with every file inside the chroot', async () => {
+    const from = logSize();
+    const s = spec('jailed');
+    const instance = await jailed.start(s);
+    const reply = await invoke(instance, '/j');
+    assert.deepEqual(JSON.parse(reply.body), { greeting: 'hello', path: '/j' });
+
+    assert.deepEqual(jailerCalls().at(-1), [
+      '--id', s.instanceId, '--exec-file', path.resolve('test/helpers/fake-bin/firecracker'), '--uid', '200000', '--gid', '200000',
+      '--chroot-base-dir', jailBase(), '--cgroup-version', '1', '--cgroup', `memory.limit_in_bytes=${(128 + 64 + 64) * 1024 * 1024}`,
+      '--cgroup', 'cpu.cfs_period_us=100000', '--cgroup', 'cpu.cfs_quota_us=100000', '--', '--api-sock', '/firecracker.sock',
+    ]);
+    const root = path.join(jailBase(), 'firecracker', s.instanceId, 'root');
+    const calls = logged(from);
+    const body = (key: string, n = 0) => calls.filter((c) => c.key === key)[n]!.body;
+    assert.equal(body('PUT /boot-source').kernel_image_path, '/vmlinux');
+    assert.equal(body('PUT /boot-source').initrd_path, '/initrd.gz');
+    assert.equal(body('PUT /drives/{drive_id}', 0).path_on_host, '/rootfs.ext4');
+    assert.match(String(body('PUT /drives/{drive_id}', 1).path_on_host), /^\/[0-9a-f]{64}\.ext4$/);
+    assert.equal(body('PUT /vsock').uds_path, '/vsock');
+    for (const [inside, host] of [['vmlinux', image.kernel], ['rootfs.ext4', image.rootfs]] as const) {
+      assert.equal((await stat(path.join(root, inside))).ino, (await stat(host)).ino, `${inside} is a hard link`);
+    }
+    assert.equal((await stat(path.join(root, 'firecracker.sock'))).uid, 200000, 'Firecracker runs as the jailed uid');
+    assert.ok(commands.some((c) => c.argv.join(' ') === 'ip tuntap add dev aetap2 mode tap user 200000'), 'the TAP belongs to that uid');
+
+    await instance.stop(10_000);
+    assert.equal((await instance.exited).reason, 'stopped');
+    assert.equal(existsSync(path.join(jailBase(), 'firecracker', s.instanceId)), false, 'the jail is removed');
+  });
+
+  test('snapshot and restore through the jailer: the files move in and out of the chroots', async () => {
+    const snap = await jailed.snapshot(path.join(work, 'jailed-snap'), 128, 1, 10_000);
+    assert.ok(existsSync(snap.snapshotPath) && existsSync(snap.memPath));
+    const from = logSize();
+    const s = spec('jailed-restore');
+    const instance = await jailed.start(s);
+    assert.deepEqual(JSON.parse((await invoke(instance, '/r')).body), { greeting: 'hello', path: '/r' });
+    const load = logged(from).find((c) => c.key === 'PUT /snapshot/load')!.body;
+    assert.equal(load.snapshot_path, '/vm.snap');
+    assert.deepEqual(load.mem_backend, { backend_type: 'File', backend_path: '/vm.mem' });
+    assert.deepEqual(load.vsock_override, { uds_path: '/vsock' });
+    const root = path.join(jailBase(), 'firecracker', s.instanceId, 'root');
+    assert.ok(existsSync(path.join(root, 'rootfs.ext4')), 'the drives the snapshot names are in the new chroot');
+    await instance.stop(10_000);
+    assert.deepEqual(await readdir(path.join(jailBase(), 'firecracker')), [], 'no jail is left behind');
+  });
+});
+
 describe('host network plan', () => {
   test('addresses: lowest free first, reused after release, exhaustion is an error', () => {
     const pool = new IpPool('10.9.0.0/29');
@@ -340,7 +416,7 @@ describe('host network plan', () => {
       'ip link add aebr0 type bridge', 'ip addr add 172.30.0.1/24 dev aebr0', 'ip link set aebr0 up', 'nft -f -',
     ]);
     assert.ok(bridgePlan({ ...DEFAULT_NETWORK, egress: { uplink: 'eth0' } }).some((c) => c.argv.join(' ') === 'sysctl -w net.ipv4.ip_forward=1'));
-    assert.deepEqual(tapPlan({ ...DEFAULT_NETWORK, tapOwner: 1234 }, 'aetap7')[0]!.argv, ['ip', 'tuntap', 'add', 'dev', 'aetap7', 'mode', 'tap', 'user', '1234']);
+    assert.deepEqual(tapPlan(DEFAULT_NETWORK, 'aetap7', 1234)[0]!.argv, ['ip', 'tuntap', 'add', 'dev', 'aetap7', 'mode', 'tap', 'user', '1234']);
     const ran: string[] = [];
     const net = new HostNetwork(DEFAULT_NETWORK, async ({ argv }) => {
       ran.push(argv.join(' '));
@@ -359,7 +435,7 @@ describe('host network plan', () => {
   test('jailer command line', () => {
     const opts = {
       jailer: '/usr/bin/jailer', firecracker: '/usr/bin/firecracker', id: 'inst-1', uid: 10001, gid: 10001, chrootBase: '/srv/jailer',
-      cgroupVersion: 1 as const, cgroups: vmCgroups(1, 192, 0.5), firecrackerArgs: ['--api-sock', '/run/firecracker.sock'],
+      cgroupVersion: 1 as const, cgroups: vmCgroups(1, 192, 0.5), newPidNs: true, firecrackerArgs: ['--api-sock', '/run/firecracker.sock'],
     };
     const cmd = jailerCommand(opts);
     assert.equal(cmd.chrootRoot, '/srv/jailer/firecracker/inst-1/root');

@@ -53,6 +53,8 @@ export interface DoubleOptions {
   onGuestExit(): void;
   /** Appends each request as a JSON line (method, path template, body). */
   requestLog?: string;
+  /** Jailed (fake-bin/jailer): the chroot, which every path in a request is relative to. */
+  root?: string;
 }
 
 type Body = Record<string, unknown>;
@@ -159,21 +161,21 @@ export class FirecrackerDouble {
       }
       case 'PUT /boot-source':
         this.preBoot('boot source');
-        mustExist(body.kernel_image_path, 'kernel');
-        if (body.initrd_path !== undefined) mustExist(body.initrd_path, 'initrd');
+        this.mustExist(body.kernel_image_path, 'kernel');
+        if (body.initrd_path !== undefined) this.mustExist(body.initrd_path, 'initrd');
         vm.bootSource = body;
         return undefined;
       case 'PUT /drives/{drive_id}':
         this.preBoot('drive config');
         if (body.drive_id !== param) throw new Fault(`The id from the path [${param}] does not match the id from the body [${String(body.drive_id)}]!`);
-        mustExist(body.path_on_host, 'drive');
+        this.mustExist(body.path_on_host, 'drive');
         if (body.is_root_device && Object.values(vm.drives).some((d) => d.is_root_device && d.drive_id !== param)) throw new Fault('A root block device already exists!');
         vm.drives[param!] = body;
         return undefined;
       case 'PATCH /drives/{drive_id}':
         this.postBoot('drive update');
         if (!vm.drives[param!]) throw new Fault(`Unable to patch the block device: drive ${param} not found`);
-        if (body.path_on_host !== undefined) mustExist(body.path_on_host, 'drive');
+        if (body.path_on_host !== undefined) this.mustExist(body.path_on_host, 'drive');
         vm.drives[param!] = { ...vm.drives[param!], ...body };
         return undefined;
       case 'PUT /network-interfaces/{iface_id}':
@@ -211,8 +213,8 @@ export class FirecrackerDouble {
         this.postBoot('create snapshot');
         if (this.state !== 'Paused') throw new Fault('Cannot create a snapshot: the microVM is not paused.');
         if (body.snapshot_type !== undefined && !['Full', 'Diff'].includes(body.snapshot_type as string)) throw new Fault(`unknown variant \`${String(body.snapshot_type)}\``);
-        writeFileSync(body.snapshot_path as string, JSON.stringify(vm));
-        writeFileSync(body.mem_file_path as string, Buffer.alloc(4096));
+        writeFileSync(this.host(body.snapshot_path), JSON.stringify(vm));
+        writeFileSync(this.host(body.mem_file_path), Buffer.alloc(4096));
         return undefined;
       case 'PUT /snapshot/load':
         return this.load(body);
@@ -246,9 +248,9 @@ export class FirecrackerDouble {
     const backend = body.mem_backend as Body | undefined;
     if ((body.mem_file_path === undefined) === (backend === undefined)) throw new Fault('Exactly one of mem_file_path or mem_backend must be present.');
     if (backend && (backend.backend_type !== 'File' || typeof backend.backend_path !== 'string')) throw new Fault('mem_backend needs backend_type File and a backend_path.');
-    mustExist(body.snapshot_path, 'snapshot');
-    mustExist(backend ? backend.backend_path : body.mem_file_path, 'memory file');
-    Object.assign(vm, JSON.parse(readFileSync(body.snapshot_path as string, 'utf8')) as VmConfig);
+    this.mustExist(body.snapshot_path, 'snapshot');
+    this.mustExist(backend ? backend.backend_path : body.mem_file_path, 'memory file');
+    Object.assign(vm, JSON.parse(readFileSync(this.host(body.snapshot_path), 'utf8')) as VmConfig);
     for (const o of (body.network_overrides as Body[] | undefined) ?? []) {
       if (!vm.ifaces[o.iface_id as string]) throw new Fault(`Invalid network override: no interface ${String(o.iface_id)}.`);
       vm.ifaces[o.iface_id as string]!.host_dev_name = o.host_dev_name;
@@ -263,15 +265,21 @@ export class FirecrackerDouble {
     return undefined;
   }
 
+  /** A path from a request as the host sees it (Firecracker opens it inside its chroot when jailed). */
+  host(file: unknown): string {
+    return this.opts.root ? path.join(this.opts.root, String(file)) : String(file);
+  }
+
+  private mustExist(file: unknown, what: string): void {
+    if (typeof file !== 'string' || !existsSync(this.host(file))) throw new Fault(`Unable to open the ${what} file ${String(file)}: No such file or directory (os error 2)`);
+  }
+
   private boot(cold: boolean): void {
     if (this.opts.guest === 'silent') return;
     this.guest = new SimulatedGuest(this, this.opts, cold);
   }
 }
 
-function mustExist(file: unknown, what: string): void {
-  if (typeof file !== 'string' || !existsSync(file)) throw new Fault(`Unable to open the ${what} file ${String(file)}: No such file or directory (os error 2)`);
-}
 
 const run = promisify(execFile);
 
@@ -326,8 +334,8 @@ class SimulatedGuest {
     mkdirSync(code);
     mkdirSync(runDir);
     // The guest mounts the code disk; here its files are copied out of the ext4 image the driver attached.
-    await run('debugfs', ['-R', `rdump / ${code}`, String(this.vmm.vm.drives.code?.path_on_host)]);
-    const vsock = String(this.vmm.vm.vsock?.uds_path);
+    await run('debugfs', ['-R', `rdump / ${code}`, this.vmm.host(this.vmm.vm.drives.code?.path_on_host)]);
+    const vsock = this.vmm.host(this.vmm.vm.vsock?.uds_path);
     symlinkSync(`${vsock}_${VSOCK_PORTS.agent}`, path.join(runDir, AGENT_SOCKET));
     symlinkSync(`${vsock}_${VSOCK_PORTS.mmds}`, path.join(runDir, MMDS_SOCKET));
     this.log('agent-started');

@@ -6,7 +6,7 @@
  */
 import { once } from 'node:events';
 import { constants } from 'node:os';
-import { rm, symlink } from 'node:fs/promises';
+import { chown, link, rm } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import path from 'node:path';
 import { AGENT_SOCKET, EXIT_CONFIG, MMDS_SOCKET } from '../../../agent/protocol.mjs';
@@ -14,6 +14,7 @@ import { AetherError } from '../../../core/errors.js';
 import type { ExitInfo, InstanceHandle, InstanceSpec } from '../../../core/ports.js';
 import type { InstanceChannel } from '../channel.js';
 import { FirecrackerFault } from './api.js';
+import type { Placement } from './jailer.js';
 import { CONSOLE, lines, VSOCK_NAME, VSOCK_PORTS, Vmm } from './vmm.js';
 
 const DEFAULT_STOP_GRACE_MS = 5000;
@@ -22,10 +23,11 @@ export interface FirecrackerLaunch {
   spec: InstanceSpec;
   /** Owned by the instance from here on: closed when the VM ends. */
   channel: InstanceChannel;
-  binary: string;
+  /** How Firecracker runs (directly or jailed) and where its sockets appear on the host. */
+  placement: Placement;
   /** Runs the API calls that configure and start (or restore) the VM. */
   configure(vmm: Vmm): Promise<void>;
-  /** Called when the VM has ended (frees its TAP and address). */
+  /** Called when the VM has ended (frees its TAP, address and jail). */
   release(): Promise<void>;
 }
 
@@ -40,7 +42,7 @@ export class FirecrackerInstance implements InstanceHandle {
 
   private constructor(private readonly launch: FirecrackerLaunch) {
     this.id = launch.spec.instanceId;
-    this.vmm = new Vmm(launch.binary, path.join(launch.channel.dir, 'firecracker.sock'), (line) => {
+    this.vmm = new Vmm(launch.placement, (line) => {
       const exit = CONSOLE.exited.exec(line);
       if (exit) this.guestStatus = Number(exit[1]);
     });
@@ -50,7 +52,7 @@ export class FirecrackerInstance implements InstanceHandle {
   /** Boots (or restores) the VM and resolves once its agent is ready; otherwise cleans up and rejects. */
   static async launch(launch: FirecrackerLaunch): Promise<FirecrackerInstance> {
     try {
-      await exposeChannel(launch.channel.dir);
+      await exposeChannel(launch.channel.dir, launch.placement.vsockHostDir);
     } catch (err) {
       await launch.channel.close();
       await launch.release();
@@ -62,11 +64,11 @@ export class FirecrackerInstance implements InstanceHandle {
   }
 
   private async start(): Promise<void> {
-    const { spec, channel } = this.launch;
+    const { spec, channel, placement } = this.launch;
     let timer: NodeJS.Timeout | undefined;
     try {
       for (const [stream, port] of [['stdout', VSOCK_PORTS.stdout], ['stderr', VSOCK_PORTS.stderr]] as const) {
-        this.logServers.push(await listenLines(vsockPath(channel.dir, port), (line) => spec.onLog(stream, line)));
+        this.logServers.push(await listenLines(vsockPath(placement.vsockHostDir, port), placement.owner, (line) => spec.onLog(stream, line)));
       }
       await this.vmm.waitUntilUp();
       await this.launch.configure(this.vmm);
@@ -83,7 +85,7 @@ export class FirecrackerInstance implements InstanceHandle {
       const failure =
         err instanceof AetherError
           ? err
-          : new AetherError(502, 'start_failed', err instanceof FirecrackerFault ? `firecracker refused ${err.message}` : String((err as Error).message ?? err));
+          : new AetherError(502, 'start_failed', err instanceof FirecrackerFault ? `firecracker refused ${err.message}` : `${String((err as Error).message ?? err)}${this.vmm.summary()}`);
       throw new AetherError(failure.status, failure.code, `instance ${this.id} failed to start: ${failure.message}`);
     } finally {
       clearTimeout(timer);
@@ -142,14 +144,18 @@ export class FirecrackerInstance implements InstanceHandle {
 
 export const vsockPath = (dir: string, port: number) => path.join(dir, `${VSOCK_NAME}_${port}`);
 
-/** Guest dials on the agent and metadata ports land on the channel's own sockets. */
-async function exposeChannel(dir: string): Promise<void> {
-  await symlink(AGENT_SOCKET, vsockPath(dir, VSOCK_PORTS.agent));
-  await symlink(MMDS_SOCKET, vsockPath(dir, VSOCK_PORTS.mmds));
+/**
+ * Guest dials on the agent and metadata ports land on the channel's own sockets. Hard links, not
+ * symlinks: a jailed Firecracker resolves names inside its chroot, where a link to the same socket
+ * inode still connects (the chroot is on the run directory's filesystem, see jailer.ts).
+ */
+async function exposeChannel(channelDir: string, vsockDir: string): Promise<void> {
+  await link(path.join(channelDir, AGENT_SOCKET), vsockPath(vsockDir, VSOCK_PORTS.agent));
+  await link(path.join(channelDir, MMDS_SOCKET), vsockPath(vsockDir, VSOCK_PORTS.mmds));
 }
 
-/** A Unix socket whose every connection's lines go to onLine (the guest dials once per stream). */
-async function listenLines(socketPath: string, onLine: (line: string) => void): Promise<Server> {
+/** A Unix socket whose every connection's lines go to onLine (the guest dials once per stream); `owner` is who dials. */
+async function listenLines(socketPath: string, owner: Placement['owner'], onLine: (line: string) => void): Promise<Server> {
   await rm(socketPath, { force: true });
   const server = createServer((socket) => {
     socket.on('error', () => {});
@@ -157,6 +163,7 @@ async function listenLines(socketPath: string, onLine: (line: string) => void): 
   });
   server.listen(socketPath);
   await once(server, 'listening');
+  if (owner) await chown(socketPath, owner.uid, owner.gid);
   return server;
 }
 

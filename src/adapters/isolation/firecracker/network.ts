@@ -19,8 +19,6 @@ export interface NetworkConfig {
   tapPrefix: string;
   /** Off by default: guests reach nothing beyond the bridge. */
   egress?: { uplink: string };
-  /** A TAP the jailed Firecracker (this uid) may open. */
-  tapOwner?: number;
 }
 
 export const DEFAULT_NETWORK: NetworkConfig = { bridge: 'aebr0', subnet: '172.30.0.0/24', tapPrefix: 'aetap' };
@@ -153,10 +151,10 @@ export function bridgePlan(config: NetworkConfig): Command[] {
   ];
 }
 
-export function tapPlan(config: NetworkConfig, tap: string): Command[] {
-  const owner = config.tapOwner === undefined ? [] : ['user', String(config.tapOwner)];
+/** `owner`: the uid of a jailed Firecracker, which must be allowed to open the TAP. */
+export function tapPlan(config: NetworkConfig, tap: string, owner?: number): Command[] {
   return [
-    { argv: ['ip', 'tuntap', 'add', 'dev', tap, 'mode', 'tap', ...owner] },
+    { argv: ['ip', 'tuntap', 'add', 'dev', tap, 'mode', 'tap', ...(owner === undefined ? [] : ['user', String(owner)])] },
     { argv: ['ip', 'link', 'set', tap, 'master', config.bridge] },
     { argv: ['ip', 'link', 'set', tap, 'up'] },
   ];
@@ -189,13 +187,14 @@ export class HostNetwork {
     this.pool = new IpPool(config.subnet);
   }
 
-  async attach(): Promise<Attachment & { release(): Promise<void> }> {
+  /** `owner`: see tapPlan. */
+  async attach(owner?: number): Promise<Attachment & { release(): Promise<void> }> {
     this.ready ??= runAll(this.run, bridgePlan(this.config));
     await this.ready;
     const host = this.pool.take();
     const attachment = this.pool.attachment(host, this.config.tapPrefix);
     try {
-      await runAll(this.run, tapPlan(this.config, attachment.tap));
+      await runAll(this.run, tapPlan(this.config, attachment.tap, owner));
     } catch (err) {
       await runAll(this.run, tapTeardownPlan(attachment.tap)).catch(() => {}); // a half-made TAP
       this.pool.release(host);

@@ -37,10 +37,11 @@ export class Vmm {
   private readonly child: ChildProcess;
   private readonly tail: string[] = [];
 
-  constructor(binary: string, apiSocket: string, onConsole: (line: string) => void = () => {}) {
-    this.api = new FirecrackerApi(apiSocket);
+  /** `command` starts Firecracker (directly or through the jailer) with its API socket at `apiSocket` on the host. */
+  constructor(command: { file: string; args: string[]; apiSocket: string }, onConsole: (line: string) => void = () => {}) {
+    this.api = new FirecrackerApi(command.apiSocket);
     // detached: its own process group, so no terminal signal meant for the host reaches it.
-    this.child = spawn(binary, ['--api-sock', apiSocket], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    this.child = spawn(command.file, command.args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     lines(this.child.stdout!, (line) => {
       this.keep(line);
       onConsole(line);

@@ -1,6 +1,7 @@
 /** The human-readable side of a run: aligned tables on stdout. */
 import type { ColdStartRow } from './cold-start.js';
 import type { ClusterVsSingle } from './compare.js';
+import type { MicroVmRow } from './microvm.js';
 import type { TargetCheck } from './targets.js';
 import type { ThroughputRow } from './throughput.js';
 import type { WarmLatencyRow } from './warm-latency.js';
@@ -24,6 +25,24 @@ export function coldStartTable(rows: ColdStartRow[]): string {
     ['setup', 'driver', 'mode', 'n', 'aether p50', 'p95', 'of which start p50', 'node p50', 'p95', 'x node p50', 'x node p95'],
     rows.map((r) => [r.setup, r.driver, r.mode, r.aether.n, fixed(r.aether.p50), fixed(r.aether.p95), fixed(r.instance_start.p50), fixed(r.node.p50), fixed(r.node.p95), r.ratio_p50, r.ratio_p95]),
   );
+}
+
+export function microVmTable(r: MicroVmRow): string {
+  const phases: Array<[string, MicroVmRow['vmm']]> = [
+    ['VMM: QEMU, firmware, kernel load', r.vmm],
+    ['kernel: until /init', r.kernel],
+    ['init: modules, devices, network, mounts', r.init],
+    ['agent: node start until ready', r.agent],
+    ['= ready (QEMU spawned -> agent ready)', r.ready],
+    ['first byte (ready -> first response byte)', r.first_byte],
+    ['cold start (driver.start -> first byte)', r.cold_start],
+  ];
+  const phaseTable = table(
+    `MicroVM cold start: ${r.driver} driver under ${r.accel.toUpperCase()}, ${r.mode} mode; phases from the driver's boot timings (ms)`,
+    ['phase', 'n', 'p50', 'p95', 'min', 'max'],
+    phases.map(([name, s]) => [name, s.n, fixed(s.p50), fixed(s.p95), fixed(s.min), fixed(s.max)]),
+  );
+  return `${phaseTable}\naccelerator: ${r.accel} (${r.accel_detail})`;
 }
 
 export function warmLatencyTable(rows: WarmLatencyRow[]): string {

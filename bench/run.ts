@@ -4,6 +4,7 @@
  * noise. Prints tables and PASS/MISS per target; writes the numbers as JSON.
  *
  *   --quick        fewer samples and shorter loads (a smoke run, not numbers to quote)
+ *   --microvm      in a --quick run, also boot one microVM (a full run without --cluster boots 5)
  *   --cluster      bubblewrap only, single node next to a cluster (1 gateway + 1 worker on real etcd,
  *                  Redis and S3 started for the run), and how the cluster compares
  *   --json <file>  where to write the results (default bench/results/<ISO timestamp>.json)
@@ -19,7 +20,8 @@ import { measureColdStarts, type ColdStartRow } from './cold-start.js';
 import { compareClusterToSingle } from './compare.js';
 import { startDirect, type DirectServer } from './direct.js';
 import { functionFiles, MODES, type Mode } from './functions.js';
-import { clusterTable, coldStartTable, targetsTable, throughputTable, warmLatencyTable } from './report.js';
+import { measureMicroVm, type MicroVmRow } from './microvm.js';
+import { clusterTable, coldStartTable, microVmTable, targetsTable, throughputTable, warmLatencyTable } from './report.js';
 import { checkTargets } from './targets.js';
 import { measureThroughput, type ThroughputOptions, type ThroughputRow } from './throughput.js';
 import { measureWarmLatency, type WarmLatencyRow, type WarmOptions } from './warm-latency.js';
@@ -30,17 +32,25 @@ const CLUSTER_DRIVER = 'bwrap';
 
 interface Plan {
   coldSamples: number;
+  /** MicroVM boots (QEMU driver); 0 = not measured. */
+  microVmSamples: number;
   warm: WarmOptions;
   throughput: ThroughputOptions;
 }
 
+/**
+ * 5 microVM boots: under TCG each takes 5-7 s plus its stop, so ~30 s on top of a 70-110 s run keeps
+ * the default run under 3 minutes; with KVM they cost far less.
+ */
 const FULL: Plan = {
   coldSamples: 15,
+  microVmSamples: 5,
   warm: { warmup: 300, rounds: 4, perRound: 500 },
   throughput: { warmupSeconds: 0.5, rounds: 2, seconds: 2 },
 };
 const QUICK: Plan = {
   coldSamples: 3,
+  microVmSamples: 0,
   warm: { warmup: 50, rounds: 2, perRound: 100 },
   throughput: { warmupSeconds: 0.5, rounds: 1, seconds: 1 },
 };
@@ -52,9 +62,14 @@ const QUICK: Plan = {
 const HOT_SPEC = { concurrency: 64, max_instances: 4, idle_timeout_s: 600 };
 
 const { values: args } = parseArgs({
-  options: { quick: { type: 'boolean', default: false }, cluster: { type: 'boolean', default: false }, json: { type: 'string' } },
+  options: {
+    quick: { type: 'boolean', default: false },
+    cluster: { type: 'boolean', default: false },
+    microvm: { type: 'boolean', default: false },
+    json: { type: 'string' },
+  },
 });
-const plan = args.quick ? QUICK : FULL;
+const plan = args.quick ? { ...QUICK, microVmSamples: args.microvm ? 1 : 0 } : FULL;
 const startedAt = new Date();
 const t0 = performance.now();
 const machine = {
@@ -74,6 +89,7 @@ const throughput: ThroughputRow[] = [];
 type Ran = { ran: boolean; reason?: string };
 const drivers: Record<string, Ran> = {};
 let cluster: Ran | undefined;
+let microvm: (Ran & { cold_start?: MicroVmRow }) | undefined;
 
 const direct = new Map<Mode, DirectServer>();
 try {
@@ -92,6 +108,19 @@ try {
   }
 } finally {
   await Promise.all([...direct.values()].map((d) => d.stop()));
+}
+
+// After the sandboxes, with the baseline servers gone: a microVM boot wants every cycle it can get.
+if (plan.microVmSamples > 0 && !args.cluster) {
+  progress(`microvm: ${plan.microVmSamples} cold boots of the qemu driver`);
+  microvm = await measureMicroVm(plan.microVmSamples, progress).then(
+    (row) => ({ ran: true, cold_start: row }),
+    (err: unknown) => {
+      const reason = err instanceof Error ? err.message : String(err);
+      console.log(`\nmicrovm not measured: ${reason}`);
+      return { ran: false, reason };
+    },
+  );
 }
 
 /** Every measurement of one Aether set-up, or why it could not start. */
@@ -130,6 +159,7 @@ const results = {
   quick: args.quick,
   machine: { ...machine, load_average_end: os.loadavg().map((l) => Number(l.toFixed(2))) },
   drivers,
+  ...(microvm && { microvm }),
   ...(cluster && { cluster, cluster_vs_single: compareClusterToSingle(cold, warm, throughput) }),
   cold_start: cold,
   warm_latency: warm,
@@ -138,6 +168,7 @@ const results = {
 };
 
 if (cold.length) console.log(coldStartTable(cold));
+if (microvm?.cold_start) console.log(microVmTable(microvm.cold_start));
 if (warm.length) console.log(warmLatencyTable(warm));
 if (throughput.length) console.log(throughputTable(throughput));
 if (results.cluster_vs_single?.length) console.log(clusterTable(results.cluster_vs_single));

@@ -70,8 +70,10 @@ function assertSections(r: any, ran: Array<{ setup: string; driver: string }>): 
   for (const row of r.throughput) assert.ok(row.aether_rps > 0 && row.direct_rps > 0 && row.aether_instances >= 1, JSON.stringify(row));
 }
 
-test('bench --quick measures cold start, warm latency and throughput per driver and checks the targets', { timeout: 240_000 }, async () => {
-  await benchRun([], (r, stdout) => {
+const MICROVM_PHASES = ['vmm', 'kernel', 'init', 'agent', 'ready', 'first_byte', 'cold_start'];
+
+test('bench --quick --microvm measures cold start, warm latency and throughput per driver, a microVM boot by phase, and checks the targets', { timeout: 300_000 }, async () => {
+  await benchRun(['--microvm'], (r, stdout) => {
     assertNumbers(r.machine, ['cpus', 'load_average_start.0', 'load_average_end.0'], 'machine');
     assert.match(stdout, new RegExp(`${r.machine.cpus} cpus.*load average at start`));
     const ran = Object.keys(r.drivers).filter((d) => r.drivers[d].ran);
@@ -81,12 +83,27 @@ test('bench --quick measures cold start, warm latency and throughput per driver 
     }
     assertSections(r, ran.map((driver) => ({ setup: 'single', driver })));
     assert.equal(r.cluster, undefined, 'no cluster without --cluster');
+
+    // The microVM section: measured, or skipped with the reason (no QEMU on this host).
+    assert.ok(r.microvm.ran || r.microvm.reason, JSON.stringify(r.microvm));
+    if (r.microvm.ran) {
+      const vm = r.microvm.cold_start;
+      assert.match(vm.accel, /^(tcg|kvm)$/);
+      assertNumbers(vm, MICROVM_PHASES.flatMap((p) => [`${p}.n`, `${p}.p50`]), 'microvm');
+      for (const p of MICROVM_PHASES) assert.equal(vm[p].n, 1, `--quick boots one microVM (${p})`);
+      // The phases are the driver's split of the time to ready, and ready comes before the first byte.
+      const phases = vm.vmm.p50 + vm.kernel.p50 + vm.init.p50 + vm.agent.p50;
+      assert.ok(Math.abs(phases - vm.ready.p50) <= 2, `phases ${phases} ms vs ready ${vm.ready.p50} ms`);
+      assert.ok(vm.cold_start.p50 >= vm.ready.p50 + vm.first_byte.p50 - 2, JSON.stringify(vm)); // two clocks, ms apart
+      assert.match(stdout, /MicroVM cold start: qemu driver under (TCG|KVM)/);
+    }
   });
 });
 
 test('bench --quick --cluster measures a gateway + worker cluster next to a single node and compares them', { timeout: 240_000 }, async () => {
   await benchRun(['--cluster'], (r, stdout) => {
     assert.deepEqual(r.drivers, { bwrap: { ran: true } });
+    assert.equal(r.microvm, undefined, 'no microVM in a --quick run without --microvm');
     assert.deepEqual(r.cluster, { ran: true });
     assertSections(r, [{ setup: 'single', driver: 'bwrap' }, { setup: 'cluster', driver: 'bwrap' }]);
 

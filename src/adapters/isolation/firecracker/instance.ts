@@ -15,7 +15,8 @@ import type { ExitInfo, InstanceHandle, InstanceSpec } from '../../../core/ports
 import type { InstanceChannel } from '../channel.js';
 import { FirecrackerFault } from './api.js';
 import type { Placement } from './jailer.js';
-import { CONSOLE, lines, VSOCK_NAME, VSOCK_PORTS, Vmm } from './vmm.js';
+import { lines } from '../vmm-process.js';
+import { CONSOLE, VSOCK_NAME, VSOCK_PORTS, Vmm } from './vmm.js';
 
 const DEFAULT_STOP_GRACE_MS = 5000;
 

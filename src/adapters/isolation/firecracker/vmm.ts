@@ -6,9 +6,8 @@
  * The serial console (Firecracker's stdout) carries init's progress and the agent's exit status.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createInterface } from 'node:readline';
-import type { Readable } from 'node:stream';
 import { INIT_LOG_PREFIX } from '../../../image/init-script.js';
+import { lines, vmmEnded } from '../vmm-process.js';
 import { FirecrackerApi } from './api.js';
 
 /** The guest's vsock ports, dialed by the guest towards the host (CID 2). */
@@ -47,13 +46,7 @@ export class Vmm {
       onConsole(line);
     });
     lines(this.child.stderr!, (line) => this.keep(`firecracker: ${line}`));
-    this.ended = new Promise((resolve) => {
-      this.child.once('error', (err) => {
-        this.keep(`firecracker: ${err.message}`);
-        if (this.child.pid === undefined) resolve({ code: null, signal: null });
-      });
-      this.child.once('close', (code, signal) => resolve({ code, signal }));
-    });
+    this.ended = vmmEnded(this.child, (message) => this.keep(`firecracker: ${message}`));
     void this.ended.then(() => (this.hasEnded = true));
   }
 
@@ -83,7 +76,3 @@ export class Vmm {
   }
 }
 
-export function lines(stream: Readable, onLine: (line: string) => void): void {
-  // Streams end or reset with the process: the exit path reports that.
-  createInterface({ input: stream, crlfDelay: Infinity }).on('line', onLine).on('error', () => {});
-}

@@ -5,13 +5,13 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { connect, type Socket } from 'node:net';
 import { constants } from 'node:os';
-import { createInterface } from 'node:readline';
-import type { Duplex, Readable, Writable } from 'node:stream';
+import type { Duplex, Writable } from 'node:stream';
 import { EXIT_CONFIG } from '../../../agent/protocol.mjs';
 import { INIT_LOG_PREFIX } from '../../../image/init-script.js';
 import { AetherError, unavailable } from '../../../core/errors.js';
 import type { ExitInfo, InstanceHandle, InstanceSpec } from '../../../core/ports.js';
 import type { InstanceChannel } from '../channel.js';
+import { lines, vmmEnded } from '../vmm-process.js';
 import { PORT_FDS } from './qemu-args.js';
 
 const DEFAULT_STOP_GRACE_MS = 5000;
@@ -87,13 +87,7 @@ export class VmInstance implements InstanceHandle {
     });
     lines(this.child.stdout!, (line) => this.onConsole(line));
     lines(this.child.stderr!, (line) => this.onConsole(`qemu: ${line}`));
-    this.ended = new Promise((resolve) => {
-      this.child.once('error', (err) => {
-        this.keep(`qemu: ${err.message}`);
-        if (this.child.pid === undefined) resolve({ code: null, signal: null });
-      });
-      this.child.once('close', (code, signal) => resolve({ code, signal }));
-    });
+    this.ended = vmmEnded(this.child, (message) => this.keep(`qemu: ${message}`));
     void this.ended.then(() => (this.hasEnded = true));
     this.exited = this.ended.then((exit) => this.teardown(exit));
   }
@@ -232,10 +226,6 @@ export class VmInstance implements InstanceHandle {
   }
 }
 
-function lines(stream: Readable, onLine: (line: string) => void): void {
-  // The streams end (or reset) with the VM: the exit path reports that.
-  createInterface({ input: stream, crlfDelay: Infinity }).on('line', onLine).on('error', () => {});
-}
 
 function signalName(n: number): NodeJS.Signals | null {
   const found = Object.entries(constants.signals).find(([, value]) => value === n);

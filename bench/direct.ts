@@ -1,10 +1,10 @@
 /** The baseline: the function run by plain `node -e` on a local port, no Aether, no sandbox. */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { createServer } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { firstByte } from './first-byte.js';
 import { directSource, type Mode } from './functions.js';
+import { freePort } from '../src/adapters/free-port.js';
 
 const START_TIMEOUT_MS = 10_000;
 
@@ -14,14 +14,6 @@ export interface DirectServer {
 }
 
 /** A port that was free a moment ago (the child binds it itself, so this cannot be race-free). */
-async function freePort(): Promise<number> {
-  const server = createServer().listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as { port: number };
-  server.close();
-  await once(server, 'close');
-  return port;
-}
 
 function spawnNode(mode: Mode, port: number): ChildProcess {
   // Plain node: nothing preloaded through NODE_OPTIONS (the agent in a sandbox gets none either).

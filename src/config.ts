@@ -86,6 +86,7 @@ const clusterSchema = z
     MINIO_BUCKET: z.string().min(3).max(63).default('function-code'),
     MINIO_REGION: z.string().min(1).default('us-east-1'),
     AETHER_API_TOKEN: z.string({ error: 'is required in cluster mode: gateways and workers share it' }).min(16, 'must be at least 16 characters'),
+    AETHER_LEASE_TTL_S: int(2, 60).default(5),
   })
   .refine((c) => c.REDIS_ADDR || c.REDIS_URL, { message: 'is required in cluster mode (host:port, or REDIS_URL)', path: ['REDIS_ADDR'] });
 
@@ -93,7 +94,6 @@ const workerSchema = z.object({
   WORKER_IP: z.string().min(1).optional(),
   AETHER_WORKER_ID: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'must be 1-64 letters, digits, "_", "." or "-"').optional(),
   AETHER_WORKER_MAX_INSTANCES: int(1, 10_000).optional(),
-  AETHER_LEASE_TTL_S: int(2, 60).default(5),
 });
 
 export interface ClusterConfig extends Config {
@@ -122,14 +122,13 @@ function parseOrThrow<T>(schema: z.ZodType<T>, env: NodeJS.ProcessEnv): T {
 export function loadClusterConfig(env: NodeJS.ProcessEnv = process.env): ClusterConfig {
   const base = loadConfig(env);
   const c = parseOrThrow(clusterSchema, env);
-  const worker = parseOrThrow(workerSchema, env);
   return {
     ...base,
     etcdEndpoints: c.ETCD_ENDPOINTS,
     redisUrl: c.REDIS_URL ?? `redis://${c.REDIS_ADDR}`,
     s3: { endpoint: c.MINIO_ENDPOINT, accessKeyId: c.MINIO_ACCESS_KEY, secretAccessKey: c.MINIO_SECRET_KEY, bucket: c.MINIO_BUCKET, region: c.MINIO_REGION },
     apiToken: c.AETHER_API_TOKEN,
-    leaseTtlS: worker.AETHER_LEASE_TTL_S,
+    leaseTtlS: c.AETHER_LEASE_TTL_S,
   };
 }
 

@@ -20,7 +20,7 @@ import { ClusterRouter } from './core/cluster-router.js';
 import { FunctionService } from './core/functions.js';
 import type { WorkerInfo } from './core/ports.js';
 import type { InstanceInfo } from './core/types.js';
-import { prepareDataDir, type RunningServer } from './server.js';
+import { prepareDataDir, type RunningServer } from './compose.js';
 
 export async function startGateway(config: ClusterConfig, logger: Logger = pino({ level: config.logLevel })): Promise<RunningServer> {
   prepareDataDir(config.dataDir);

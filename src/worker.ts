@@ -11,7 +11,6 @@ import { pino, type Logger } from 'pino';
 import { EtcdDiscovery } from './adapters/etcd/discovery.js';
 import { EtcdFunctionStore } from './adapters/etcd/function-store.js';
 import { buildApp } from './adapters/http/app.js';
-import { selectDriver } from './adapters/isolation/select.js';
 import { connectRedis } from './adapters/redis/connection.js';
 import { ProvisionQueue } from './adapters/redis/provision-queue.js';
 import { S3CodeStore } from './adapters/s3/s3-code-store.js';
@@ -19,7 +18,7 @@ import type { WorkerConfig } from './config.js';
 import { notFound } from './core/errors.js';
 import type { WorkerInfo } from './core/ports.js';
 import { Scheduler } from './core/scheduler.js';
-import { instanceLogger, prepareDataDir, type RunningServer } from './server.js';
+import { instanceLogger, poolSettings, prepareDataDir, startIsolation, type RunningServer } from './compose.js';
 
 const MB = 1024 * 1024;
 
@@ -27,15 +26,7 @@ export async function startWorker(config: WorkerConfig, logger: Logger = pino({ 
   prepareDataDir(config.dataDir);
   const workerId = config.workerId ?? persistentId(config.dataDir);
   const log = logger.child({ worker: workerId });
-  const { driver, reason } = await selectDriver(config.isolation, {
-    runDir: path.join(config.dataDir, 'run'),
-    pidsLimit: config.pidsLimit,
-    tmpMb: config.tmpMb,
-    vmCacheDir: config.vmCacheDir,
-    onProgress: (message) => log.info({}, message),
-    cgroupParent: `aether/${workerId}`,
-  });
-  log.info({ isolation: driver.name }, `isolation: ${reason}`);
+  const { driver, reason } = await startIsolation(config, log, `aether/${workerId}`);
 
   const functions = new EtcdFunctionStore(config.etcdEndpoints, { log });
   const discovery = new EtcdDiscovery(config.etcdEndpoints, { leaseTtlS: config.leaseTtlS, log });
@@ -55,7 +46,7 @@ export async function startWorker(config: WorkerConfig, logger: Logger = pino({ 
     driver,
     codeDir: (hash) => code.dir(hash),
     log,
-    settings: { maxQueue: config.maxQueue, scaleDownGraceMs: config.scaleDownGraceMs, startTimeoutMs: config.startTimeoutMs, stopGraceMs: config.stopGraceMs },
+    settings: poolSettings(config),
     onInstanceLog: instanceLogger(log),
     onInstanceReady: (fn, instanceId) => {
       const route = { function_id: fn.id, instance_id: instanceId, worker_id: workerId, worker_url: info.url, version: fn.version, concurrency: fn.concurrency, started_at: new Date().toISOString() };
@@ -104,7 +95,7 @@ export async function startWorker(config: WorkerConfig, logger: Logger = pino({ 
   await discovery.registerWorker(info);
   const consumer = queue.consume({
     workerId,
-    isAlive: (id) => discovery.workers().some((w) => w.id === id),
+    isAlive: (id) => discovery.hasWorker(id),
     handle: async (job) => {
       const fn = await functions.get(job.functionId);
       if (!fn || fn.version !== job.version) return; // deleted or redeployed meanwhile: nobody waits for this version

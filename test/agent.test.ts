@@ -7,13 +7,14 @@ import { spawn } from 'node:child_process';
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { chmod, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { request as httpRequest } from 'node:http';
-import { createServer, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Client } from 'undici';
+import { freePort } from '../src/adapters/free-port.js';
 import { agentDir, agentNodeArgs } from '../src/adapters/isolation/agent-path.js';
 import { agentConfig, openChannel, type InstanceChannel } from '../src/adapters/isolation/channel.js';
 import { NoIsolationDriver } from '../src/adapters/isolation/none.js';
@@ -144,13 +145,6 @@ async function send(
   });
 }
 
-async function freePort(): Promise<number> {
-  const server = createServer().listen(0, '127.0.0.1');
-  await new Promise((resolve) => server.once('listening', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 const json = (reply: Reply) => JSON.parse(reply.body.toString());
 

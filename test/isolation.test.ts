@@ -18,6 +18,7 @@ import { CgroupTree, InstanceCgroup } from '../src/adapters/isolation/cgroup.js'
 import { selectDriver, type SelectOptions } from '../src/adapters/isolation/select.js';
 import { UidPool } from '../src/adapters/isolation/uid-pool.js';
 import type { ExitInfo, InstanceHandle, InstanceSpec, IsolationDriver } from '../src/core/ports.js';
+import { freePort } from '../src/adapters/free-port.js';
 
 const TMP_MB = 8;
 const PIDS_LIMIT = 128;
@@ -373,10 +374,3 @@ describe('driver selection and uids', () => {
   });
 });
 
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}

@@ -4,7 +4,8 @@
  * client commands (`deploy`, `invoke`, ...) are further subcommands of this same program.
  */
 import { Command } from 'commander';
-import { ConfigError, loadClusterConfig, loadConfig, loadWorkerConfig } from '../config.js';
+import { loadClusterConfig, loadConfig, loadWorkerConfig } from '../config.js';
+import { errorMessage } from '../core/errors.js';
 import { startGateway } from '../gateway.js';
 import { buildImage } from '../image/build-image.js';
 import { startServer } from '../server.js';
@@ -73,7 +74,6 @@ function untilSignal(server: { close(): Promise<void> }): void {
 
 program.parseAsync().catch((err: unknown) => {
   // Configuration and start-up errors: one clear line, no stack.
-  const message = err instanceof ConfigError || err instanceof Error ? err.message : String(err);
-  process.stderr.write(`aether: ${message}\n`);
+  process.stderr.write(`aether: ${errorMessage(err)}\n`);
   process.exit(2);
 });

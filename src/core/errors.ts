@@ -17,3 +17,8 @@ export const tooLarge = (message: string) => new AetherError(413, 'too_large', m
 export const badGateway = (message: string, code = 'function_error') => new AetherError(502, code, message);
 export const unavailable = (message: string, code = 'no_capacity') => new AetherError(503, code, message);
 export const timedOut = (message: string) => new AetherError(504, 'timeout', message);
+
+/** The message of anything thrown, for logs and error texts. */
+export function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

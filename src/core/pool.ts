@@ -5,7 +5,7 @@
  * the IsolationDriver port and never touches HTTP.
  */
 import { randomUUID } from 'node:crypto';
-import { AetherError, badGateway, conflict, notFound, timedOut, unavailable } from './errors.js';
+import { AetherError, badGateway, conflict, errorMessage, notFound, timedOut, unavailable } from './errors.js';
 import type { ExitInfo, InstanceHandle, IsolationDriver, Logger } from './ports.js';
 import type { FunctionRecord, InstanceInfo, InstanceState } from './types.js';
 
@@ -38,7 +38,6 @@ class Instance {
   inFlight = 0;
   served = 0;
   lastActive: number;
-  exit?: ExitInfo;
   constructor(readonly version: number, now: number) {
     this.lastActive = now;
   }
@@ -284,7 +283,7 @@ export class FunctionPool {
       this.dispatch(inst);
     } catch (err) {
       this.instances.delete(inst.id);
-      const message = err instanceof Error ? err.message : String(err);
+      const message = errorMessage(err);
       this.deps.log.error({ function: fn.name, instance: inst.id, err: message }, 'instance failed to start');
       this.failWaitersIfHopeless(message);
       if (rethrow) throw badGateway(`function ${fn.name} failed to start: ${message}`, 'start_failed');
@@ -303,7 +302,6 @@ export class FunctionPool {
   private onExit(inst: Instance, exit: ExitInfo): void {
     const expected = inst.state === 'draining' || inst.state === 'stopped';
     inst.state = 'stopped';
-    inst.exit = exit;
     this.forget(inst);
     if (!expected) {
       this.deps.log.warn({ function: this.fn.name, instance: inst.id, code: exit.code, signal: exit.signal, reason: exit.reason }, 'instance exited unexpectedly');

@@ -14,6 +14,7 @@
 import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
+import { createReadStream } from 'node:fs';
 import { access, chmod, copyFile, lutimes, mkdir, readdir, readFile, realpath, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -83,7 +84,7 @@ export async function buildImage(opts: BuildImageOptions): Promise<GuestImage> {
     ...(await agentFiles()),
   ];
 
-  const hash = await inputsHash(kernel.kernel, script, initrdInputs, rootInputs);
+  const hash = await inputsHash(await DigestCache.open(opts.cacheDir), kernel.kernel, script, initrdInputs, rootInputs);
   const dir = path.join(opts.cacheDir, 'images', hash);
   const image = { kernel: path.join(dir, 'vmlinuz'), initrd: path.join(dir, 'initrd.gz'), rootfs: path.join(dir, 'rootfs.ext4'), hash };
   if (await exists(dir)) return image;
@@ -171,18 +172,56 @@ async function agentFiles(): Promise<Input[]> {
   return names.map((name) => ({ guestPath: path.posix.join(GUEST_AGENT_DIR, name), hostPath: path.join(dir, name), mode: 0o644 }));
 }
 
-async function inputsHash(kernel: string, script: string, ...groups: Input[][]): Promise<string> {
-  const hash = createHash('sha256').update(`${FORMAT}\n`).update(script).update(await fileDigest(kernel));
+async function inputsHash(digests: DigestCache, kernel: string, script: string, ...groups: Input[][]): Promise<string> {
+  const hash = createHash('sha256').update(`${FORMAT}\n`).update(script).update(await digests.of(kernel));
   for (const [i, group] of groups.entries()) {
     for (const input of [...group].sort((a, b) => a.guestPath.localeCompare(b.guestPath))) {
-      hash.update(`\n${i} ${input.guestPath} ${input.mode.toString(8)} ${await fileDigest(input.hostPath)}`);
+      hash.update(`\n${i} ${input.guestPath} ${input.mode.toString(8)} ${await digests.of(input.hostPath)}`);
     }
   }
+  await digests.save();
   return hash.digest('hex');
 }
 
-async function fileDigest(file: string): Promise<string> {
-  return createHash('sha256').update(await readFile(file)).digest('hex');
+/**
+ * sha256 of input files, remembered in the cache dir by path, inode, size and mtime: finding an
+ * already built image must not re-read node's ~100 MB on every start of Aether.
+ */
+class DigestCache {
+  private changed = false;
+  private constructor(
+    private readonly file: string,
+    private readonly known: Record<string, string>,
+  ) {}
+
+  static async open(cacheDir: string): Promise<DigestCache> {
+    const file = path.join(cacheDir, 'digests.json');
+    const known = await readFile(file, 'utf8').then((text) => JSON.parse(text) as Record<string, string>, () => ({}));
+    return new DigestCache(file, known);
+  }
+
+  async of(file: string): Promise<string> {
+    const st = await stat(file);
+    const key = `${await realpath(file)} ${st.dev}:${st.ino} ${st.size} ${st.mtimeMs}`;
+    const known = this.known[key];
+    if (known) return known;
+    const digest = await new Promise<string>((resolve, reject) => {
+      const hash = createHash('sha256');
+      createReadStream(file).on('error', reject).on('data', (chunk) => hash.update(chunk)).on('end', () => resolve(hash.digest('hex')));
+    });
+    this.known[key] = digest;
+    this.changed = true;
+    return digest;
+  }
+
+  /** Written atomically; entries of files that changed since simply stop matching. */
+  async save(): Promise<void> {
+    if (!this.changed) return;
+    await mkdir(path.dirname(this.file), { recursive: true });
+    const tmp = `${this.file}.${process.pid}.tmp`;
+    await writeFile(tmp, JSON.stringify(this.known));
+    await rename(tmp, this.file);
+  }
 }
 
 async function initramfs(script: string, inputs: Input[]): Promise<Buffer> {

@@ -4,12 +4,13 @@
  */
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdir, readdir, rename, rm } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 
 const run = promisify(execFile);
 const META_PACKAGE = 'linux-image-cloud-amd64';
+const APT_LISTS = '/var/lib/apt/lists';
 
 export interface KernelFiles {
   /** The bzImage QEMU boots. */
@@ -19,7 +20,7 @@ export interface KernelFiles {
 }
 
 export async function debianCloudKernel(cacheDir: string, onProgress: (msg: string) => void): Promise<KernelFiles> {
-  const pkg = await currentPackage();
+  const pkg = await currentPackage(cacheDir);
   const dir = path.join(cacheDir, 'kernels', pkg);
   const found = await unpacked(dir);
   if (found) return found;
@@ -40,8 +41,22 @@ export async function debianCloudKernel(cacheDir: string, onProgress: (msg: stri
   return files;
 }
 
-/** The versioned package the meta package points to now, e.g. linux-image-6.1.0-56-cloud-amd64. */
-async function currentPackage(): Promise<string> {
+/**
+ * The versioned package the meta package points to now, e.g. linux-image-6.1.0-56-cloud-amd64.
+ * apt-cache takes ~0.8 s, on every start of Aether: its answer is kept until apt's lists change.
+ */
+async function currentPackage(cacheDir: string): Promise<string> {
+  const remembered = path.join(cacheDir, 'kernels', 'current.json');
+  const lists = String((await stat(APT_LISTS).catch(() => undefined))?.mtimeMs);
+  const known = await readFile(remembered, 'utf8').then((text) => JSON.parse(text) as { lists: string; pkg: string }, () => undefined);
+  if (known?.lists === lists) return known.pkg;
+  const pkg = await askApt();
+  await mkdir(path.dirname(remembered), { recursive: true });
+  await writeFile(remembered, JSON.stringify({ lists, pkg }));
+  return pkg;
+}
+
+async function askApt(): Promise<string> {
   const { stdout } = await run('apt-cache', ['depends', META_PACKAGE]).catch(explain(`apt-cache depends ${META_PACKAGE}`));
   const pkg = /Depends:\s*(linux-image-\S+)/.exec(stdout)?.[1];
   if (!pkg) {

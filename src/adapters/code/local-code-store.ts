@@ -14,7 +14,6 @@ const HASH = /^[0-9a-f]{64}$/;
 const FORMATS: readonly ArchiveFormat[] = ['zip', 'tar.gz'];
 
 /** Whether `hash` has the shape of a content hash (lowercase sha256 hex), i.e. is safe in paths and keys. */
-export const isCodeHash = (hash: string): boolean => HASH.test(hash);
 
 /**
  * Code on the local disk, by content hash: `root/<hash>/` is the unpacked tree that sandboxes
@@ -113,7 +112,8 @@ export class LocalCodeStore implements CodeStore {
   }
 }
 
-function checkHash(hash: string): string {
+/** A malformed hash is simply not there (404): it never becomes a path or an S3 key. */
+export function checkHash(hash: string): string {
   if (!HASH.test(hash)) throw notFound(`code ${hash} not found`);
   return hash;
 }

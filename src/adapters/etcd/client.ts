@@ -5,7 +5,7 @@
  * user's request. Streams (watch, lease keepalive) have no deadline.
  */
 import { Etcd3 } from 'etcd3';
-import { AetherError, unavailable } from '../../core/errors.js';
+import { AetherError, errorMessage, unavailable } from '../../core/errors.js';
 import type { Logger } from '../../core/ports.js';
 
 const CALL_TIMEOUT_MS = 2000;
@@ -27,7 +27,3 @@ export function asUnavailable(err: unknown, what: string, code: string): AetherE
 }
 
 export const silentLogger: Logger = { debug() {}, info() {}, warn() {}, error() {} };
-
-export function errorMessage(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}

@@ -80,11 +80,16 @@ export class EtcdDiscovery implements RouteDirectory {
     return [...this.workerMirror.values()];
   }
 
+  /** Whether the worker is registered right now (a lookup, not a copy of the list). */
+  hasWorker(workerId: string): boolean {
+    return this.workerMirror.get(workerKey(workerId)) !== undefined;
+  }
+
   /** Routes of the function on workers that are registered right now. */
   instances(functionId: string): InstanceRoute[] {
     const routes = this.routesByFunction.get(functionId);
     if (!routes) return [];
-    return [...routes.values()].filter((r) => this.workerMirror.get(workerKey(r.worker_id)) !== undefined);
+    return [...routes.values()].filter((r) => this.hasWorker(r.worker_id));
   }
 
   /** `deadline` is a Date.now() timestamp; rejects with a 504 AetherError when it passes. */
@@ -97,7 +102,9 @@ export class EtcdDiscovery implements RouteDirectory {
         stop();
         reject(timedOut(`no instance of function ${functionId} version ${version} was registered in time`));
       }, deadline - Date.now());
-      const stop = this.listeners.add(() => {
+      const stop = this.listeners.add((ev) => {
+        // Only a route of this function, or its worker (re)appearing, can make a match appear.
+        if (ev.type === 'instance_up' ? ev.route.function_id !== functionId : ev.type !== 'worker_up') return;
         const route = find();
         if (!route) return;
         clearTimeout(timer);

@@ -1,5 +1,5 @@
 import type { Logger } from '../../core/ports.js';
-import { errorMessage } from './client.js';
+import { errorMessage } from '../../core/errors.js';
 
 /** Change listeners: one that throws is logged and does not keep the others from being told. */
 export class Listeners<E> {

@@ -13,7 +13,7 @@
  */
 import type { Etcd3, IKeyValue, IWatchResponse, Watcher } from 'etcd3';
 import type { Logger } from '../../core/ports.js';
-import { errorMessage } from './client.js';
+import { errorMessage } from '../../core/errors.js';
 
 interface Entry<T> {
   value: T | undefined; // undefined: deleted (a tombstone, kept until the mirror has caught up with it)

@@ -11,7 +11,8 @@
  */
 import type { Etcd3, Lease } from 'etcd3';
 import type { InstanceRoute, Logger, WorkerInfo } from '../../core/ports.js';
-import { asUnavailable, errorMessage } from './client.js';
+import { errorMessage } from '../../core/errors.js';
+import { asUnavailable } from './client.js';
 import { instanceKey, ROUTES_PREFIX, workerKey } from './keys.js';
 
 const REGRANT_MIN_MS = 200;

@@ -4,6 +4,8 @@ import type { FastifyRequest } from 'fastify';
 import { AetherError } from '../../core/errors.js';
 
 const digest = (s: string) => createHash('sha256').update(s).digest();
+/** Constant time: both sides are hashed to the same length first. */
+const matches = (given: string, expected: Buffer) => timingSafeEqual(digest(given), expected);
 
 export function bearerAuth(token: string) {
   const expected = digest(token);
@@ -11,7 +13,7 @@ export function bearerAuth(token: string) {
     const header = req.headers.authorization ?? '';
     const match = /^Bearer\s+(.+)$/i.exec(header);
     if (!match) throw new AetherError(401, 'unauthorized', 'missing bearer token: send Authorization: Bearer <token>');
-    if (!timingSafeEqual(digest(match[1]!.trim()), expected)) throw new AetherError(401, 'unauthorized', 'invalid token');
+    if (!matches(match[1]!.trim(), expected)) throw new AetherError(401, 'unauthorized', 'invalid token');
   };
 }
 
@@ -22,7 +24,7 @@ export function clusterAuth(token: string) {
   const expected = digest(token);
   return async (req: FastifyRequest): Promise<void> => {
     const given = req.headers[CLUSTER_TOKEN_HEADER];
-    if (typeof given !== 'string' || !timingSafeEqual(digest(given), expected)) {
+    if (typeof given !== 'string' || !matches(given, expected)) {
       throw new AetherError(401, 'unauthorized', `workers take invocations from gateways only (${CLUSTER_TOKEN_HEADER})`);
     }
   };

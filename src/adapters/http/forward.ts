@@ -72,7 +72,7 @@ export async function forward(req: IncomingMessage, res: ServerResponse, lease: 
       ({ statusCode, headers: upstreamHeaders }) => {
         status = statusCode;
         instanceId = (upstreamHeaders[INSTANCE_HEADER] as string | undefined) ?? instanceId;
-        res.writeHead(statusCode, { ...responseHeaders(upstreamHeaders as IncomingHttpHeaders), [INSTANCE_HEADER]: instanceId });
+        res.writeHead(statusCode, { ...withoutHopByHop(upstreamHeaders as IncomingHttpHeaders), [INSTANCE_HEADER]: instanceId });
         return res;
       },
     );
@@ -98,10 +98,7 @@ async function explain(err: unknown, lease: Lease): Promise<AetherError> {
 }
 
 function forwardedHeaders(incoming: IncomingHttpHeaders, opts: ForwardOptions): Record<string, string | string[]> {
-  const out: Record<string, string | string[]> = {};
-  for (const [name, value] of Object.entries(incoming)) {
-    if (value !== undefined && !HOP_BY_HOP.has(name)) out[name] = value;
-  }
+  const out = withoutHopByHop(incoming);
   const prior = incoming['x-forwarded-for'];
   out['x-forwarded-for'] = prior ? `${prior}, ${opts.clientIp}` : opts.clientIp;
   out['x-aether-request-id'] = opts.requestId;
@@ -109,7 +106,8 @@ function forwardedHeaders(incoming: IncomingHttpHeaders, opts: ForwardOptions): 
   return Object.assign(out, opts.extraHeaders);
 }
 
-function responseHeaders(headers: IncomingHttpHeaders): Record<string, string | string[]> {
+/** The headers that belong to the message, not to one connection (or to Aether's cluster hop). */
+function withoutHopByHop(headers: IncomingHttpHeaders): Record<string, string | string[]> {
   const out: Record<string, string | string[]> = {};
   for (const [name, value] of Object.entries(headers)) {
     if (value !== undefined && !HOP_BY_HOP.has(name)) out[name] = value;

@@ -5,7 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import type { Readable } from 'node:stream';
 import { EXIT_CONFIG } from '../../agent/protocol.mjs';
-import { AetherError } from '../../core/errors.js';
+import { AetherError, errorMessage } from '../../core/errors.js';
 import type { ExitInfo, InstanceHandle, InstanceSpec } from '../../core/ports.js';
 import type { InstanceChannel } from './channel.js';
 
@@ -123,7 +123,7 @@ class ProcessInstance implements InstanceHandle {
       }
       return failed(describeExit(await this.ended));
     } catch (err) {
-      return failed(err instanceof Error ? err.message : String(err));
+      return failed(errorMessage(err));
     } finally {
       clearTimeout(timer);
     }
@@ -173,7 +173,7 @@ class ProcessInstance implements InstanceHandle {
     const { channel, hooks, spec } = this.launch;
     this.signal('SIGKILL'); // whatever the process left behind in its group
     const problem = (what: string, err: unknown) =>
-      spec.onLog('stderr', `[aether-host] ${what} failed: ${err instanceof Error ? err.message : String(err)}`);
+      spec.onLog('stderr', `[aether-host] ${what} failed: ${errorMessage(err)}`);
     let explained: Partial<ExitInfo> = {};
     try {
       explained = (await hooks?.explainExit?.(exit)) ?? {};

@@ -53,7 +53,7 @@ export async function prepareSandboxRoot(stateDir: string): Promise<SandboxRoot>
 }
 
 /** Creates `dir` 0755 (whatever the umask): sandboxes run as unprivileged uids and must traverse it. */
-async function mkdirTraversable(dir: string): Promise<void> {
+export async function mkdirTraversable(dir: string): Promise<void> {
   await fs.mkdir(dir, { recursive: true });
   await fs.chmod(dir, 0o755);
 }

@@ -5,7 +5,7 @@
  */
 import { execFile } from 'node:child_process';
 import { constants } from 'node:fs';
-import { access, chmod, mkdir, writeFile } from 'node:fs/promises';
+import { access, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
@@ -16,8 +16,10 @@ import { GvisorDriver, RUNSC_PLATFORM } from './gvisor.js';
 import { NoIsolationDriver } from './none.js';
 import { FirecrackerDriver } from './firecracker/driver.js';
 import { QemuDriver } from './qemu/driver.js';
+import { mkdirTraversable } from './sandbox-root.js';
 import { cleanLeftovers, prepareSandboxHost, type SandboxHost } from './sandboxed-instance.js';
 import { UidPool } from './uid-pool.js';
+import { errorMessage } from '../../core/errors.js';
 
 const run = promisify(execFile);
 
@@ -107,7 +109,7 @@ export async function selectDriver(mode: IsolationMode, opts: SelectOptions): Pr
       if (probe.ok) return { driver: fc, reason: `firecracker: ${probe.detail}${cleaned}` };
       failures.push(`firecracker: ${probe.detail}`);
     } catch (err) {
-      failures.push(`firecracker: ${err instanceof Error ? err.message : String(err)}`);
+      failures.push(`firecracker: ${errorMessage(err)}`);
     }
     if (mode === 'firecracker') throw new Error(`firecracker isolation unavailable: ${failures.join('; ')}`);
   }
@@ -119,8 +121,8 @@ export async function selectDriver(mode: IsolationMode, opts: SelectOptions): Pr
       if (mode === 'qemu' || qemu.accel.accel === 'kvm') return { driver: qemu, reason: `${why}${cleaned}` };
       failures.push(`${why}: not chosen without KVM (AETHER_ISOLATION=qemu uses TCG)`);
     } catch (err) {
-      if (mode === 'qemu') throw new Error(`qemu isolation unavailable: ${err instanceof Error ? err.message : String(err)}`);
-      failures.push(`qemu: ${err instanceof Error ? err.message : String(err)}`);
+      if (mode === 'qemu') throw new Error(`qemu isolation unavailable: ${errorMessage(err)}`);
+      failures.push(`qemu: ${errorMessage(err)}`);
     }
   }
   const candidates = CANDIDATES.filter((c) => mode === 'auto' || c.name === mode);
@@ -134,7 +136,7 @@ export async function selectDriver(mode: IsolationMode, opts: SelectOptions): Pr
       const passedOver = failures.length > 0 ? ` (passed over: ${failures.join('; ')})` : '';
       return { driver, reason: `${candidate.name}: ${version} probe ok in ${ms} ms${cleaned}${passedOver}` };
     } catch (err) {
-      failures.push(`${candidate.name}: ${err instanceof Error ? err.message : String(err)}`);
+      failures.push(`${candidate.name}: ${errorMessage(err)}`);
     }
   }
   const fix = candidates.map((c) => c.install).join(' or ');
@@ -154,8 +156,7 @@ async function microVmPossible(vmm: string): Promise<boolean> {
 /** Starts a trivial function in the sandbox and stops it again; resolves with the time to ready. */
 async function probe(driver: IsolationDriver, host: SandboxHost, timeoutMs: number): Promise<number> {
   const codeDir = path.join(host.stateDir, 'probe');
-  await mkdir(codeDir, { recursive: true });
-  await chmod(codeDir, 0o755);
+  await mkdirTraversable(codeDir);
   await writeFile(path.join(codeDir, 'index.js'), PROBE_HANDLER, { mode: 0o644 });
   const started = Date.now();
   const instance = await driver.start({

@@ -4,7 +4,7 @@
  * when nobody waits for its result any more. The client itself keeps reconnecting in the background.
  */
 import { Redis, ReplyError, type RedisOptions } from 'ioredis';
-import { AetherError, unavailable } from '../../core/errors.js';
+import { AetherError, errorMessage, unavailable } from '../../core/errors.js';
 import type { Logger } from '../../core/ports.js';
 
 const FAIL_FAST: RedisOptions = {
@@ -75,7 +75,7 @@ export class OutageWarner {
   failed(err: unknown): void {
     if (this.down) return;
     this.down = true;
-    this.logger.warn({ err: err instanceof Error ? err.message : String(err) }, `${this.what}: Redis is unreachable`);
+    this.logger.warn({ err: errorMessage(err) }, `${this.what}: Redis is unreachable`);
   }
 
   succeeded(): void {

@@ -5,6 +5,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ReplyError, type Redis } from 'ioredis';
+import { errorMessage } from '../../core/errors.js';
 import type { Logger } from '../../core/ports.js';
 import { blockingDuplicate, OutageWarner, ready } from './connection.js';
 import {
@@ -212,8 +213,4 @@ export class ProvisionConsumer {
 
 function isReplyError(err: unknown, code: string): boolean {
   return err instanceof ReplyError && (err as Error).message.startsWith(code);
-}
-
-function errorMessage(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
 }

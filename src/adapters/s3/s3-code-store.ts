@@ -13,7 +13,7 @@ import {
 import { AetherError, conflict, notFound, unavailable } from '../../core/errors.js';
 import type { ArchiveFormat, CodeStore, StoredCode } from '../../core/ports.js';
 import { DEFAULT_ARCHIVE_LIMITS, type ArchiveLimits } from '../code/archive-limits.js';
-import { isCodeHash, LocalCodeStore } from '../code/local-code-store.js';
+import { checkHash, LocalCodeStore } from '../code/local-code-store.js';
 import { createS3Client, DEFAULT_REGION, type S3Config } from './s3-config.js';
 
 export interface S3CodeStoreOptions extends S3Config {
@@ -145,10 +145,6 @@ export class S3CodeStore implements CodeStore {
       if (!ALREADY_CREATED.has((err as Error).name)) throw storageUnavailable(err);
     }
   }
-}
-
-function checkHash(hash: string): void {
-  if (!isCodeHash(hash)) throw notFound(`code ${hash} not found`);
 }
 
 async function request<T>(op: Promise<T>): Promise<T> {

@@ -10,7 +10,7 @@ import { chown, link, rm } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import path from 'node:path';
 import { AGENT_SOCKET, EXIT_CONFIG, MMDS_SOCKET } from '../../../agent/protocol.mjs';
-import { AetherError } from '../../../core/errors.js';
+import { AetherError, errorMessage } from '../../../core/errors.js';
 import type { ExitInfo, InstanceHandle, InstanceSpec } from '../../../core/ports.js';
 import type { InstanceChannel } from '../channel.js';
 import { FirecrackerFault } from './api.js';
@@ -121,7 +121,7 @@ export class FirecrackerInstance implements InstanceHandle {
   private async teardown(exit: { code: number | null; signal: NodeJS.Signals | null }): Promise<ExitInfo> {
     const { channel, spec } = this.launch;
     for (const server of this.logServers) server.close();
-    const report = (err: unknown) => spec.onLog('stderr', `[aether-host] teardown: ${err instanceof Error ? err.message : String(err)}`);
+    const report = (err: unknown) => spec.onLog('stderr', `[aether-host] teardown: ${errorMessage(err)}`);
     await channel.close().catch(report);
     await this.launch.release().catch(report);
     const info = this.status(exit);

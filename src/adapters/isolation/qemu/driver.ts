@@ -5,7 +5,6 @@
  * a virtio-serial port; requests come in through hostfwd to the agent's listen mode. See docs/microvm.md.
  */
 import { execFile } from 'node:child_process';
-import { createServer } from 'node:net';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { MMDS_SOCKET } from '../../../agent/protocol.mjs';
@@ -19,6 +18,7 @@ import { CodeDisks } from './code-disk.js';
 import { qemuArgs, type Accel } from './qemu-args.js';
 import { hostTscKhz } from './tsc.js';
 import { launchVm } from './vm-instance.js';
+import { freePort } from '../../free-port.js';
 
 const run = promisify(execFile);
 
@@ -115,13 +115,3 @@ export class QemuDriver implements IsolationDriver {
   }
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}

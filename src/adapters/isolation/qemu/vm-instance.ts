@@ -8,7 +8,7 @@ import { constants } from 'node:os';
 import type { Duplex, Writable } from 'node:stream';
 import { EXIT_CONFIG } from '../../../agent/protocol.mjs';
 import { INIT_LOG_PREFIX } from '../../../image/init-script.js';
-import { AetherError, unavailable } from '../../../core/errors.js';
+import { AetherError, errorMessage, unavailable } from '../../../core/errors.js';
 import type { ExitInfo, InstanceHandle, InstanceSpec } from '../../../core/ports.js';
 import type { InstanceChannel } from '../channel.js';
 import { lines, vmmEnded } from '../vmm-process.js';
@@ -194,7 +194,7 @@ export class VmInstance implements InstanceHandle {
   private async teardown(exit: { code: number | null; signal: NodeJS.Signals | null }): Promise<ExitInfo> {
     const { channel, spec } = this.launch;
     await channel.close().catch((err: unknown) => {
-      spec.onLog('stderr', `[aether-host] closing the channel failed: ${err instanceof Error ? err.message : String(err)}`);
+      spec.onLog('stderr', `[aether-host] closing the channel failed: ${errorMessage(err)}`);
     });
     const info = this.status(exit);
     if (this.oom) return { ...info, oom: true, reason: `memory limit of ${this.launch.spec.memoryMb} MB exceeded` };

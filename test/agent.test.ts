@@ -617,7 +617,7 @@ describe('measurements', () => {
       assert.equal((await send(handle)).body.toString(), 'ok');
       await handle.stop(1000);
     }
-    t.diagnostic(`spawn to ready, trivial handler: median ${median(times).toFixed(1)} ms, min ${Math.min(...times).toFixed(1)} ms`);
+    t.diagnostic(`spawn to ready, trivial handler: median ${median(times)!.toFixed(1)} ms, min ${Math.min(...times).toFixed(1)} ms`);
   });
 
   test('per-request overhead: 2,000 sequential requests over one kept-alive connection', async (t) => {

@@ -32,7 +32,7 @@ const cleanups: (() => unknown)[] = [];
 
 before(async () => {
   services = await startServices();
-  endpoint = services.env.ETCD_ENDPOINTS;
+  endpoint = services.env.ETCD_ENDPOINTS!;
   raw = connectEtcd(endpoint);
 });
 
@@ -103,16 +103,16 @@ const isError = (status: number, code: string, message: RegExp) => (err: unknown
 test('concurrent creates of one name from three clients: exactly one wins, the rest get 409', async () => {
   const stores = await Promise.all([store(), store(), store()]);
   const candidates = Array.from({ length: 9 }, () => record('contested'));
-  const results = await Promise.allSettled(candidates.map((fn, i) => stores[i % 3].create(fn)));
-  const winners = candidates.filter((_, i) => results[i].status === 'fulfilled');
+  const results = await Promise.allSettled(candidates.map((fn, i) => stores[i % 3]!.create(fn)));
+  const winners = candidates.filter((_, i) => results[i]!.status === 'fulfilled');
   assert.equal(winners.length, 1);
   for (const r of results) {
     if (r.status === 'rejected') assert.ok(isError(409, 'conflict', /^a function named contested already exists$/)(r.reason), String(r.reason));
   }
   const stored = Object.values(await raw.getAll().prefix('/aether/functions/').json()) as FunctionRecord[];
-  assert.deepEqual(stored.filter((f) => f.name === 'contested').map((f) => f.id), [winners[0].id]);
-  assert.equal(await raw.get(nameKey('contested')).string(), winners[0].id);
-  for (const s of stores) await until('every store to see the winner', async () => (await s.get('contested'))?.id === winners[0].id);
+  assert.deepEqual(stored.filter((f) => f.name === 'contested').map((f) => f.id), [winners[0]!.id]);
+  assert.equal(await raw.get(nameKey('contested')).string(), winners[0]!.id);
+  for (const s of stores) await until('every store to see the winner', async () => (await s.get('contested'))?.id === winners[0]!.id);
 });
 
 test('rename: a taken name is refused, a free one is taken and the old name freed in one step', async () => {
@@ -358,7 +358,7 @@ test('changes a worker makes during a short etcd outage are written once it is b
     const keys = await fresh.getAll().prefix(`${ROUTES_PREFIX}fn-steady/`).keys();
     return keys.length === 1 && keys[0] === instanceKey('fn-steady', 'arriving');
   });
-  assert.equal((await fresh.get(instanceKey('fn-steady', 'arriving')).exec()).kvs[0].lease, lease);
+  assert.equal((await fresh.get(instanceKey('fn-steady', 'arriving')).exec()).kvs[0]!.lease, lease);
 });
 
 test('removeStaleInstances deletes the routes of a previous life whatever their lease, and nothing else', async () => {

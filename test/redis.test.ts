@@ -257,7 +257,7 @@ test('cancel removes the job and frees the slot, but never a newer job for the s
 
   const c = consumer(queue, 'w-cancel');
   await waitFor('the remaining job', () => c.jobs.length === 1);
-  assert.equal(c.jobs[0].jobId, fresh.jobId);
+  assert.equal(c.jobs[0]!.jobId, fresh.jobId);
   await queue.cancel(fresh.jobId, req); // while the worker handles it (the gateway timed out)
   assert.equal(await pendingCount('w-cancel'), 0);
   assert.equal(await raw.xlen('aether:provision:w-cancel'), 0);
@@ -326,13 +326,13 @@ test('Redis down: cold starts and invocation reads fail fast with 503, records a
   const survivor = consumer(queue, 'w-survivor');
   await queue.request(request({ functionId: 'fn-outage', targetWorker: 'w-survivor' }));
   await waitFor('a job before the outage', () => survivor.jobs.length === 1);
-  survivor.finish(survivor.jobs[0].jobId);
+  survivor.finish(survivor.jobs[0]!.jobId);
   await waitFor('its ack', async () => (await raw.xlen('aether:provision:w-survivor')) === 0);
 
   await server.stop();
   const req = request({ functionId: 'fn-outage', slot: 1, targetWorker: 'w-survivor' });
   await fastRejection('request', queue.request(req), /cold starts are unavailable because Redis .*unreachable/);
-  await fastRejection('cancel', queue.cancel(survivor.jobs[0].jobId, req), /cold starts are unavailable/);
+  await fastRejection('cancel', queue.cancel(survivor.jobs[0]!.jobId, req), /cold starts are unavailable/);
   await fastRejection('latest', log.latest('fn-outage', 10), /invocation records are unavailable/);
   const warnings = () => logger.lines.filter((l) => l.level === 'warn' && l.msg?.startsWith('invocation records')).length;
   for (let i = 0; i < 20; i++) log.record(inv('fn-outage', i));
@@ -343,8 +343,8 @@ test('Redis down: cold starts and invocation reads fail fast with 503, records a
   await server.start(); // empty: no persistence, the consumer group is gone too
   await waitFor('requests to work again', () => queue.request(req).then(() => true, () => false));
   await waitFor('the same consumer to take a new job', () => survivor.jobs.length === 2, 8000);
-  assert.equal(survivor.jobs[1].slot, 1);
-  survivor.finish(survivor.jobs[1].jobId);
+  assert.equal(survivor.jobs[1]!.slot, 1);
+  survivor.finish(survivor.jobs[1]!.jobId);
   await waitFor('its ack', async () => (await raw.xlen('aether:provision:w-survivor')) === 0);
 
   await waitFor('records to be stored again', async () => {

@@ -190,7 +190,7 @@ test('a tampered object is refused and nothing is cached; the next upload repair
   const { hash } = await gateway.put(Readable.from([zip]), 'zip');
 
   const flipped = Buffer.from(zip);
-  flipped[flipped.length >> 1] ^= 0xff; // same size: only the hash tells
+  flipped[flipped.length >> 1]! ^= 0xff; // same size: only the hash tells
   await overwrite(hash, flipped);
   const worker = newStore();
   const err = await rejectsWith(worker.dir(hash), 502, 'code_corrupt');

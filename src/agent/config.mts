@@ -8,7 +8,7 @@ import { CONFIG_PATH, MMDS_SOCKET, type AgentConfig } from './protocol.mjs';
  * the function could read those back from /proc.
  */
 export function readToken(): string {
-  const token = readFileSync(0, 'utf8').split('\n', 1)[0].trim();
+  const token = (readFileSync(0, 'utf8').split('\n', 1)[0] ?? '').trim();
   if (!token) throw new Error('no token on stdin');
   return token;
 }

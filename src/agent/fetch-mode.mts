@@ -8,7 +8,7 @@ const BODY_BUFFER_BYTES = 64 * 1024;
 export function fetchResponder(target: FetchTarget): Responder {
   return async (req, res) => {
     const headers: Array<[string, string]> = [];
-    for (let i = 0; i < req.rawHeaders.length; i += 2) headers.push([req.rawHeaders[i], req.rawHeaders[i + 1]]);
+    for (let i = 0; i < req.rawHeaders.length; i += 2) headers.push([req.rawHeaders[i]!, req.rawHeaders[i + 1]!]);
     const hasBody = req.method !== 'GET' && req.method !== 'HEAD';
     const request = new Request(`http://${req.headers.host || 'localhost'}${req.url}`, {
       method: req.method,

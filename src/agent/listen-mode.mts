@@ -36,7 +36,7 @@ function splice(a: Socket, b: Socket): void {
   for (const [from, to] of [
     [a, b],
     [b, a],
-  ]) {
+  ] as const) {
     from.on('error', () => to.destroy());
     from.on('close', () => to.destroy());
   }

@@ -70,7 +70,7 @@ export class EtcdFunctionStore implements FunctionStore {
         .commit(),
     );
     if (!res.succeeded) {
-      throw res.responses[0].response_range.kvs.length > 0 ? nameTaken(fn.name) : conflict(`a function with id ${fn.id} already exists`);
+      throw res.responses[0]!.response_range.kvs.length > 0 ? nameTaken(fn.name) : conflict(`a function with id ${fn.id} already exists`);
     }
     this.applied(functionKey(fn.id), raw, res);
   }
@@ -100,7 +100,7 @@ export class EtcdFunctionStore implements FunctionStore {
           .commit(),
       );
       if (moved.succeeded) return this.applied(functionKey(fn.id), raw, moved);
-      const owner = moved.responses[0].response_range.kvs[0]?.value.toString();
+      const owner = moved.responses[0]!.response_range.kvs[0]?.value.toString();
       if (owner !== undefined && owner !== fn.id) throw nameTaken(fn.name);
     }
     throw concurrentChange(fn.id);

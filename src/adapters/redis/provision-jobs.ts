@@ -98,7 +98,7 @@ export function toEntries(rows: unknown): StreamEntry[] {
 export function decodeJob(workerId: string, entry: StreamEntry): ProvisionJob | undefined {
   if (!entry.fields) return undefined;
   const f = new Map<string, string>();
-  for (let i = 0; i + 1 < entry.fields.length; i += 2) f.set(entry.fields[i], entry.fields[i + 1]);
+  for (let i = 0; i + 1 < entry.fields.length; i += 2) f.set(entry.fields[i]!, entry.fields[i + 1]!);
   const job = {
     jobId: jobIdOf(entry.id, workerId),
     functionId: f.get('function_id') ?? '',

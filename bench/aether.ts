@@ -81,7 +81,10 @@ export async function startCluster(driver: string, services: Services): Promise<
     const env = { ...services.env, WORKER_IP: '127.0.0.1', AETHER_WORKER_ID: 'bench-worker' };
     started.push(await launchAether({ role: 'worker', dataDir: dirs[0]!, token: TOKEN, isolation: driver, env, onLine: ready.onLine }));
     started.push(await launchAether({ role: 'gateway', dataDir: dirs[1]!, token: TOKEN, isolation: driver, env: services.env }));
-    await until(async () => (await apiClient(started[1]!.url).api<unknown[]>('GET', '/api/workers')).length === 1, 'the gateway to see the worker');
+    await until(
+      async () => (await apiClient(started[1]!.url).api<unknown[]>('GET', '/api/workers')).length === 1,
+      'the gateway to see the worker',
+    );
   } catch (err) {
     await stop();
     throw err;
@@ -154,7 +157,11 @@ function apiClient(url: string) {
     async deploy(spec: Record<string, unknown>, files: Record<string, string>): Promise<FunctionInfo> {
       const fn = await api<FunctionInfo>('POST', '/api/functions', { runtime: 'node', ...spec });
       const zip = zipSync(Object.fromEntries(Object.entries(files).map(([name, text]) => [name, strToU8(text)])));
-      const res = await fetch(`${url}/api/functions/${fn.id}/code`, { method: 'POST', headers: { ...headers, 'content-type': 'application/zip' }, body: zip });
+      const res = await fetch(`${url}/api/functions/${fn.id}/code`, {
+        method: 'POST',
+        headers: { ...headers, 'content-type': 'application/zip' },
+        body: zip,
+      });
       if (!res.ok) throw new Error(`upload to ${fn.name}: ${res.status} ${await res.text()}`);
       return { ...fn, ...((await res.json()) as { version: number }) };
     },

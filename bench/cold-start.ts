@@ -77,7 +77,8 @@ async function aetherColdStart(aether: AetherServer, fn: FunctionInfo): Promise<
   if (status !== 200) throw new Error(`cold request to ${fn.name} answered ${status}`);
   const first = await firstInvocation(aether, fn);
   // The bench's premise: if Aether had an instance already, this sample measured nothing.
-  if (!first?.cold_start || !first.instance_id) throw new Error(`the first request to ${fn.name} was not a cold start: ${JSON.stringify(first)}`);
+  if (!first?.cold_start || !first.instance_id)
+    throw new Error(`the first request to ${fn.name} was not a cold start: ${JSON.stringify(first)}`);
   return { clientMs: ms, recordedMs: first.duration_ms, startMs: await aether.startMs(first.instance_id) };
 }
 

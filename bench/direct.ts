@@ -18,7 +18,10 @@ export interface DirectServer {
 function spawnNode(mode: Mode, port: number): ChildProcess {
   // Plain node: nothing preloaded through NODE_OPTIONS (the agent in a sandbox gets none either).
   const { NODE_OPTIONS: _, ...env } = process.env;
-  return spawn(process.execPath, ['-e', directSource(mode)], { env: { ...env, PORT: String(port) }, stdio: ['ignore', 'ignore', 'inherit'] });
+  return spawn(process.execPath, ['-e', directSource(mode)], {
+    env: { ...env, PORT: String(port) },
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
 }
 
 async function kill(child: ChildProcess): Promise<void> {

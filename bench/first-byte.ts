@@ -39,7 +39,9 @@ export function firstByte(port: number, path: string, since: number, timeoutMs: 
         if (!firstAt || !status) reject(new Error(`no HTTP response from port ${port}${path}: ${JSON.stringify(head.slice(0, 200))}`));
         else resolve({ ms: firstAt - since, status });
       });
-      socket.setTimeout(Math.max(1, deadline - performance.now()), () => socket.destroy(new Error(`no response from port ${port}${path} within ${timeoutMs} ms`)));
+      socket.setTimeout(Math.max(1, deadline - performance.now()), () =>
+        socket.destroy(new Error(`no response from port ${port}${path} within ${timeoutMs} ms`)),
+      );
     };
     attempt();
   });

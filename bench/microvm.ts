@@ -60,7 +60,12 @@ export async function measureMicroVm(samples: number, progress: (what: string) =
     const code = path.join(work, 'code');
     await fs.mkdir(code, { mode: 0o755 });
     for (const [name, text] of Object.entries(functionFiles(MODE))) await fs.writeFile(path.join(code, name), text, { mode: 0o644 });
-    const driver = await QemuDriver.create({ runDir: path.join(work, 'run'), cacheDir: cacheDir(), accel: 'auto', onProgress: (m) => progress(`microvm image: ${m}`) });
+    const driver = await QemuDriver.create({
+      runDir: path.join(work, 'run'),
+      cacheDir: cacheDir(),
+      accel: 'auto',
+      onProgress: (m) => progress(`microvm image: ${m}`),
+    });
     progress(`microvm: qemu ${driver.accel.accel} (${driver.accel.detail}), ${samples} boots`);
     const taken: Sample[] = [];
     for (let i = 0; i < samples; i++) taken.push(await sample(driver, code, i));
@@ -126,7 +131,9 @@ async function firstResponse(instance: VmInstance): Promise<{ status: number; fi
     let firstAt = 0;
     let head = '';
     socket.setEncoding('latin1');
-    socket.setTimeout(RESPONSE_TIMEOUT_MS, () => socket.destroy(new Error(`no response from microVM ${instance.id} within ${RESPONSE_TIMEOUT_MS} ms`)));
+    socket.setTimeout(RESPONSE_TIMEOUT_MS, () =>
+      socket.destroy(new Error(`no response from microVM ${instance.id} within ${RESPONSE_TIMEOUT_MS} ms`)),
+    );
     socket.on('data', (chunk: string) => {
       firstAt ||= performance.now();
       head += chunk;

@@ -13,7 +13,11 @@ export function table(title: string, head: string[], rows: Cell[][]): string {
   const widths = head.map((h, i) => Math.max(h.length, ...text.map((r) => r[i]!.length)));
   // Text columns left-aligned, numbers right-aligned.
   const numeric = head.map((_, i) => rows.length > 0 && rows.every((r) => typeof r[i] === 'number'));
-  const line = (cells: string[]) => cells.map((c, i) => (numeric[i] ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ').trimEnd();
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => (numeric[i] ? c.padStart(widths[i]!) : c.padEnd(widths[i]!)))
+      .join('  ')
+      .trimEnd();
   return [`\n${title}`, line(head), line(widths.map((w) => '-'.repeat(w))), ...text.map(line)].join('\n');
 }
 
@@ -23,7 +27,19 @@ export function coldStartTable(rows: ColdStartRow[]): string {
   return table(
     'Cold start: no instance -> first response byte (ms); node = `node -e` spawn -> first byte',
     ['setup', 'driver', 'mode', 'n', 'aether p50', 'p95', 'of which start p50', 'node p50', 'p95', 'x node p50', 'x node p95'],
-    rows.map((r) => [r.setup, r.driver, r.mode, r.aether.n, fixed(r.aether.p50), fixed(r.aether.p95), fixed(r.instance_start.p50), fixed(r.node.p50), fixed(r.node.p95), r.ratio_p50, r.ratio_p95]),
+    rows.map((r) => [
+      r.setup,
+      r.driver,
+      r.mode,
+      r.aether.n,
+      fixed(r.aether.p50),
+      fixed(r.aether.p95),
+      fixed(r.instance_start.p50),
+      fixed(r.node.p50),
+      fixed(r.node.p95),
+      r.ratio_p50,
+      r.ratio_p95,
+    ]),
   );
 }
 
@@ -49,7 +65,19 @@ export function warmLatencyTable(rows: WarmLatencyRow[]): string {
   return table(
     'Warm latency: sequential requests on one kept-alive connection (ms)',
     ['setup', 'driver', 'mode', 'n', 'aether p50', 'p99', 'direct p50', 'p99', 'overhead p50', 'p99', 'x direct p50'],
-    rows.map((r) => [r.setup, r.driver, r.mode, r.aether.n, fixed(r.aether.p50, 3), fixed(r.aether.p99, 3), fixed(r.direct.p50, 3), fixed(r.direct.p99, 3), fixed(r.overhead_p50_ms, 3), fixed(r.overhead_p99_ms, 3), r.ratio_p50]),
+    rows.map((r) => [
+      r.setup,
+      r.driver,
+      r.mode,
+      r.aether.n,
+      fixed(r.aether.p50, 3),
+      fixed(r.aether.p99, 3),
+      fixed(r.direct.p50, 3),
+      fixed(r.direct.p99, 3),
+      fixed(r.overhead_p50_ms, 3),
+      fixed(r.overhead_p99_ms, 3),
+      r.ratio_p50,
+    ]),
   );
 }
 
@@ -57,7 +85,17 @@ export function throughputTable(rows: ThroughputRow[]): string {
   return table(
     `Throughput: ${rows[0]?.connections ?? '-'} connections (2xx requests/s)`,
     ['setup', 'driver', 'mode', 's each', 'aether rps', 'direct rps', 'x direct', 'instances', 'failures a/d'],
-    rows.map((r) => [r.setup, r.driver, r.mode, r.seconds_each, r.aether_rps, r.direct_rps, r.ratio, r.aether_instances, `${r.aether_failures}/${r.direct_failures}`]),
+    rows.map((r) => [
+      r.setup,
+      r.driver,
+      r.mode,
+      r.seconds_each,
+      r.aether_rps,
+      r.direct_rps,
+      r.ratio,
+      r.aether_instances,
+      `${r.aether_failures}/${r.direct_failures}`,
+    ]),
   );
 }
 
@@ -65,7 +103,15 @@ export function targetsTable(checks: TargetCheck[]): string {
   return table(
     'Targets',
     ['', 'target', 'setup', 'driver', 'mode', 'measured', 'limit'],
-    checks.map((c) => [c.pass ? 'PASS' : 'MISS', c.target, c.setup, c.driver, c.mode, `${c.value} ${c.unit}`, `${c.must} ${c.limit} ${c.unit}`]),
+    checks.map((c) => [
+      c.pass ? 'PASS' : 'MISS',
+      c.target,
+      c.setup,
+      c.driver,
+      c.mode,
+      `${c.value} ${c.unit}`,
+      `${c.must} ${c.limit} ${c.unit}`,
+    ]),
   );
 }
 

@@ -80,8 +80,12 @@ const machine = {
   node: process.version,
   kernel: os.release(),
 };
-console.log(`Aether bench ${startedAt.toISOString()}${args.quick ? ' (--quick: smoke run, few samples)' : ''}${args.cluster ? ' (--cluster: single node vs cluster, bwrap)' : ''}`);
-console.log(`machine: ${machine.cpus} cpus (${machine.cpu_model}), ${machine.memory_gb} GiB, load average at start ${machine.load_average_start.join(' ')}, node ${machine.node}, linux ${machine.kernel}`);
+console.log(
+  `Aether bench ${startedAt.toISOString()}${args.quick ? ' (--quick: smoke run, few samples)' : ''}${args.cluster ? ' (--cluster: single node vs cluster, bwrap)' : ''}`,
+);
+console.log(
+  `machine: ${machine.cpus} cpus (${machine.cpu_model}), ${machine.memory_gb} GiB, load average at start ${machine.load_average_start.join(' ')}, node ${machine.node}, linux ${machine.kernel}`,
+);
 
 const cold: ColdStartRow[] = [];
 const warm: WarmLatencyRow[] = [];
@@ -176,8 +180,10 @@ console.log(targetsTable(targets));
 
 const out = args.json ?? path.join(import.meta.dirname, 'results', `${startedAt.toISOString().replace(/[-:]|\.\d+/g, '')}.json`);
 fs.mkdirSync(path.dirname(out), { recursive: true });
-fs.writeFileSync(out, JSON.stringify(results, null, 2) + '\n');
-console.log(`\n${targets.filter((t) => t.pass).length}/${targets.length} targets met; ${results.duration_s} s; results in ${path.relative(process.cwd(), out)}`);
+fs.writeFileSync(out, `${JSON.stringify(results, null, 2)}\n`);
+console.log(
+  `\n${targets.filter((t) => t.pass).length}/${targets.length} targets met; ${results.duration_s} s; results in ${path.relative(process.cwd(), out)}`,
+);
 
 function progress(what: string): void {
   console.error(`[bench ${((performance.now() - t0) / 1000).toFixed(0).padStart(3)} s] ${what}`);

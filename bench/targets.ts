@@ -25,8 +25,25 @@ const THROUGHPUT_MIN_RATIO = 0.5;
 /** gVisor's user-space kernel costs more to boot than bubblewrap's namespaces: separate budgets. */
 const COLD_START_MAX_MS: Record<string, number> = { bwrap: 150, gvisor: 500 };
 
-function check(target: string, row: { setup: Setup; driver: string; mode: string }, value: number, must: '<=' | '>=', limit: number, unit: string): TargetCheck {
-  return { target, setup: row.setup, driver: row.driver, mode: row.mode, value, limit, must, unit, pass: must === '<=' ? value <= limit : value >= limit };
+function check(
+  target: string,
+  row: { setup: Setup; driver: string; mode: string },
+  value: number,
+  must: '<=' | '>=',
+  limit: number,
+  unit: string,
+): TargetCheck {
+  return {
+    target,
+    setup: row.setup,
+    driver: row.driver,
+    mode: row.mode,
+    value,
+    limit,
+    must,
+    unit,
+    pass: must === '<=' ? value <= limit : value >= limit,
+  };
 }
 
 export function checkTargets(cold: ColdStartRow[], warm: WarmLatencyRow[], throughput: ThroughputRow[]): TargetCheck[] {

@@ -39,7 +39,11 @@ async function sequential(client: Client, path: string, count: number): Promise<
   return out;
 }
 
-export async function measureWarmLatency(direct: Endpoint, aether: Endpoint, opts: WarmOptions): Promise<Omit<WarmLatencyRow, 'setup' | 'driver' | 'mode'>> {
+export async function measureWarmLatency(
+  direct: Endpoint,
+  aether: Endpoint,
+  opts: WarmOptions,
+): Promise<Omit<WarmLatencyRow, 'setup' | 'driver' | 'mode'>> {
   const client = (t: Endpoint) => new Client(t.origin, { pipelining: 1, keepAliveTimeout: 60_000, keepAliveMaxTimeout: 60_000 });
   const clients = [client(direct), client(aether)] as const;
   try {
@@ -51,7 +55,13 @@ export async function measureWarmLatency(direct: Endpoint, aether: Endpoint, opt
       samples[1].push(...(await sequential(clients[1], aether.path, opts.perRound)));
     }
     const [d, a] = [summarize(samples[0]), summarize(samples[1])];
-    return { aether: a, direct: d, overhead_p50_ms: round(a.p50 - d.p50), overhead_p99_ms: round(a.p99 - d.p99), ratio_p50: ratio(a.p50, d.p50) };
+    return {
+      aether: a,
+      direct: d,
+      overhead_p50_ms: round(a.p50 - d.p50),
+      overhead_p99_ms: round(a.p99 - d.p99),
+      ratio_p50: ratio(a.p50, d.p50),
+    };
   } finally {
     await Promise.all(clients.map((c) => c.close()));
   }

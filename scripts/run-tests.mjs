@@ -14,8 +14,20 @@ const files = fs
   .map((f) => path.join('test', f))
   .filter((f) => only.length === 0 || only.some((o) => f.includes(o)))
   .sort();
-// Type errors in tests or the benchmark fail the run before anything starts (tsx only strips types).
-const typecheck = spawnSync(process.execPath, [path.join(root, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.tests.json'], { cwd: root, stdio: 'inherit' });
+// Lint and format (Biome), then type errors in source, tests and benchmark, fail the run before anything
+// starts (tsx only strips types).
+const lint = spawnSync(process.execPath, [path.join(root, 'node_modules/@biomejs/biome/bin/biome'), 'check', '.'], { cwd: root, stdio: 'inherit' });
+if (lint.status !== 0) {
+  console.error('lint or format problems: `npm run format` fixes the formatting and the safe lint fixes');
+  process.exit(lint.status ?? 1);
+}
+const typecheck = spawnSync(process.execPath, [path.join(root, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.tests.json'], {
+  cwd: root,
+  stdio: 'inherit',
+});
 if (typecheck.status !== 0) process.exit(typecheck.status ?? 1);
-const result = spawnSync(process.execPath, ['--import', 'tsx', '--test', '--test-concurrency=1', '--test-reporter=spec', ...files], { cwd: root, stdio: 'inherit' });
+const result = spawnSync(process.execPath, ['--import', 'tsx', '--test', '--test-concurrency=1', '--test-reporter=spec', ...files], {
+  cwd: root,
+  stdio: 'inherit',
+});
 process.exit(result.status ?? 1);

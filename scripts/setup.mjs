@@ -10,7 +10,13 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const say = (msg) => console.error(`[setup] ${msg}`);
 const run = (cmd, args, opts = {}) => execFileSync(cmd, args, { cwd: root, stdio: 'inherit', ...opts });
 const has = (bin) => spawnSync('sh', ['-c', `command -v ${bin}`], { stdio: 'ignore' }).status === 0;
-const mtime = (p) => { try { return fs.statSync(p).mtimeMs; } catch { return 0; } };
+const mtime = (p) => {
+  try {
+    return fs.statSync(p).mtimeMs;
+  } catch {
+    return 0;
+  }
+};
 
 function newestIn(dir) {
   let newest = 0;
@@ -29,11 +35,20 @@ if (mtime(path.join(root, 'node_modules/.package-lock.json')) < mtime(path.join(
 // 2. OS packages: sandbox and microVM drivers, and etcd/Redis for cluster mode and its tests; via apt
 //    when root. The microVM image build also needs apt's package lists (it downloads Debian's kernel).
 const packages = [
-  'bubblewrap', 'runsc', 'util-linux', // sandboxes (setpriv is in util-linux)
-  'qemu-system-x86', 'busybox-static', 'e2fsprogs', 'socat', // microVMs and their guest image (socat: vsock relay)
-  'etcd-server', 'etcd-client', 'redis-server', // cluster mode
+  'bubblewrap',
+  'runsc',
+  'util-linux', // sandboxes (setpriv is in util-linux)
+  'qemu-system-x86',
+  'busybox-static',
+  'e2fsprogs',
+  'socat', // microVMs and their guest image (socat: vsock relay)
+  'etcd-server',
+  'etcd-client',
+  'redis-server', // cluster mode
 ];
-const installed = (pkg) => spawnSync('dpkg-query', ['-W', '-f=${Status}', pkg], { encoding: 'utf8' }).stdout?.includes('install ok installed');
+const installed = (pkg) =>
+  // biome-ignore lint/suspicious/noTemplateCurlyInString: dpkg-query's own field syntax
+  spawnSync('dpkg-query', ['-W', '-f=${Status}', pkg], { encoding: 'utf8' }).stdout?.includes('install ok installed');
 const missing = has('dpkg-query') ? packages.filter((pkg) => !installed(pkg)) : [];
 const listsEmpty = () => !fs.existsSync('/var/lib/apt/lists') || !fs.readdirSync('/var/lib/apt/lists').some((f) => f.endsWith('_Packages'));
 if (process.getuid?.() === 0 && has('apt-get')) {

@@ -13,7 +13,7 @@ export function loadOrCreateToken(dataDir: string, fromEnv?: string): { token: s
   }
   const token = randomBytes(24).toString('base64url');
   const tmp = `${file}.${process.pid}.tmp`;
-  fs.writeFileSync(tmp, token + '\n', { mode: 0o600 });
+  fs.writeFileSync(tmp, `${token}\n`, { mode: 0o600 });
   fs.renameSync(tmp, file);
   return { token, created: true, file };
 }

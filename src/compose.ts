@@ -41,7 +41,12 @@ export async function startIsolation(config: Config, log: Logger, cgroupParent: 
 }
 
 export function poolSettings(config: Config): PoolSettings {
-  return { maxQueue: config.maxQueue, scaleDownGraceMs: config.scaleDownGraceMs, startTimeoutMs: config.startTimeoutMs, stopGraceMs: config.stopGraceMs };
+  return {
+    maxQueue: config.maxQueue,
+    scaleDownGraceMs: config.scaleDownGraceMs,
+    startTimeoutMs: config.startTimeoutMs,
+    stopGraceMs: config.stopGraceMs,
+  };
 }
 
 /** Instance output goes to the log, tagged with function and instance, env var values masked. */

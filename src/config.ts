@@ -76,23 +76,36 @@ const clusterSchema = z
   .object({
     ETCD_ENDPOINTS: z
       .string({ error: 'is required in cluster mode (comma-separated URLs, e.g. http://10.0.0.5:2379)' })
-      .transform((s) => s.split(',').map((u) => u.trim()).filter(Boolean))
+      .transform((s) =>
+        s
+          .split(',')
+          .map((u) => u.trim())
+          .filter(Boolean),
+      )
       .pipe(z.array(z.url({ error: 'must be comma-separated URLs' })).min(1)),
-    REDIS_ADDR: z.string().regex(/^[^:\s]+:\d+$/, 'must be host:port').optional(),
+    REDIS_ADDR: z
+      .string()
+      .regex(/^[^:\s]+:\d+$/, 'must be host:port')
+      .optional(),
     REDIS_URL: z.url().optional(),
     MINIO_ENDPOINT: z.url({ error: 'is required in cluster mode (the S3 endpoint URL, e.g. http://minio:9000)' }),
     MINIO_ACCESS_KEY: z.string({ error: 'is required in cluster mode' }).min(1),
     MINIO_SECRET_KEY: z.string({ error: 'is required in cluster mode' }).min(1),
     MINIO_BUCKET: z.string().min(3).max(63).default('function-code'),
     MINIO_REGION: z.string().min(1).default('us-east-1'),
-    AETHER_API_TOKEN: z.string({ error: 'is required in cluster mode: gateways and workers share it' }).min(16, 'must be at least 16 characters'),
+    AETHER_API_TOKEN: z
+      .string({ error: 'is required in cluster mode: gateways and workers share it' })
+      .min(16, 'must be at least 16 characters'),
     AETHER_LEASE_TTL_S: int(2, 60).default(5),
   })
   .refine((c) => c.REDIS_ADDR || c.REDIS_URL, { message: 'is required in cluster mode (host:port, or REDIS_URL)', path: ['REDIS_ADDR'] });
 
 const workerSchema = z.object({
   WORKER_IP: z.string().min(1).optional(),
-  AETHER_WORKER_ID: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'must be 1-64 letters, digits, "_", "." or "-"').optional(),
+  AETHER_WORKER_ID: z
+    .string()
+    .regex(/^[A-Za-z0-9_.-]{1,64}$/, 'must be 1-64 letters, digits, "_", "." or "-"')
+    .optional(),
   AETHER_WORKER_MAX_INSTANCES: int(1, 10_000).optional(),
 });
 
@@ -126,7 +139,13 @@ export function loadClusterConfig(env: NodeJS.ProcessEnv = process.env): Cluster
     ...base,
     etcdEndpoints: c.ETCD_ENDPOINTS,
     redisUrl: c.REDIS_URL ?? `redis://${c.REDIS_ADDR}`,
-    s3: { endpoint: c.MINIO_ENDPOINT, accessKeyId: c.MINIO_ACCESS_KEY, secretAccessKey: c.MINIO_SECRET_KEY, bucket: c.MINIO_BUCKET, region: c.MINIO_REGION },
+    s3: {
+      endpoint: c.MINIO_ENDPOINT,
+      accessKeyId: c.MINIO_ACCESS_KEY,
+      secretAccessKey: c.MINIO_SECRET_KEY,
+      bucket: c.MINIO_BUCKET,
+      region: c.MINIO_REGION,
+    },
     apiToken: c.AETHER_API_TOKEN,
     leaseTtlS: c.AETHER_LEASE_TTL_S,
   };

@@ -37,7 +37,11 @@ export async function startGateway(config: ClusterConfig, logger: Logger = pino(
     provision: new ProvisionQueue(redis, logger),
     connect: (worker) => connectTo(worker),
     workerInstances: async (worker, functionId) => {
-      const res = await request(`${worker.url}/internal/functions/${encodeURIComponent(functionId)}/instances`, { headers: workerHeaders, headersTimeout: 2000, bodyTimeout: 2000 });
+      const res = await request(`${worker.url}/internal/functions/${encodeURIComponent(functionId)}/instances`, {
+        headers: workerHeaders,
+        headersTimeout: 2000,
+        bodyTimeout: 2000,
+      });
       if (res.statusCode !== 200) throw new Error(`worker ${worker.id} answered ${res.statusCode}`);
       return (await res.body.json()) as InstanceInfo[];
     },

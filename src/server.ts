@@ -20,7 +20,11 @@ export async function startServer(config: Config, logger: Logger = pino({ level:
   if (created) process.stdout.write(`\nAether API token (saved to ${file}, shown only this once):\n\n  ${token}\n\n`);
 
   // One cgroup parent per data dir: a restart sweeps its own leftovers and nobody else's.
-  const { driver, reason } = await startIsolation(config, logger, `aether/${createHash('sha256').update(config.dataDir).digest('hex').slice(0, 12)}`);
+  const { driver, reason } = await startIsolation(
+    config,
+    logger,
+    `aether/${createHash('sha256').update(config.dataDir).digest('hex').slice(0, 12)}`,
+  );
 
   const store = new SqliteStore(path.join(config.dataDir, 'aether.db'));
   const code = new LocalCodeStore(path.join(config.dataDir, 'code'), config.limits);

@@ -49,7 +49,15 @@ export async function startWorker(config: WorkerConfig, logger: Logger = pino({ 
     settings: poolSettings(config),
     onInstanceLog: instanceLogger(log),
     onInstanceReady: (fn, instanceId) => {
-      const route = { function_id: fn.id, instance_id: instanceId, worker_id: workerId, worker_url: info.url, version: fn.version, concurrency: fn.concurrency, started_at: new Date().toISOString() };
+      const route = {
+        function_id: fn.id,
+        instance_id: instanceId,
+        worker_id: workerId,
+        worker_url: info.url,
+        version: fn.version,
+        concurrency: fn.concurrency,
+        started_at: new Date().toISOString(),
+      };
       discovery.registerInstance(route).catch((err: Error) => log.warn({ err: err.message }, 'instance registration deferred'));
       announce();
     },
@@ -126,8 +134,11 @@ function persistentId(dataDir: string): string {
   try {
     return fs.readFileSync(file, 'utf8').trim();
   } catch {
-    const id = `${os.hostname().replace(/[^A-Za-z0-9_.-]/g, '-').slice(0, 40)}-${randomUUID().slice(0, 8)}`;
-    fs.writeFileSync(file, id + '\n');
+    const id = `${os
+      .hostname()
+      .replace(/[^A-Za-z0-9_.-]/g, '-')
+      .slice(0, 40)}-${randomUUID().slice(0, 8)}`;
+    fs.writeFileSync(file, `${id}\n`);
     return id;
   }
 }

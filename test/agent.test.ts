@@ -19,7 +19,7 @@ import { agentDir, agentNodeArgs } from '../src/adapters/isolation/agent-path.js
 import { agentConfig, openChannel, type InstanceChannel } from '../src/adapters/isolation/channel.js';
 import { NoIsolationDriver } from '../src/adapters/isolation/none.js';
 import { launchProcessInstance, type ProcessHooks } from '../src/adapters/isolation/process-instance.js';
-import { AetherError } from '../src/core/errors.js';
+import type { AetherError } from '../src/core/errors.js';
 import type { InstanceHandle, InstanceSpec } from '../src/core/ports.js';
 
 let root: string;
@@ -144,7 +144,6 @@ async function send(
     req.end(opts.body);
   });
 }
-
 
 const json = (reply: Reply) => JSON.parse(reply.body.toString());
 
@@ -318,7 +317,10 @@ describe('handler mode', () => {
     assert.equal(reply.status, 502);
     assert.deepEqual(json(reply), { error: { code: 'handler_error', message: 'kaput in handler' } });
     assert.doesNotMatch(reply.body.toString(), /handler\.js/);
-    const stderr = logs.filter(([s]) => s === 'stderr').map(([, line]) => line).join('\n');
+    const stderr = logs
+      .filter(([s]) => s === 'stderr')
+      .map(([, line]) => line)
+      .join('\n');
     assert.match(stderr, /\[aether-agent\] handler failed \(request req-boom\): Error: kaput in handler/);
     assert.match(stderr, /handler\.js:\d+/);
     assert.equal((await send(handle, { path: '/text' })).status, 200, 'the instance keeps serving');
@@ -423,6 +425,7 @@ describe('entry resolution', () => {
       {
         'handler.js': `const greet = require('greet'); exports.handler = async () => greet('deps');`,
         'node_modules/greet/package.json': '{"name":"greet","main":"greet.js"}',
+        // biome-ignore lint/suspicious/noTemplateCurlyInString: the function's own template literal
         'node_modules/greet/greet.js': 'module.exports = (who) => `hello ${who}`;',
       },
       undefined,
@@ -558,7 +561,9 @@ describe('environment and token', () => {
 describe('driver hooks', () => {
   test('afterSpawn runs before any function code; explainExit and cleanup run once at the end', async () => {
     const marker = join(root, `loaded-${randomUUID()}`);
-    const spec = specFor(await code({ 'handler.js': `require('fs').writeFileSync(${JSON.stringify(marker)}, 'x'); exports.handler = async () => 'ok';` }));
+    const spec = specFor(
+      await code({ 'handler.js': `require('fs').writeFileSync(${JSON.stringify(marker)}, 'x'); exports.handler = async () => 'ok';` }),
+    );
     const channel = await openChannel({ runDir, instanceId: spec.instanceId, config: agentConfig(spec) });
     const calls: string[] = [];
     const handle = await launchAgent(spec, channel, {
@@ -597,7 +602,10 @@ describe('driver hooks', () => {
       },
       cleanup: async () => void cleaned++,
     });
-    await assert.rejects(start, { code: 'start_failed', message: new RegExp(`instance ${spec.instanceId} failed to start: cgroup unavailable`) });
+    await assert.rejects(start, {
+      code: 'start_failed',
+      message: new RegExp(`instance ${spec.instanceId} failed to start: cgroup unavailable`),
+    });
     assert.throws(() => process.kill(pid, 0), { code: 'ESRCH' });
     assert.equal(cleaned, 1);
     assert.ok(!(await readdir(runDir)).includes(spec.instanceId));
@@ -632,7 +640,10 @@ describe('measurements', () => {
     const directClient = new Client(`http://127.0.0.1:${port}`);
     t.after(() => directClient.close());
     for (let i = 0; ; i++) {
-      const up = await directClient.request({ method: 'GET', path: '/' }).then((res) => res.body.dump(), () => false);
+      const up = await directClient.request({ method: 'GET', path: '/' }).then(
+        (res) => res.body.dump(),
+        () => false,
+      );
       if (up !== false) break;
       assert.ok(i < 100, 'the direct server did not come up');
       await sleep(20);
@@ -664,6 +675,10 @@ describe('measurements', () => {
         best[name] = Math.min(best[name] ?? Infinity, us);
       }
     }
-    t.diagnostic(`per request, best of ${rounds} rounds (µs): ${Object.entries(best).map(([n, us]) => `${n} ${us.toFixed(0)}`).join(', ')}`);
+    t.diagnostic(
+      `per request, best of ${rounds} rounds (µs): ${Object.entries(best)
+        .map(([n, us]) => `${n} ${us.toFixed(0)}`)
+        .join(', ')}`,
+    );
   });
 });

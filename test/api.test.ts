@@ -35,8 +35,32 @@ describe('management API', () => {
     const fn = res.body;
     assert.match(fn.id, /^[0-9a-f-]{36}$/);
     assert.deepEqual(
-      { name: fn.name, runtime: fn.runtime, memory_mb: fn.memory_mb, vcpu: fn.vcpu, port: fn.port, timeout_ms: fn.timeout_ms, concurrency: fn.concurrency, min_instances: fn.min_instances, max_instances: fn.max_instances, idle_timeout_s: fn.idle_timeout_s, entrypoint: fn.entrypoint },
-      { name: 'rec', runtime: 'node', memory_mb: 128, vcpu: 1, port: 3000, timeout_ms: 30000, concurrency: 10, min_instances: 0, max_instances: 10, idle_timeout_s: 300, entrypoint: null },
+      {
+        name: fn.name,
+        runtime: fn.runtime,
+        memory_mb: fn.memory_mb,
+        vcpu: fn.vcpu,
+        port: fn.port,
+        timeout_ms: fn.timeout_ms,
+        concurrency: fn.concurrency,
+        min_instances: fn.min_instances,
+        max_instances: fn.max_instances,
+        idle_timeout_s: fn.idle_timeout_s,
+        entrypoint: fn.entrypoint,
+      },
+      {
+        name: 'rec',
+        runtime: 'node',
+        memory_mb: 128,
+        vcpu: 1,
+        port: 3000,
+        timeout_ms: 30000,
+        concurrency: 10,
+        min_instances: 0,
+        max_instances: 10,
+        idle_timeout_s: 300,
+        entrypoint: null,
+      },
     );
     assert.deepEqual(fn.env_vars, { SECRET: '********' });
     assert.ok(fn.created_at && fn.updated_at);
@@ -64,7 +88,11 @@ describe('management API', () => {
       assert.equal(res.body.error.code, 'validation_failed');
       assert.match(res.body.error.message, pattern);
     }
-    const broken = await fetch(`${a.url}/api/functions`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, body: '{"name":' });
+    const broken = await fetch(`${a.url}/api/functions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
+      body: '{"name":',
+    });
     assert.equal(broken.status, 400);
     assert.ok((await broken.json()).error.message);
   });
@@ -108,15 +136,27 @@ describe('management API', () => {
     assert.equal(ok.body.version, 1);
     assert.equal((await a.invoke('up', '/x')).status, 200);
 
-    const garbage = await fetch(`${a.url}/api/functions/up/code`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/zip' }, body: 'not a zip' });
+    const garbage = await fetch(`${a.url}/api/functions/up/code`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/zip' },
+      body: 'not a zip',
+    });
     assert.equal(garbage.status, 400);
     assert.ok((await garbage.json()).error.message);
-    const wrongType = await fetch(`${a.url}/api/functions/up/code`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'text/plain' }, body: 'x' });
+    const wrongType = await fetch(`${a.url}/api/functions/up/code`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'text/plain' },
+      body: 'x',
+    });
     assert.equal(wrongType.status, 415);
 
     const form = new FormData();
     form.set('file', new Blob([makeZip({ 'handler.js': HANDLER_CJS.replace('event.path', '"v2"') })]), 'code.zip');
-    const multi = await fetch(`${a.url}/api/functions/up/code`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}` }, body: form });
+    const multi = await fetch(`${a.url}/api/functions/up/code`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${TOKEN}` },
+      body: form,
+    });
     assert.equal(multi.status, 200);
     assert.equal((await multi.json()).version, 2);
     assert.equal((await (await a.invoke('up', '/x')).json()).path, 'v2');
@@ -154,7 +194,10 @@ describe('management API', () => {
     assert.equal(inst[0].in_flight, 0);
     const inv = (await a.api('GET', '/api/functions/obs/invocations')).body;
     assert.equal(inv.length, 3);
-    assert.deepEqual(inv.map((i: any) => i.cold_start), [false, false, true]);
+    assert.deepEqual(
+      inv.map((i: any) => i.cold_start),
+      [false, false, true],
+    );
     assert.ok(inv.every((i: any) => i.status === 200 && i.instance_id === inst[0].id && typeof i.duration_ms === 'number'));
   });
 });

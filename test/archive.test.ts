@@ -10,12 +10,7 @@ import { create as tarCreate, Header, Pax, type HeaderData } from 'tar';
 import yazl from 'yazl';
 import { AetherError } from '../src/core/errors.js';
 import type { ArchiveFormat } from '../src/core/ports.js';
-import {
-  DEFAULT_ARCHIVE_LIMITS,
-  extractArchive,
-  INFLATION_FLOOR_BYTES,
-  type ArchiveLimits,
-} from '../src/adapters/code/archive.js';
+import { DEFAULT_ARCHIVE_LIMITS, extractArchive, INFLATION_FLOOR_BYTES, type ArchiveLimits } from '../src/adapters/code/archive.js';
 
 let work: string;
 let seq = 0;
@@ -63,8 +58,14 @@ function tarGz(items: TarItem[], trailer = Buffer.alloc(0)): Buffer {
 /** Sample archives with one harmless entry first, so a rejection must also clean up. */
 function evil(format: ArchiveFormat, name: string, tarData: HeaderData = {}, zipAttrs: ZipAttributes = {}): Buffer {
   return format === 'zip'
-    ? zip([['ok.js', 'ok'], [name, 'payload', zipAttrs]])
-    : tarGz([{ path: 'ok.js', body: 'ok' }, { path: name, body: tarData.type && tarData.type !== 'File' ? '' : 'payload', ...tarData }]);
+    ? zip([
+        ['ok.js', 'ok'],
+        [name, 'payload', zipAttrs],
+      ])
+    : tarGz([
+        { path: 'ok.js', body: 'ok' },
+        { path: name, body: tarData.type && tarData.type !== 'File' ? '' : 'payload', ...tarData },
+      ]);
 }
 
 // ---- helpers -----------------------------------------------------------------------------------
@@ -144,7 +145,7 @@ describe('valid archives', () => {
     test(`${format}: unpacks a nested tree with node_modules, normalising modes whatever the umask`, async () => {
       const bytes = await validArchive(format);
       const previous = process.umask(0o077);
-      let out;
+      let out: Awaited<ReturnType<typeof extract>>;
       try {
         out = await extract(bytes, format);
       } finally {
@@ -166,12 +167,21 @@ describe('valid archives', () => {
   }
 
   test('zip: backslash separators from Windows tools become directories', async () => {
-    const { dest } = await extract(zip([['src\\', ''], ['src\\main.js', 'main']]), 'zip');
+    const { dest } = await extract(
+      zip([
+        ['src\\', ''],
+        ['src\\main.js', 'main'],
+      ]),
+      'zip',
+    );
     assert.equal(await readFile(join(dest, 'src', 'main.js'), 'utf8'), 'main');
   });
 
   test('tar.gz: a pax global header (git archive writes one) is accepted', async () => {
-    const bytes = tarGz([{ path: 'pax_global_header', type: 'GlobalExtendedHeader', body: '' }, { path: 'a.js', body: 'a' }]);
+    const bytes = tarGz([
+      { path: 'pax_global_header', type: 'GlobalExtendedHeader', body: '' },
+      { path: 'a.js', body: 'a' },
+    ]);
     const { dest } = await extract(bytes, 'tar.gz');
     assert.deepEqual(await readdir(dest), ['a.js']);
   });
@@ -200,7 +210,9 @@ describe('unsafe paths', () => {
   for (const format of formats) {
     for (const [what, name] of cases) {
       test(`${format}: ${what}`, async () => {
-        const shown = JSON.stringify(name).slice(1, -1).replaceAll(/[\\^$.*+?()[\]{}|]/g, '\\$&');
+        const shown = JSON.stringify(name)
+          .slice(1, -1)
+          .replaceAll(/[\\^$.*+?()[\]{}|]/g, '\\$&');
         await rejects(evil(format, name), format, { code: 'unsafe_path', message: new RegExp(shown) });
       });
     }
@@ -267,32 +279,67 @@ describe('duplicates and clashes', () => {
   });
 
   test('zip: two spellings of one path', async () => {
-    await rejects(zip([['lib/a.js', '1'], ['./lib//a.js', '2']]), 'zip', { code: 'invalid_archive', message: /duplicates/ });
+    await rejects(
+      zip([
+        ['lib/a.js', '1'],
+        ['./lib//a.js', '2'],
+      ]),
+      'zip',
+      { code: 'invalid_archive', message: /duplicates/ },
+    );
   });
 
   test('tar.gz: the same name twice', async () => {
-    await rejects(tarGz([{ path: 'a.js', body: '1' }, { path: 'a.js', body: '2' }]), 'tar.gz', {
-      code: 'invalid_archive',
-      message: /duplicates/,
-    });
+    await rejects(
+      tarGz([
+        { path: 'a.js', body: '1' },
+        { path: 'a.js', body: '2' },
+      ]),
+      'tar.gz',
+      {
+        code: 'invalid_archive',
+        message: /duplicates/,
+      },
+    );
   });
 
   test('tar.gz: a directory declared twice', async () => {
-    await rejects(tarGz([{ path: 'd/', type: 'Directory' }, { path: 'd', type: 'Directory' }]), 'tar.gz', {
-      code: 'invalid_archive',
-      message: /duplicates/,
-    });
+    await rejects(
+      tarGz([
+        { path: 'd/', type: 'Directory' },
+        { path: 'd', type: 'Directory' },
+      ]),
+      'tar.gz',
+      {
+        code: 'invalid_archive',
+        message: /duplicates/,
+      },
+    );
   });
 
   test('zip: a file used as a directory', async () => {
-    await rejects(zip([['a', 'file'], ['a/b.js', 'x']]), 'zip', { code: 'invalid_archive', message: /"a" .* is a file/ });
+    await rejects(
+      zip([
+        ['a', 'file'],
+        ['a/b.js', 'x'],
+      ]),
+      'zip',
+      { code: 'invalid_archive', message: /"a" .* is a file/ },
+    );
   });
 
   test('tar.gz: a file where a directory was implied', async () => {
-    await rejects(tarGz([{ path: 'a/b.js', body: 'x' }, { path: 'a', body: 'file' }]), 'tar.gz', {
-      code: 'invalid_archive',
-      message: /both a directory and a file/,
-    });
+    await rejects(
+      tarGz([
+        { path: 'a/b.js', body: 'x' },
+        { path: 'a', body: 'file' },
+      ]),
+      'tar.gz',
+      {
+        code: 'invalid_archive',
+        message: /both a directory and a file/,
+      },
+    );
   });
 
   test('zip: a name too long for the file system', async () => {
@@ -327,7 +374,15 @@ describe('limits', () => {
     test(`${format}: total unpacked size over the limit, counted in real bytes`, async () => {
       const body = randomBytes(60_000); // incompressible, so only the total can trip
       const bytes =
-        format === 'zip' ? zip([['one.bin', body], ['two.bin', body]]) : tarGz([{ path: 'one.bin', body }, { path: 'two.bin', body }]);
+        format === 'zip'
+          ? zip([
+              ['one.bin', body],
+              ['two.bin', body],
+            ])
+          : tarGz([
+              { path: 'one.bin', body },
+              { path: 'two.bin', body },
+            ]);
       await rejects(bytes, format, tooLarge(/"two.bin" takes the unpacked size past the limit of 100000 bytes/), small);
     });
 

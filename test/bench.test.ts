@@ -17,7 +17,10 @@ const SECTIONS: Array<[string, string[]]> = [
 
 function runBench(args: string[], jsonFile: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const proc = spawn(process.execPath, ['--import', 'tsx', 'bench/run.ts', '--quick', ...args, '--json', jsonFile], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    const proc = spawn(process.execPath, ['--import', 'tsx', 'bench/run.ts', '--quick', ...args, '--json', jsonFile], {
+      cwd: ROOT,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     proc.stdout.on('data', (c: Buffer) => (stdout += c));
@@ -72,7 +75,9 @@ function assertSections(r: any, ran: Array<{ setup: string; driver: string }>): 
 
 const MICROVM_PHASES = ['vmm', 'kernel', 'init', 'agent', 'ready', 'first_byte', 'cold_start'];
 
-test('bench --quick --microvm measures cold start, warm latency and throughput per driver, a microVM boot by phase, and checks the targets', { timeout: 300_000 }, async () => {
+test('bench --quick --microvm measures cold start, warm latency and throughput per driver, a microVM boot by phase, and checks the targets', {
+  timeout: 300_000,
+}, async () => {
   await benchRun(['--microvm'], (r, stdout) => {
     assertNumbers(r.machine, ['cpus', 'load_average_start.0', 'load_average_end.0'], 'machine');
     assert.match(stdout, new RegExp(`${r.machine.cpus} cpus.*load average at start`));
@@ -81,7 +86,10 @@ test('bench --quick --microvm measures cold start, warm latency and throughput p
     for (const [driver, info] of Object.entries<any>(r.drivers)) {
       if (!info.ran) assert.ok(info.reason, `${driver} was skipped without a reason`);
     }
-    assertSections(r, ran.map((driver) => ({ setup: 'single', driver })));
+    assertSections(
+      r,
+      ran.map((driver) => ({ setup: 'single', driver })),
+    );
     assert.equal(r.cluster, undefined, 'no cluster without --cluster');
 
     // The microVM section: measured, or skipped with the reason (no QEMU on this host).
@@ -89,7 +97,11 @@ test('bench --quick --microvm measures cold start, warm latency and throughput p
     if (r.microvm.ran) {
       const vm = r.microvm.cold_start;
       assert.match(vm.accel, /^(tcg|kvm)$/);
-      assertNumbers(vm, MICROVM_PHASES.flatMap((p) => [`${p}.n`, `${p}.p50`]), 'microvm');
+      assertNumbers(
+        vm,
+        MICROVM_PHASES.flatMap((p) => [`${p}.n`, `${p}.p50`]),
+        'microvm',
+      );
       for (const p of MICROVM_PHASES) assert.equal(vm[p].n, 1, `--quick boots one microVM (${p})`);
       // The phases are the driver's split of the time to ready, and ready comes before the first byte.
       const phases = vm.vmm.p50 + vm.kernel.p50 + vm.init.p50 + vm.agent.p50;
@@ -100,12 +112,17 @@ test('bench --quick --microvm measures cold start, warm latency and throughput p
   });
 });
 
-test('bench --quick --cluster measures a gateway + worker cluster next to a single node and compares them', { timeout: 240_000 }, async () => {
+test('bench --quick --cluster measures a gateway + worker cluster next to a single node and compares them', {
+  timeout: 240_000,
+}, async () => {
   await benchRun(['--cluster'], (r, stdout) => {
     assert.deepEqual(r.drivers, { bwrap: { ran: true } });
     assert.equal(r.microvm, undefined, 'no microVM in a --quick run without --microvm');
     assert.deepEqual(r.cluster, { ran: true });
-    assertSections(r, [{ setup: 'single', driver: 'bwrap' }, { setup: 'cluster', driver: 'bwrap' }]);
+    assertSections(r, [
+      { setup: 'single', driver: 'bwrap' },
+      { setup: 'cluster', driver: 'bwrap' },
+    ]);
 
     const metrics = ['cold start p50', 'cold start p95', 'warm overhead p50', 'warm overhead p99', 'throughput'];
     assert.equal(r.cluster_vs_single.length, metrics.length * MODES.length);

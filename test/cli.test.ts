@@ -14,7 +14,18 @@ test('invalid configuration stops every role with one line naming the setting', 
   const cases: [string, Record<string, string>, RegExp][] = [
     ['serve', { PORT: '99999' }, /^aether: invalid configuration: PORT: /],
     ['gateway', {}, /^aether: invalid configuration: ETCD_ENDPOINTS: is required in cluster mode/],
-    ['worker', { ETCD_ENDPOINTS: 'http://127.0.0.1:1', REDIS_ADDR: 'localhost', MINIO_ENDPOINT: 'http://s3', MINIO_ACCESS_KEY: 'a', MINIO_SECRET_KEY: 'b', AETHER_API_TOKEN: '0123456789abcdef' }, /^aether: invalid configuration: REDIS_ADDR: must be host:port/],
+    [
+      'worker',
+      {
+        ETCD_ENDPOINTS: 'http://127.0.0.1:1',
+        REDIS_ADDR: 'localhost',
+        MINIO_ENDPOINT: 'http://s3',
+        MINIO_ACCESS_KEY: 'a',
+        MINIO_SECRET_KEY: 'b',
+        AETHER_API_TOKEN: '0123456789abcdef',
+      },
+      /^aether: invalid configuration: REDIS_ADDR: must be host:port/,
+    ],
   ];
   for (const [role, env, pattern] of cases) {
     const err = await run(process.execPath, [CLI, role], { env: { PATH: process.env.PATH, ...env } }).then(

@@ -15,7 +15,6 @@ import { until } from './helpers/wait.ts';
 const LEASE_TTL_S = 3;
 const HELLO = HANDLER_CJS;
 
-
 describe('cluster mode', () => {
   let services: Services;
   const gateways: Aether[] = [];
@@ -28,14 +27,21 @@ describe('cluster mode', () => {
       role: 'worker',
       isolation: 'bwrap',
       dataDir: workerDirs[i],
-      env: { ...services.env, WORKER_IP: '127.0.0.1', AETHER_WORKER_ID: `w${i}`, AETHER_LEASE_TTL_S: String(LEASE_TTL_S), AETHER_SCALE_DOWN_GRACE_S: '60' },
+      env: {
+        ...services.env,
+        WORKER_IP: '127.0.0.1',
+        AETHER_WORKER_ID: `w${i}`,
+        AETHER_LEASE_TTL_S: String(LEASE_TTL_S),
+        AETHER_SCALE_DOWN_GRACE_S: '60',
+      },
     });
   };
 
   before(async () => {
     services = await startServices();
     await Promise.all([startWorker(0), startWorker(1)]);
-    for (let i = 0; i < 2; i++) gateways.push(await startAether({ role: 'gateway', env: { ...services.env, AETHER_LEASE_TTL_S: String(LEASE_TTL_S) } }));
+    for (let i = 0; i < 2; i++)
+      gateways.push(await startAether({ role: 'gateway', env: { ...services.env, AETHER_LEASE_TTL_S: String(LEASE_TTL_S) } }));
     await until(async () => (await gateways[1]!.api('GET', '/api/workers')).body.length === 2, 10_000, 'both workers to register');
   });
   after(async () => {
@@ -71,14 +77,18 @@ describe('cluster mode', () => {
       assert.equal((await gateways[i % 2]!.invoke(`spread${i}`)).status, 200);
     }
     const owners = new Set<string>();
-    for (let i = 0; i < 4; i++) for (const inst of (await g0().api('GET', `/api/functions/spread${i}/instances`)).body) owners.add(inst.worker_id);
+    for (let i = 0; i < 4; i++)
+      for (const inst of (await g0().api('GET', `/api/functions/spread${i}/instances`)).body) owners.add(inst.worker_id);
     assert.deepEqual([...owners].sort(), ['w0', 'w1']);
   });
 
   test('concurrent first requests through both gateways share one cold start', async () => {
     await g0().deploy({ name: 'herd', concurrency: 20 }, { 'handler.js': HELLO });
     const res = await Promise.all(Array.from({ length: 10 }, (_, i) => gateways[i % 2]!.invoke('herd')));
-    assert.deepEqual(res.map((r) => r.status), Array(10).fill(200));
+    assert.deepEqual(
+      res.map((r) => r.status),
+      Array(10).fill(200),
+    );
     assert.equal((await g0().api('GET', '/api/functions/herd/instances')).body.length, 1);
   });
 
@@ -125,8 +135,16 @@ describe('cluster mode', () => {
     } finally {
       await services.etcd.start();
     }
-    await until(async () => (await g0().api('POST', '/api/functions', { name: 'after-etcd', runtime: 'node' })).status === 201, 20_000, 'etcd writes to work again');
-    await until(async () => (await g1().api('GET', '/api/functions/after-etcd')).status === 200, 10_000, 'the other gateway to see the new function');
+    await until(
+      async () => (await g0().api('POST', '/api/functions', { name: 'after-etcd', runtime: 'node' })).status === 201,
+      20_000,
+      'etcd writes to work again',
+    );
+    await until(
+      async () => (await g1().api('GET', '/api/functions/after-etcd')).status === 200,
+      10_000,
+      'the other gateway to see the new function',
+    );
     await until(async () => (await g1().api('GET', '/api/workers')).body.length === 2, 20_000, 'workers to re-register');
     assert.equal((await g1().invoke('hello')).status, 200);
   });
@@ -135,7 +153,11 @@ describe('cluster mode', () => {
     await g0().deploy({ name: 'survivor', concurrency: 5 }, { 'handler.js': HELLO });
     // An instance on each worker: the second slot is asked for while the first is saturated.
     await Promise.all(Array.from({ length: 12 }, () => g0().invoke('survivor')));
-    await until(async () => new Set((await g0().api('GET', '/api/functions/survivor/instances')).body.map((i: any) => i.worker_id)).size === 2, 10_000, 'an instance on each worker');
+    await until(
+      async () => new Set((await g0().api('GET', '/api/functions/survivor/instances')).body.map((i: any) => i.worker_id)).size === 2,
+      10_000,
+      'an instance on each worker',
+    );
     let stop = false;
     const statuses: number[] = [];
     const load = gateways.map(async (g) => {
@@ -154,15 +176,29 @@ describe('cluster mode', () => {
     stop = true;
     await Promise.all(load);
     assert.ok(statuses.length > 10, `${statuses.length} requests after the lease expired`);
-    assert.deepEqual(statuses.filter((s) => s !== 200), [], `after expiry every request succeeds (${failedDuringWindow} failed during the window)`);
-    for (const g of gateways) assert.deepEqual((await g.api('GET', '/api/workers')).body.map((w: any) => w.id), ['w1']);
+    assert.deepEqual(
+      statuses.filter((s) => s !== 200),
+      [],
+      `after expiry every request succeeds (${failedDuringWindow} failed during the window)`,
+    );
+    for (const g of gateways)
+      assert.deepEqual(
+        (await g.api('GET', '/api/workers')).body.map((w: any) => w.id),
+        ['w1'],
+      );
     const inst = (await g0().api('GET', '/api/functions/survivor/instances')).body;
-    assert.ok(inst.every((i: any) => i.worker_id === 'w1'), 'no stale routes remain');
+    assert.ok(
+      inst.every((i: any) => i.worker_id === 'w1'),
+      'no stale routes remain',
+    );
   });
 
   test('a restarted worker cleans up its previous life and serves again', async () => {
     await startWorker(0);
-    assert.ok(workers[0]!.logs.some((l) => /left by a previous run/.test(l)), 'orphaned instances were cleaned');
+    assert.ok(
+      workers[0]!.logs.some((l) => /left by a previous run/.test(l)),
+      'orphaned instances were cleaned',
+    );
     await until(async () => (await g0().api('GET', '/api/workers')).body.length === 2, 10_000, 'w0 to re-register');
     for (let i = 0; i < 4; i++) assert.equal((await gateways[i % 2]!.invoke(`spread${i}`)).status, 200);
   });
@@ -171,7 +207,9 @@ describe('cluster mode', () => {
     const w = workers[1]!;
     const res = await fetch(`${w.url}/functions/hello`);
     assert.equal(res.status, 401);
-    const wrong = await fetch(`${w.url}/functions/hello`, { headers: { 'x-aether-cluster-token': 'nope', authorization: `Bearer ${TOKEN}` } });
+    const wrong = await fetch(`${w.url}/functions/hello`, {
+      headers: { 'x-aether-cluster-token': 'nope', authorization: `Bearer ${TOKEN}` },
+    });
     assert.equal(wrong.status, 401);
   });
 });

@@ -23,7 +23,10 @@ test('single node: defaults', () => {
 });
 
 test('invalid values name the setting', () => {
-  assert.throws(() => loadConfig({ PORT: '70000' }), (e: Error) => e instanceof ConfigError && /^invalid configuration: PORT: /.test(e.message));
+  assert.throws(
+    () => loadConfig({ PORT: '70000' }),
+    (e: Error) => e instanceof ConfigError && /^invalid configuration: PORT: /.test(e.message),
+  );
   assert.throws(() => loadConfig({ AETHER_ISOLATION: 'docker' }), /AETHER_ISOLATION/);
   assert.throws(() => loadConfig({ AETHER_API_TOKEN: 'short' }), /AETHER_API_TOKEN: must be at least 16 characters/);
 });
@@ -32,11 +35,21 @@ test('cluster: the original names, defaults, and what is missing', () => {
   const c = loadClusterConfig(cluster);
   assert.deepEqual(c.etcdEndpoints, ['http://10.0.0.1:2379', 'http://10.0.0.2:2379']);
   assert.equal(c.redisUrl, 'redis://10.0.0.3:6379');
-  assert.deepEqual(c.s3, { endpoint: 'http://minio:9000', accessKeyId: 'k', secretAccessKey: 's', bucket: 'function-code', region: 'us-east-1' });
+  assert.deepEqual(c.s3, {
+    endpoint: 'http://minio:9000',
+    accessKeyId: 'k',
+    secretAccessKey: 's',
+    bucket: 'function-code',
+    region: 'us-east-1',
+  });
   assert.equal(c.leaseTtlS, 5);
   assert.equal(loadClusterConfig({ ...cluster, REDIS_ADDR: undefined, REDIS_URL: 'redis://r:1/2' }).redisUrl, 'redis://r:1/2');
   for (const name of ['ETCD_ENDPOINTS', 'MINIO_ENDPOINT', 'MINIO_ACCESS_KEY', 'MINIO_SECRET_KEY', 'AETHER_API_TOKEN', 'REDIS_ADDR']) {
-    assert.throws(() => loadClusterConfig({ ...cluster, [name]: undefined }), new RegExp(`invalid configuration: ${name}: .*required`), name);
+    assert.throws(
+      () => loadClusterConfig({ ...cluster, [name]: undefined }),
+      new RegExp(`invalid configuration: ${name}: .*required`),
+      name,
+    );
   }
   assert.throws(() => loadClusterConfig({ ...cluster, ETCD_ENDPOINTS: 'not a url' }), /ETCD_ENDPOINTS/);
   assert.throws(() => loadClusterConfig({ ...cluster, REDIS_ADDR: 'nohost' }), /REDIS_ADDR: must be host:port/);

@@ -3,7 +3,10 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { sandboxDrivers, startAether, type Aether } from './helpers/aether.ts';
 
-const DEP = { 'node_modules/shout/package.json': '{"name":"shout","main":"index.js"}', 'node_modules/shout/index.js': 'module.exports = (s) => s.toUpperCase() + "!";' };
+const DEP = {
+  'node_modules/shout/package.json': '{"name":"shout","main":"index.js"}',
+  'node_modules/shout/index.js': 'module.exports = (s) => s.toUpperCase() + "!";',
+};
 
 const cases: { name: string; files: Record<string, string>; spec?: Record<string, unknown> }[] = [
   {
@@ -53,7 +56,11 @@ for (const driver of sandboxDrivers()) {
     for (const c of cases) {
       test(c.name, async () => {
         await a.deploy({ name: c.name, env_vars: { GREETING: 'hello from env' }, ...c.spec }, c.files);
-        const res = await a.invoke(c.name, '/some/path?x=1&y=two', { method: 'POST', headers: { 'x-test': 'yes', 'content-type': 'text/plain' }, body: 'payload' });
+        const res = await a.invoke(c.name, '/some/path?x=1&y=two', {
+          method: 'POST',
+          headers: { 'x-test': 'yes', 'content-type': 'text/plain' },
+          body: 'payload',
+        });
         assert.equal(res.status, 201);
         assert.equal(res.headers.get('x-fn'), c.name);
         const out = await res.json();

@@ -35,7 +35,10 @@ test('after kill -9 every acknowledged function and upload is there and serves',
 
     const second = await startAether({ dataDir });
     try {
-      assert.ok(second.logs.some((l) => /removed [1-9]\d* instances left by a previous run/.test(l)), 'leftovers of the killed server were cleaned');
+      assert.ok(
+        second.logs.some((l) => /removed [1-9]\d* instances left by a previous run/.test(l)),
+        'leftovers of the killed server were cleaned',
+      );
       assert.equal((await second.invoke('running', '/')).status, 200);
       const names = new Set(((await second.api('GET', '/api/functions')).body as any[]).map((f) => f.name));
       for (const name of acknowledged) assert.ok(names.has(name), `${name} was lost`);

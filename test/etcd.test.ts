@@ -59,18 +59,53 @@ async function discovery(leaseTtlS = 2): Promise<EtcdDiscovery> {
 function record(name: string, over: Partial<FunctionRecord> = {}): FunctionRecord {
   const now = new Date().toISOString();
   return {
-    id: randomUUID(), name, runtime: 'node', entrypoint: null, memory_mb: 128, vcpu: 1, port: 3000, env_vars: { A: '1' },
-    timeout_ms: 30_000, concurrency: 1, min_instances: 0, max_instances: 10, idle_timeout_s: 300, version: 1,
-    code_hash: null, code_size: null, created_at: now, updated_at: now, ...over,
+    id: randomUUID(),
+    name,
+    runtime: 'node',
+    entrypoint: null,
+    memory_mb: 128,
+    vcpu: 1,
+    port: 3000,
+    env_vars: { A: '1' },
+    timeout_ms: 30_000,
+    concurrency: 1,
+    min_instances: 0,
+    max_instances: 10,
+    idle_timeout_s: 300,
+    version: 1,
+    code_hash: null,
+    code_size: null,
+    created_at: now,
+    updated_at: now,
+    ...over,
   };
 }
 
 function worker(id: string, over: Partial<WorkerInfo> = {}): WorkerInfo {
-  return { id, url: `http://127.0.0.1:1/${id}`, driver: 'bwrap', driver_reason: 'test', cpus: 2, memory_mb: 1024, max_instances: 8, instances: 0, started_at: new Date().toISOString(), ...over };
+  return {
+    id,
+    url: `http://127.0.0.1:1/${id}`,
+    driver: 'bwrap',
+    driver_reason: 'test',
+    cpus: 2,
+    memory_mb: 1024,
+    max_instances: 8,
+    instances: 0,
+    started_at: new Date().toISOString(),
+    ...over,
+  };
 }
 
 function route(functionId: string, instanceId: string, workerId: string, version = 1): InstanceRoute {
-  return { function_id: functionId, instance_id: instanceId, worker_id: workerId, worker_url: `http://127.0.0.1:1/${workerId}`, version, concurrency: 1, started_at: new Date().toISOString() };
+  return {
+    function_id: functionId,
+    instance_id: instanceId,
+    worker_id: workerId,
+    worker_url: `http://127.0.0.1:1/${workerId}`,
+    version,
+    concurrency: 1,
+    started_at: new Date().toISOString(),
+  };
 }
 
 /** Resolves with the first event that matches; fails the test after `ms`. */
@@ -91,7 +126,11 @@ function nextEvent<E>(on: (listener: (ev: E) => void) => () => void, match: (ev:
 
 async function until(what: string, check: () => Promise<boolean> | boolean, ms = 15_000): Promise<void> {
   const end = Date.now() + ms;
-  while (!(await Promise.resolve().then(check).catch(() => false))) {
+  while (
+    !(await Promise.resolve()
+      .then(check)
+      .catch(() => false))
+  ) {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await sleep(100);
   }
@@ -107,10 +146,14 @@ test('concurrent creates of one name from three clients: exactly one wins, the r
   const winners = candidates.filter((_, i) => results[i]!.status === 'fulfilled');
   assert.equal(winners.length, 1);
   for (const r of results) {
-    if (r.status === 'rejected') assert.ok(isError(409, 'conflict', /^a function named contested already exists$/)(r.reason), String(r.reason));
+    if (r.status === 'rejected')
+      assert.ok(isError(409, 'conflict', /^a function named contested already exists$/)(r.reason), String(r.reason));
   }
   const stored = Object.values(await raw.getAll().prefix('/aether/functions/').json()) as FunctionRecord[];
-  assert.deepEqual(stored.filter((f) => f.name === 'contested').map((f) => f.id), [winners[0]!.id]);
+  assert.deepEqual(
+    stored.filter((f) => f.name === 'contested').map((f) => f.id),
+    [winners[0]!.id],
+  );
   assert.equal(await raw.get(nameKey('contested')).string(), winners[0]!.id);
   for (const s of stores) await until('every store to see the winner', async () => (await s.get('contested'))?.id === winners[0]!.id);
 });
@@ -120,7 +163,10 @@ test('rename: a taken name is refused, a free one is taken and the old name free
   const alpha = record('alpha');
   await a.create(alpha);
   await a.create(record('beta'));
-  await assert.rejects(a.update({ ...alpha, name: 'beta', version: 2 }), isError(409, 'conflict', /^a function named beta already exists$/));
+  await assert.rejects(
+    a.update({ ...alpha, name: 'beta', version: 2 }),
+    isError(409, 'conflict', /^a function named beta already exists$/),
+  );
   assert.equal((await a.get('alpha'))?.version, 1);
 
   await a.update({ ...alpha, name: 'gamma', version: 2 });
@@ -141,10 +187,18 @@ test('rename: a taken name is refused, a free one is taken and the old name free
 test('delete frees the name and reaches other stores through the watch; a second delete is false', async () => {
   const [a, b] = await Promise.all([store(), store()]);
   const fn = record('ephemeral');
-  const seen = nextEvent<FunctionChange>((l) => b.onChange(l), (ev) => ev.type === 'put' && ev.fn.id === fn.id, 'the put on b');
+  const seen = nextEvent<FunctionChange>(
+    (l) => b.onChange(l),
+    (ev) => ev.type === 'put' && ev.fn.id === fn.id,
+    'the put on b',
+  );
   await a.create(fn);
-  assert.deepEqual((await seen as { fn: FunctionRecord }).fn, fn);
-  const gone = nextEvent<FunctionChange>((l) => b.onChange(l), (ev) => ev.type === 'delete' && ev.id === fn.id, 'the delete on b');
+  assert.deepEqual(((await seen) as { fn: FunctionRecord }).fn, fn);
+  const gone = nextEvent<FunctionChange>(
+    (l) => b.onChange(l),
+    (ev) => ev.type === 'delete' && ev.id === fn.id,
+    'the delete on b',
+  );
   assert.equal(await a.delete(fn.id), true);
   assert.equal(await a.get(fn.id), undefined);
   await gone;
@@ -160,11 +214,18 @@ test('cache coherence: updates made through one store show up in the other with 
   const fn = record('coherent');
   await a.create(fn);
   const next = { ...fn, version: 2, code_hash: 'abc', code_size: 10, env_vars: { A: '2' } };
-  const updated = nextEvent<FunctionChange>((l) => b.onChange(l), (ev) => ev.type === 'put' && ev.fn.id === fn.id && ev.fn.version === 2, 'version 2 on b');
+  const updated = nextEvent<FunctionChange>(
+    (l) => b.onChange(l),
+    (ev) => ev.type === 'put' && ev.fn.id === fn.id && ev.fn.version === 2,
+    'version 2 on b',
+  );
   await a.update(next);
   await updated;
   assert.deepEqual(await b.get('coherent'), next);
-  assert.deepEqual((await b.list()).find((f) => f.id === fn.id), next);
+  assert.deepEqual(
+    (await b.list()).find((f) => f.id === fn.id),
+    next,
+  );
   // Cached records are shared, so they are frozen rather than silently corruptible.
   const cached = (await b.get('coherent'))!;
   assert.throws(() => Object.assign(cached, { version: 3 }), TypeError);
@@ -179,7 +240,11 @@ async function cuttableLink(target: number): Promise<{ url: string; cut(): void;
     const up = net.connect(target, '127.0.0.1');
     for (const s of [down, up]) {
       sockets.add(s);
-      s.on('error', () => {}).on('close', () => (sockets.delete(s), down.destroy(), up.destroy()));
+      s.on('error', () => {}).on('close', () => {
+        sockets.delete(s);
+        down.destroy();
+        up.destroy();
+      });
     }
     down.pipe(up).pipe(down);
   });
@@ -189,7 +254,15 @@ async function cuttableLink(target: number): Promise<{ url: string; cut(): void;
     open = false;
     for (const s of sockets) s.destroy();
   };
-  return { url: `http://127.0.0.1:${port}`, cut, restore: () => (open = true), close: () => (cut(), server.close()) };
+  return {
+    url: `http://127.0.0.1:${port}`,
+    cut,
+    restore: () => (open = true),
+    close: () => {
+      cut();
+      server.close();
+    },
+  };
 }
 
 test('etcd down: reads are served from the cache, writes fail fast with 503; changes made during the gap arrive after', async () => {
@@ -226,13 +299,29 @@ test('etcd down: reads are served from the cache, writes fail fast with 503; cha
   await sleep(300);
   assert.equal((await a.get('doomed'))?.id, doomed.id, 'a cut-off store keeps serving what it had');
 
-  const deleted = nextEvent<FunctionChange>((l) => a.onChange(l), (ev) => ev.type === 'delete' && ev.id === doomed.id, 'the gap delete on a', 15_000);
-  const created = nextEvent<FunctionChange>((l) => a.onChange(l), (ev) => ev.type === 'put' && ev.fn.id === born.id, 'the gap create on a', 15_000);
+  const deleted = nextEvent<FunctionChange>(
+    (l) => a.onChange(l),
+    (ev) => ev.type === 'delete' && ev.id === doomed.id,
+    'the gap delete on a',
+    15_000,
+  );
+  const created = nextEvent<FunctionChange>(
+    (l) => a.onChange(l),
+    (ev) => ev.type === 'put' && ev.fn.id === born.id,
+    'the gap create on a',
+    15_000,
+  );
   link.restore();
   await Promise.all([deleted, created]);
   assert.equal(await a.get('doomed'), undefined);
-  assert.deepEqual((await a.list()).map((f) => f.name).filter((n) => ['survivor', 'doomed', 'born-in-gap'].includes(n)), ['born-in-gap', 'survivor']);
-  await until('writes to work again', async () => (await a.update({ ...keep, version: 2 }), true));
+  assert.deepEqual(
+    (await a.list()).map((f) => f.name).filter((n) => ['survivor', 'doomed', 'born-in-gap'].includes(n)),
+    ['born-in-gap', 'survivor'],
+  );
+  await until('writes to work again', async () => {
+    await a.update({ ...keep, version: 2 });
+    return true;
+  });
 });
 
 /** A worker in its own process: registers itself and one instance, then idles until killed. */
@@ -258,16 +347,31 @@ function workerProcess(info: WorkerInfo, r: InstanceRoute): { proc: ReturnType<t
 
 test('a SIGKILLed worker process and its instances vanish within the lease TTL, not before', async () => {
   const gw = await discovery();
-  const up = nextEvent<DiscoveryChange>((l) => gw.onChange(l), (ev) => ev.type === 'instance_up' && ev.route.worker_id === 'w-doomed', 'the doomed instance');
+  const up = nextEvent<DiscoveryChange>(
+    (l) => gw.onChange(l),
+    (ev) => ev.type === 'instance_up' && ev.route.worker_id === 'w-doomed',
+    'the doomed instance',
+  );
   const doomed = workerProcess(worker('w-doomed'), route('fn-doomed', 'i-1', 'w-doomed'));
   await doomed.registered;
   await up;
   assert.ok(gw.workers().some((w) => w.id === 'w-doomed'));
   await sleep(2500); // longer than the TTL: keepalives hold it
-  assert.deepEqual(gw.instances('fn-doomed').map((r) => r.instance_id), ['i-1']);
+  assert.deepEqual(
+    gw.instances('fn-doomed').map((r) => r.instance_id),
+    ['i-1'],
+  );
 
-  const down = nextEvent<DiscoveryChange>((l) => gw.onChange(l), (ev) => ev.type === 'worker_down' && ev.worker.id === 'w-doomed', 'the worker to vanish');
-  const gone = nextEvent<DiscoveryChange>((l) => gw.onChange(l), (ev) => ev.type === 'instance_down' && ev.route.instance_id === 'i-1', 'the instance to vanish');
+  const down = nextEvent<DiscoveryChange>(
+    (l) => gw.onChange(l),
+    (ev) => ev.type === 'worker_down' && ev.worker.id === 'w-doomed',
+    'the worker to vanish',
+  );
+  const gone = nextEvent<DiscoveryChange>(
+    (l) => gw.onChange(l),
+    (ev) => ev.type === 'instance_down' && ev.route.instance_id === 'i-1',
+    'the instance to vanish',
+  );
   const killedAt = Date.now();
   doomed.proc.kill('SIGKILL');
   await Promise.all([down, gone]);
@@ -288,7 +392,13 @@ test('waitForInstance resolves on the first matching route of a registered worke
   await w.registerInstance(route('fn-wait', 'new', 'w-wait', 3));
   assert.equal((await waiting).instance_id, 'new');
   assert.equal((await gw.waitForInstance('fn-wait', 3, Date.now() + 1000)).instance_id, 'new');
-  assert.deepEqual(gw.instances('fn-wait').map((r) => r.instance_id).sort(), ['new', 'old']);
+  assert.deepEqual(
+    gw
+      .instances('fn-wait')
+      .map((r) => r.instance_id)
+      .sort(),
+    ['new', 'old'],
+  );
 
   const t0 = Date.now();
   await assert.rejects(gw.waitForInstance('fn-wait', 4, t0 + 700), isError(504, 'timeout', /fn-wait version 4/));
@@ -307,8 +417,17 @@ test('a revoked lease is re-granted with the worker and all its instances on it'
   await w.registerInstance(route('fn-revoked', 'i-1', 'w-revoked'));
   const first = await leaseOf(workerKey('w-revoked'));
   assert.ok(first && first !== '0');
-  const down = nextEvent<DiscoveryChange>((l) => gw.onChange(l), (ev) => ev.type === 'worker_down' && ev.worker.id === 'w-revoked', 'the revocation');
-  const back = nextEvent<DiscoveryChange>((l) => gw.onChange(l), (ev) => ev.type === 'instance_up' && ev.route.instance_id === 'i-1', 'the re-registration', 5000);
+  const down = nextEvent<DiscoveryChange>(
+    (l) => gw.onChange(l),
+    (ev) => ev.type === 'worker_down' && ev.worker.id === 'w-revoked',
+    'the revocation',
+  );
+  const back = nextEvent<DiscoveryChange>(
+    (l) => gw.onChange(l),
+    (ev) => ev.type === 'instance_up' && ev.route.instance_id === 'i-1',
+    'the re-registration',
+    5000,
+  );
   await raw.leaseClient.leaseRevoke({ ID: first });
   await down;
   await back;
@@ -332,7 +451,11 @@ test('after an etcd restart longer than the TTL, a new lease holds the worker an
   const fresh = connectEtcd(endpoint);
   cleanups.push(() => fresh.close());
   await until('the worker on a new lease', async () => {
-    const [wl, i1, i2] = await Promise.all([workerKey('w-phoenix'), instanceKey('fn-phoenix', 'i-1'), instanceKey('fn-phoenix', 'i-2')].map(async (k) => (await fresh.get(k).exec()).kvs[0]?.lease));
+    const [wl, i1, i2] = await Promise.all(
+      [workerKey('w-phoenix'), instanceKey('fn-phoenix', 'i-1'), instanceKey('fn-phoenix', 'i-2')].map(
+        async (k) => (await fresh.get(k).exec()).kvs[0]?.lease,
+      ),
+    );
     return wl !== undefined && wl !== firstLease && i1 === wl && i2 === wl;
   });
   await sleep(2500); // the old lease, revived by the restart for a TTL, has expired by now
@@ -382,15 +505,28 @@ test('updateWorker and unregisterInstance reach gateways; close() revokes the le
   const w = new EtcdDiscovery(endpoint); // default 5 s TTL
   await w.registerWorker(worker('w-polite'));
   await w.registerInstance(route('fn-polite', 'i-1', 'w-polite'));
-  const updated = nextEvent<DiscoveryChange>((l) => gw.onChange(l), (ev) => ev.type === 'worker_up' && ev.worker.id === 'w-polite' && ev.worker.instances === 1, 'the update');
+  const updated = nextEvent<DiscoveryChange>(
+    (l) => gw.onChange(l),
+    (ev) => ev.type === 'worker_up' && ev.worker.id === 'w-polite' && ev.worker.instances === 1,
+    'the update',
+  );
   await w.updateWorker(worker('w-polite', { instances: 1 }));
   await updated;
-  const removed = nextEvent<DiscoveryChange>((l) => gw.onChange(l), (ev) => ev.type === 'instance_down' && ev.route.instance_id === 'i-1', 'the unregistration');
+  const removed = nextEvent<DiscoveryChange>(
+    (l) => gw.onChange(l),
+    (ev) => ev.type === 'instance_down' && ev.route.instance_id === 'i-1',
+    'the unregistration',
+  );
   await w.unregisterInstance('fn-polite', 'i-1');
   await removed;
   assert.deepEqual(gw.instances('fn-polite'), []);
 
-  const left = nextEvent<DiscoveryChange>((l) => gw.onChange(l), (ev) => ev.type === 'worker_down' && ev.worker.id === 'w-polite', 'the worker to leave', 1000);
+  const left = nextEvent<DiscoveryChange>(
+    (l) => gw.onChange(l),
+    (ev) => ev.type === 'worker_down' && ev.worker.id === 'w-polite',
+    'the worker to leave',
+    1000,
+  );
   await w.close();
   await left;
   assert.ok(!gw.workers().some((x) => x.id === 'w-polite'));

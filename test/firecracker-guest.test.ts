@@ -93,7 +93,11 @@ describe('init script, Firecracker mode', () => {
       /^ {2}reboot -f$/,
     ]);
     assert.equal(steps.length, 22);
-    assert.doesNotMatch(body, /poweroff|virtio-ports|serial/, 'no power-off (Firecracker would not exit), no virtio-serial, no drive serials');
+    assert.doesNotMatch(
+      body,
+      /poweroff|virtio-ports|serial/,
+      'no power-off (Firecracker would not exit), no virtio-serial, no drive serials',
+    );
     assert.deepEqual(
       { agent: FIRECRACKER_VSOCK.agent, mmds: FIRECRACKER_VSOCK.mmds, stdout: FIRECRACKER_VSOCK.stdout, stderr: FIRECRACKER_VSOCK.stderr },
       { ...VSOCK_PORTS },
@@ -139,7 +143,9 @@ describe('mmds-fetch.mjs against an MMDS V2 server', () => {
   after(() => mmds.server.close());
 
   function fetchOnce() {
-    const child = spawn(process.execPath, [path.join(agentDir(), 'mmds-fetch.mjs'), INIT_LOG_PREFIX, mmds.url], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [path.join(agentDir(), 'mmds-fetch.mjs'), INIT_LOG_PREFIX, mmds.url], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d));
@@ -184,15 +190,21 @@ describe('mmds-fetch.mjs against an MMDS V2 server', () => {
 describe('drop-privileges.mjs', { skip: process.getuid?.() !== 0 && 'needs root' }, () => {
   const preload = () => path.join(agentDir(), 'drop-privileges.mjs');
   test('the agent runs as AETHER_UID, never root', async () => {
-    const { stdout } = await run(process.execPath, ['--import', preload(), '-e', 'console.log(process.getuid(), process.getgid(), process.getgroups().join())'], {
-      env: { AETHER_UID: '1000' },
-    });
+    const { stdout } = await run(
+      process.execPath,
+      ['--import', preload(), '-e', 'console.log(process.getuid(), process.getgid(), process.getgroups().join())'],
+      {
+        env: { AETHER_UID: '1000' },
+      },
+    );
     assert.equal(stdout, '1000 1000 1000\n', 'no supplementary groups but its own');
   });
 
   test('without a non-root AETHER_UID it refuses to start', async () => {
     for (const uid of [undefined, '0']) {
-      const err = await run(process.execPath, ['--import', preload(), '-e', 'console.log("ran")'], { env: uid ? { AETHER_UID: uid } : {} }).then(
+      const err = await run(process.execPath, ['--import', preload(), '-e', 'console.log("ran")'], {
+        env: uid ? { AETHER_UID: uid } : {},
+      }).then(
         () => assert.fail('ran'),
         (e: { code: number; stdout: string }) => e,
       );
@@ -203,7 +215,10 @@ describe('drop-privileges.mjs', { skip: process.getuid?.() !== 0 && 'needs root'
 });
 
 const QEMU = 'qemu-system-x86_64';
-const hasQemu = await run(QEMU, ['--version']).then(() => true, () => false);
+const hasQemu = await run(QEMU, ['--version']).then(
+  () => true,
+  () => false,
+);
 
 describe('the image in Firecracker mode, booted under QEMU/TCG', { skip: !hasQemu && `${QEMU} is not installed` }, () => {
   const mmds = new MmdsV2();
@@ -232,17 +247,35 @@ describe('the image in Firecracker mode, booted under QEMU/TCG', { skip: !hasQem
   /** Boots until the guest reboots (QEMU runs with -no-reboot) or `until` matches the console; returns the console. */
   async function boot(until: RegExp | undefined, timeoutMs: number): Promise<{ console: string; ended: boolean }> {
     const tsc = await hostTscKhz();
-    const cmdline = ['reboot=k', 'aether.vmm=firecracker', `aether.ip=${network.ip}`, `aether.gw=${network.gateway}`,
-      `aether.node=${agentNodeArgs(128, GUEST_AGENT_DIR).join(',')}`, ...(tsc ? [`tsc_early_khz=${tsc}`] : [])];
+    const cmdline = [
+      'reboot=k',
+      'aether.vmm=firecracker',
+      `aether.ip=${network.ip}`,
+      `aether.gw=${network.gateway}`,
+      `aether.node=${agentNodeArgs(128, GUEST_AGENT_DIR).join(',')}`,
+      ...(tsc ? [`tsc_early_khz=${tsc}`] : []),
+    ];
     const port = (mmds.server.address() as AddressInfo).port;
-    const qemu = spawn(QEMU, [
-      ...machineArgs('tcg', 256, 1, image, cmdline),
-      '-netdev', `user,id=n0,net=169.254.169.0/24,restrict=on,ipv6=off,guestfwd=tcp:169.254.169.254:80-tcp:127.0.0.1:${port}`,
-      '-device', 'virtio-net-device,netdev=n0',
-      // Firecracker's order and no serials: root first (/dev/vda), code second (/dev/vdb).
-      '-drive', `file=${image.rootfs},if=none,format=raw,readonly=on,id=root`, '-device', 'virtio-blk-device,drive=root',
-      '-drive', `file=${codeDisk},if=none,format=raw,readonly=on,id=code`, '-device', 'virtio-blk-device,drive=code',
-    ], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const qemu = spawn(
+      QEMU,
+      [
+        ...machineArgs('tcg', 256, 1, image, cmdline),
+        '-netdev',
+        `user,id=n0,net=169.254.169.0/24,restrict=on,ipv6=off,guestfwd=tcp:169.254.169.254:80-tcp:127.0.0.1:${port}`,
+        '-device',
+        'virtio-net-device,netdev=n0',
+        // Firecracker's order and no serials: root first (/dev/vda), code second (/dev/vdb).
+        '-drive',
+        `file=${image.rootfs},if=none,format=raw,readonly=on,id=root`,
+        '-device',
+        'virtio-blk-device,drive=root',
+        '-drive',
+        `file=${codeDisk},if=none,format=raw,readonly=on,id=code`,
+        '-device',
+        'virtio-blk-device,drive=code',
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
     let output = '';
     const ended = once(qemu, 'close').then(() => true);
     const matched = new Promise<boolean>((resolve) => {
@@ -266,8 +299,16 @@ describe('the image in Firecracker mode, booted under QEMU/TCG', { skip: !hasQem
     mmds.requests.length = 0;
     const { console: out, ended } = await boot(undefined, 60_000);
     assert.ok(ended, `the guest rebooted by itself:\n${out}`);
-    const lines = inOrder(out, [/\[aether-init\] start /, /\[aether-init\] devices /, /\[aether-init\] mounted /, /\[aether-init\] config /,
-      /\[aether-init\] agent-started /, /socat.*VSOCK|AF=40 cid:2 port:10\d\d.*No such device/, /\[aether-init\] agent exited status=78 /, /reboot: Restarting system/]);
+    const lines = inOrder(out, [
+      /\[aether-init\] start /,
+      /\[aether-init\] devices /,
+      /\[aether-init\] mounted /,
+      /\[aether-init\] config /,
+      /\[aether-init\] agent-started /,
+      /socat.*VSOCK|AF=40 cid:2 port:10\d\d.*No such device/,
+      /\[aether-init\] agent exited status=78 /,
+      /reboot: Restarting system/,
+    ]);
     assert.match(lines[5]!, /No such device/, 'the failure is the missing vsock device, nothing before it');
     assert.doesNotMatch(out, /fatal:|awaiting-config/);
     assert.deepEqual(mmds.requests.slice(0, 2), ['PUT /latest/api/token', 'GET /aether'], 'one V2 session, one read');

@@ -16,7 +16,15 @@ import type { InstanceHandle, InstanceSpec } from '../src/core/ports.js';
 import { FirecrackerApi, FirecrackerFault } from '../src/adapters/isolation/firecracker/api.js';
 import { FirecrackerDriver } from '../src/adapters/isolation/firecracker/driver.js';
 import { jailerCommand, vmCgroups } from '../src/adapters/isolation/firecracker/jailer.js';
-import { bridgePlan, DEFAULT_NETWORK, HostNetwork, IpPool, nftRuleset, tapPlan, type Command } from '../src/adapters/isolation/firecracker/network.js';
+import {
+  bridgePlan,
+  DEFAULT_NETWORK,
+  HostNetwork,
+  IpPool,
+  nftRuleset,
+  tapPlan,
+  type Command,
+} from '../src/adapters/isolation/firecracker/network.js';
 import { FirecrackerDouble, REQUIRED } from './helpers/firecracker-double.js';
 
 const SPEC_FILE = path.resolve('../shared/reference/firecracker-api.yaml');
@@ -63,7 +71,11 @@ interface Logged {
 /** The requests the double received since `from` (an offset into the log). */
 function logged(from = 0): Logged[] {
   if (!existsSync(requestLog)) return [];
-  return readFileSync(requestLog, 'utf8').slice(from).split('\n').filter(Boolean).map((line) => JSON.parse(line) as Logged);
+  return readFileSync(requestLog, 'utf8')
+    .slice(from)
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => JSON.parse(line) as Logged);
 }
 const logSize = () => (existsSync(requestLog) ? readFileSync(requestLog, 'utf8').length : 0);
 
@@ -135,7 +147,11 @@ function readSpec(text: string) {
       const p = /^ {6}(\w+):$/.exec(line);
       if (p && list === 'properties') def?.properties.push((prop = p[1]!));
       const inlineEnum = /^ {8}enum: \[(.*)\]$/.exec(line);
-      if (inlineEnum && prop) def?.enums.set(prop, inlineEnum[1]!.split(',').map((v) => v.trim().replace(/"/g, '')));
+      if (inlineEnum && prop)
+        def?.enums.set(
+          prop,
+          inlineEnum[1]!.split(',').map((v) => v.trim().replace(/"/g, '')),
+        );
       enumOf = /^ {8}enum:$/.test(line) ? prop : /^ {10}- /.test(line) ? enumOf : undefined;
       const value = /^ {10}- (\w+)$/.exec(line);
       if (value && enumOf && prop) def?.enums.set(prop, [...(def.enums.get(prop) ?? []), value[1]!]);
@@ -167,7 +183,10 @@ describe('the double enforces the rules', () => {
   after(() => double.close());
 
   const refused = async (call: Promise<unknown>, pattern: RegExp) => {
-    const err = await call.then(() => assert.fail('accepted'), (e: unknown) => e);
+    const err = await call.then(
+      () => assert.fail('accepted'),
+      (e: unknown) => e,
+    );
     assert.ok(err instanceof FirecrackerFault && err.status === 400, String(err));
     assert.match(err.faultMessage, pattern);
   };
@@ -204,11 +223,26 @@ describe('the driver against the double', () => {
     const calls = logged(from);
     assert.deepEqual(
       calls.map((c) => `${c.key}${c.key === 'PUT /actions' ? ` ${String(c.body.action_type)}` : ''}`),
-      ['GET /', 'PUT /machine-config', 'PUT /boot-source', 'PUT /drives/{drive_id}', 'PUT /drives/{drive_id}', 'PUT /network-interfaces/{iface_id}',
-        'PUT /vsock', 'PUT /mmds/config', 'PUT /mmds', 'PUT /actions InstanceStart', 'PUT /mmds'],
+      [
+        'GET /',
+        'PUT /machine-config',
+        'PUT /boot-source',
+        'PUT /drives/{drive_id}',
+        'PUT /drives/{drive_id}',
+        'PUT /network-interfaces/{iface_id}',
+        'PUT /vsock',
+        'PUT /mmds/config',
+        'PUT /mmds',
+        'PUT /actions InstanceStart',
+        'PUT /mmds',
+      ],
     );
     assert.deepEqual(calls.at(-1)!.body, {}, 'MMDS is wiped once the agent is ready');
-    const mmds = calls.at(-3)!.body.aether as { token: string; config: { env: Record<string, string>; port: number }; network: { ip: string } };
+    const mmds = calls.at(-3)!.body.aether as {
+      token: string;
+      config: { env: Record<string, string>; port: number };
+      network: { ip: string };
+    };
     assert.match(mmds.token, /^[0-9a-f]{64}$/);
     assert.deepEqual(mmds.config.env, { GREETING: 'hello' });
     assert.equal(mmds.network.ip, '172.30.0.2/24');
@@ -242,11 +276,18 @@ describe('the driver against the double', () => {
   test("Firecracker's fault message is the start error, and nothing is left behind", async () => {
     process.env.FC_DOUBLE_GUEST = 'agent';
     const broken = new FirecrackerDriver(
-      { runDir: path.join(work, 'run'), cacheDir: path.join(work, 'cache'), network: new HostNetwork(DEFAULT_NETWORK, async (c) => void commands.push(c)) },
+      {
+        runDir: path.join(work, 'run'),
+        cacheDir: path.join(work, 'cache'),
+        network: new HostNetwork(DEFAULT_NETWORK, async (c) => void commands.push(c)),
+      },
       { ...image, kernel: path.join(work, 'missing-vmlinux') },
     );
     const s = spec('broken');
-    const err = await broken.start(s).then(() => assert.fail('started'), (e: unknown) => e);
+    const err = await broken.start(s).then(
+      () => assert.fail('started'),
+      (e: unknown) => e,
+    );
     assert.ok(err instanceof AetherError && err.status === 502 && err.code === 'start_failed', String(err));
     assert.match(err.message, /firecracker refused PUT \/boot-source: 400 Unable to open the kernel file .*missing-vmlinux/);
     assert.equal(existsSync(path.join(work, 'run', s.instanceId)), false);
@@ -255,7 +296,10 @@ describe('the driver against the double', () => {
 
   test('a guest that never gets ready times out', async () => {
     process.env.FC_DOUBLE_GUEST = 'silent';
-    const err = await driver.start(spec('silent', { startTimeoutMs: 500 })).then(() => assert.fail('started'), (e: unknown) => e);
+    const err = await driver.start(spec('silent', { startTimeoutMs: 500 })).then(
+      () => assert.fail('started'),
+      (e: unknown) => e,
+    );
     assert.ok(err instanceof AetherError && err.code === 'start_timeout', String(err));
   });
 
@@ -282,7 +326,10 @@ describe('the driver against the double', () => {
     const instance = await driver.start(spec('restored'));
     assert.deepEqual(JSON.parse((await invoke(instance, '/r')).body), { greeting: 'hello', path: '/r' });
     const calls = logged(restoredFrom);
-    assert.deepEqual(calls.map((c) => c.key), ['GET /', 'PUT /snapshot/load', 'PATCH /drives/{drive_id}', 'PUT /mmds', 'PUT /mmds']);
+    assert.deepEqual(
+      calls.map((c) => c.key),
+      ['GET /', 'PUT /snapshot/load', 'PATCH /drives/{drive_id}', 'PUT /mmds', 'PUT /mmds'],
+    );
     const load = calls[1]!.body;
     assert.equal(load.resume_vm, true);
     assert.deepEqual(load.network_overrides, [{ iface_id: 'eth0', host_dev_name: 'aetap2' }]);
@@ -291,7 +338,9 @@ describe('the driver against the double', () => {
     await instance.stop();
   });
 
-  test('every call the driver made exists in the spec, with only fields the spec defines', { skip: !existsSync(SPEC_FILE) && 'no spec' }, async () => {
+  test('every call the driver made exists in the spec, with only fields the spec defines', {
+    skip: !existsSync(SPEC_FILE) && 'no spec',
+  }, async () => {
     const { paths, defs } = readSpec(await readFile(SPEC_FILE, 'utf8'));
     const seen = new Set<string>();
     for (const { key, body } of logged()) {
@@ -305,7 +354,8 @@ describe('the driver against the double', () => {
         if (allowed) assert.ok(allowed.includes(String(value)), `${key}: ${field}=${String(value)} not in ${allowed.join(',')}`);
       }
     }
-    for (const key of ['PUT /snapshot/load', 'PUT /snapshot/create', 'PATCH /vm', 'PATCH /drives/{drive_id}', 'PUT /vsock']) assert.ok(seen.has(key), key);
+    for (const key of ['PUT /snapshot/load', 'PUT /snapshot/create', 'PATCH /vm', 'PATCH /drives/{drive_id}', 'PUT /vsock'])
+      assert.ok(seen.has(key), key);
     const backend = defs.get('MemoryBackend')!;
     assert.deepEqual(backend.required.sort(), ['backend_path', 'backend_type']);
     assert.ok(backend.enums.get('backend_type')!.includes('File'));
@@ -317,7 +367,11 @@ describe('the driver through the jailer (FIRECRACKER_JAILER, fake-bin/jailer)', 
   const jailBase = () => path.join(work, 'run', 'jail');
   let jailed: FirecrackerDriver;
   let jailerLog: string;
-  const jailerCalls = () => readFileSync(jailerLog, 'utf8').split('--end--\n').filter(Boolean).map((call) => call.split('\n').slice(0, -1));
+  const jailerCalls = () =>
+    readFileSync(jailerLog, 'utf8')
+      .split('--end--\n')
+      .filter(Boolean)
+      .map((call) => call.split('\n').slice(0, -1));
 
   before(async () => {
     jailerLog = path.join(work, 'jailer.log');
@@ -347,9 +401,27 @@ describe('the driver through the jailer (FIRECRACKER_JAILER, fake-bin/jailer)', 
     assert.deepEqual(JSON.parse(reply.body), { greeting: 'hello', path: '/j' });
 
     assert.deepEqual(jailerCalls().at(-1), [
-      '--id', s.instanceId, '--exec-file', path.resolve('test/helpers/fake-bin/firecracker'), '--uid', '200000', '--gid', '200000',
-      '--chroot-base-dir', jailBase(), '--cgroup-version', '1', '--cgroup', `memory.limit_in_bytes=${(128 + 64 + 64) * 1024 * 1024}`,
-      '--cgroup', 'cpu.cfs_period_us=100000', '--cgroup', 'cpu.cfs_quota_us=100000', '--', '--api-sock', '/firecracker.sock',
+      '--id',
+      s.instanceId,
+      '--exec-file',
+      path.resolve('test/helpers/fake-bin/firecracker'),
+      '--uid',
+      '200000',
+      '--gid',
+      '200000',
+      '--chroot-base-dir',
+      jailBase(),
+      '--cgroup-version',
+      '1',
+      '--cgroup',
+      `memory.limit_in_bytes=${(128 + 64 + 64) * 1024 * 1024}`,
+      '--cgroup',
+      'cpu.cfs_period_us=100000',
+      '--cgroup',
+      'cpu.cfs_quota_us=100000',
+      '--',
+      '--api-sock',
+      '/firecracker.sock',
     ]);
     const root = path.join(jailBase(), 'firecracker', s.instanceId, 'root');
     const calls = logged(from);
@@ -359,11 +431,17 @@ describe('the driver through the jailer (FIRECRACKER_JAILER, fake-bin/jailer)', 
     assert.equal(body('PUT /drives/{drive_id}', 0).path_on_host, '/rootfs.ext4');
     assert.match(String(body('PUT /drives/{drive_id}', 1).path_on_host), /^\/[0-9a-f]{64}\.ext4$/);
     assert.equal(body('PUT /vsock').uds_path, '/vsock');
-    for (const [inside, host] of [['vmlinux', image.kernel], ['rootfs.ext4', image.rootfs]] as const) {
+    for (const [inside, host] of [
+      ['vmlinux', image.kernel],
+      ['rootfs.ext4', image.rootfs],
+    ] as const) {
       assert.equal((await stat(path.join(root, inside))).ino, (await stat(host)).ino, `${inside} is a hard link`);
     }
     assert.equal((await stat(path.join(root, 'firecracker.sock'))).uid, 200000, 'Firecracker runs as the jailed uid');
-    assert.ok(commands.some((c) => c.argv.join(' ') === 'ip tuntap add dev aetap2 mode tap user 200000'), 'the TAP belongs to that uid');
+    assert.ok(
+      commands.some((c) => c.argv.join(' ') === 'ip tuntap add dev aetap2 mode tap user 200000'),
+      'the TAP belongs to that uid',
+    );
 
     await instance.stop(10_000);
     assert.equal((await instance.exited).reason, 'stopped');
@@ -407,16 +485,32 @@ describe('host network plan', () => {
     assert.match(closed, /chain forward \{\n[^\n]*\n {4}iifname "aebr0" drop\n {4}oifname "aebr0" drop/);
     assert.doesNotMatch(closed, /masquerade|accept\n/);
     const open = nftRuleset({ ...DEFAULT_NETWORK, egress: { uplink: 'eth0' } });
-    assert.match(open, /iifname "aebr0" ip daddr \{ 10\.0\.0\.0\/8, 172\.16\.0\.0\/12, 192\.168\.0\.0\/16, 169\.254\.0\.0\/16, [^}]*\} drop[^\n]*\n[^\n]*oifname "eth0" ip saddr 172\.30\.0\.0\/24 accept/);
+    assert.match(
+      open,
+      /iifname "aebr0" ip daddr \{ 10\.0\.0\.0\/8, 172\.16\.0\.0\/12, 192\.168\.0\.0\/16, 169\.254\.0\.0\/16, [^}]*\} drop[^\n]*\n[^\n]*oifname "eth0" ip saddr 172\.30\.0\.0\/24 accept/,
+    );
     assert.match(open, /ip saddr 172\.30\.0\.0\/24 oifname "eth0" masquerade/);
   });
 
   test('plans: bridge once, a TAP per instance, torn down on release; a failed TAP frees its address', async () => {
-    assert.deepEqual(bridgePlan(DEFAULT_NETWORK).map((c) => c.argv.join(' ')), [
-      'ip link add aebr0 type bridge', 'ip addr add 172.30.0.1/24 dev aebr0', 'ip link set aebr0 up', 'nft -f -',
+    assert.deepEqual(
+      bridgePlan(DEFAULT_NETWORK).map((c) => c.argv.join(' ')),
+      ['ip link add aebr0 type bridge', 'ip addr add 172.30.0.1/24 dev aebr0', 'ip link set aebr0 up', 'nft -f -'],
+    );
+    assert.ok(
+      bridgePlan({ ...DEFAULT_NETWORK, egress: { uplink: 'eth0' } }).some((c) => c.argv.join(' ') === 'sysctl -w net.ipv4.ip_forward=1'),
+    );
+    assert.deepEqual(tapPlan(DEFAULT_NETWORK, 'aetap7', 1234)[0]!.argv, [
+      'ip',
+      'tuntap',
+      'add',
+      'dev',
+      'aetap7',
+      'mode',
+      'tap',
+      'user',
+      '1234',
     ]);
-    assert.ok(bridgePlan({ ...DEFAULT_NETWORK, egress: { uplink: 'eth0' } }).some((c) => c.argv.join(' ') === 'sysctl -w net.ipv4.ip_forward=1'));
-    assert.deepEqual(tapPlan(DEFAULT_NETWORK, 'aetap7', 1234)[0]!.argv, ['ip', 'tuntap', 'add', 'dev', 'aetap7', 'mode', 'tap', 'user', '1234']);
     const ran: string[] = [];
     const net = new HostNetwork(DEFAULT_NETWORK, async ({ argv }) => {
       ran.push(argv.join(' '));
@@ -434,15 +528,42 @@ describe('host network plan', () => {
 
   test('jailer command line', () => {
     const opts = {
-      jailer: '/usr/bin/jailer', firecracker: '/usr/bin/firecracker', id: 'inst-1', uid: 10001, gid: 10001, chrootBase: '/srv/jailer',
-      cgroupVersion: 1 as const, cgroups: vmCgroups(1, 192, 0.5), newPidNs: true, firecrackerArgs: ['--api-sock', '/run/firecracker.sock'],
+      jailer: '/usr/bin/jailer',
+      firecracker: '/usr/bin/firecracker',
+      id: 'inst-1',
+      uid: 10001,
+      gid: 10001,
+      chrootBase: '/srv/jailer',
+      cgroupVersion: 1 as const,
+      cgroups: vmCgroups(1, 192, 0.5),
+      newPidNs: true,
+      firecrackerArgs: ['--api-sock', '/run/firecracker.sock'],
     };
     const cmd = jailerCommand(opts);
     assert.equal(cmd.chrootRoot, '/srv/jailer/firecracker/inst-1/root');
     assert.deepEqual(cmd.args, [
-      '--id', 'inst-1', '--exec-file', '/usr/bin/firecracker', '--uid', '10001', '--gid', '10001', '--chroot-base-dir', '/srv/jailer',
-      '--cgroup-version', '1', '--cgroup', `memory.limit_in_bytes=${256 * 1024 * 1024}`, '--cgroup', 'cpu.cfs_period_us=100000',
-      '--cgroup', 'cpu.cfs_quota_us=50000', '--new-pid-ns', '--', '--api-sock', '/run/firecracker.sock',
+      '--id',
+      'inst-1',
+      '--exec-file',
+      '/usr/bin/firecracker',
+      '--uid',
+      '10001',
+      '--gid',
+      '10001',
+      '--chroot-base-dir',
+      '/srv/jailer',
+      '--cgroup-version',
+      '1',
+      '--cgroup',
+      `memory.limit_in_bytes=${256 * 1024 * 1024}`,
+      '--cgroup',
+      'cpu.cfs_period_us=100000',
+      '--cgroup',
+      'cpu.cfs_quota_us=50000',
+      '--new-pid-ns',
+      '--',
+      '--api-sock',
+      '/run/firecracker.sock',
     ]);
     assert.deepEqual(vmCgroups(2, 128, 2), { 'memory.max': String(192 * 1024 * 1024), 'cpu.max': '200000 100000' });
     assert.throws(() => jailerCommand({ ...opts, id: 'bad/id' }), /must be/);

@@ -47,7 +47,13 @@ function options(i: number): SelectOptions {
 
 const drivers = new Map<string, IsolationDriver | string>();
 for (const [i, name] of (['bwrap', 'gvisor'] as const).entries()) {
-  drivers.set(name, await selectDriver(name, options(i)).then((s) => s.driver, (err: Error) => err.message));
+  drivers.set(
+    name,
+    await selectDriver(name, options(i)).then(
+      (s) => s.driver,
+      (err: Error) => err.message,
+    ),
+  );
 }
 
 // The host's own services that no instance may reach: a TCP server on loopback and the host address.
@@ -235,7 +241,10 @@ for (const [i, name] of ['bwrap', 'gvisor'].entries()) {
       if (name === 'bwrap') {
         // On the host too, every process of the sandbox runs as that uid (gVisor's run as its own).
         const procs = readCgroup(probe.id, 'pids', 'cgroup.procs').split('\n').map(Number);
-        assert.deepEqual(procs.filter((pid) => !processesOf(seen.uid).includes(pid)), []);
+        assert.deepEqual(
+          procs.filter((pid) => !processesOf(seen.uid).includes(pid)),
+          [],
+        );
       }
       // gVisor's /proc does not report NoNewPrivs (its spec sets noNewPrivileges).
       assert.deepEqual(seen.privileges, {
@@ -316,10 +325,14 @@ for (const [i, name] of ['bwrap', 'gvisor'].entries()) {
       const id = `t${process.pid}-${++seq}`;
       // Soon after it is ready, the function stops answering anything: only a kill can end it.
       const code = codeDir(`setTimeout(() => { for (;;); }, 200); exports.handler = async () => 'up';`);
-      const aether = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', HOST_SCRIPT, name, JSON.stringify(options(2 + i)), id, code], {
-        cwd: path.resolve(import.meta.dirname, '..'),
-        stdio: ['ignore', 'pipe', 'inherit'],
-      });
+      const aether = spawn(
+        process.execPath,
+        ['--import', 'tsx', '--input-type=module', '-e', HOST_SCRIPT, name, JSON.stringify(options(2 + i)), id, code],
+        {
+          cwd: path.resolve(import.meta.dirname, '..'),
+          stdio: ['ignore', 'pipe', 'inherit'],
+        },
+      );
       const [started] = await once(aether.stdout!.setEncoding('utf8'), 'data');
       assert.equal(started, 'started\n');
       const empty = () => readCgroup(id, 'pids', 'cgroup.procs') === '';
@@ -373,4 +386,3 @@ describe('driver selection and uids', () => {
     assert.match(reason, /development/);
   });
 });
-

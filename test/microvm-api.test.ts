@@ -25,7 +25,10 @@ describe('microVMs (qemu) through the API', () => {
   let a: Aether;
   before(async () => {
     a = await startAether({ isolation: 'qemu' });
-    assert.ok(a.logs.some((l) => /"isolation: qemu: (tcg|kvm)/.test(l)), 'the start-up log names the driver and why');
+    assert.ok(
+      a.logs.some((l) => /"isolation: qemu: (tcg|kvm)/.test(l)),
+      'the start-up log names the driver and why',
+    );
   });
   after(() => a.stop());
 

@@ -17,7 +17,7 @@ import { promisify } from 'node:util';
 import { probeAccel } from '../src/adapters/isolation/qemu/accel.js';
 import { QemuDriver } from '../src/adapters/isolation/qemu/driver.js';
 import type { BootTimings, VmInstance } from '../src/adapters/isolation/qemu/vm-instance.js';
-import { AetherError } from '../src/core/errors.js';
+import type { AetherError } from '../src/core/errors.js';
 import type { InstanceHandle, InstanceSpec } from '../src/core/ports.js';
 import { buildImage, GUEST_MODULES, type GuestImage } from '../src/image/build-image.js';
 import { newcArchive, type CpioEntry } from '../src/image/newc.js';
@@ -43,7 +43,9 @@ after(async () => {
 });
 
 async function sha256(file: string): Promise<string> {
-  return createHash('sha256').update(await readFile(file)).digest('hex');
+  return createHash('sha256')
+    .update(await readFile(file))
+    .digest('hex');
 }
 
 /** `busybox cpio -t` lists an archive the way the kernel will unpack it. */
@@ -161,7 +163,9 @@ describe('guest image', () => {
     assert.equal(await sha256(rebuilt.rootfs), await sha256(image.rootfs));
     await rm(other, { recursive: true });
 
-    const initrd = await cpioList(await run('gzip', ['-dc', image.initrd], { encoding: 'buffer', maxBuffer: 64 << 20 }).then((r) => r.stdout));
+    const initrd = await cpioList(
+      await run('gzip', ['-dc', image.initrd], { encoding: 'buffer', maxBuffer: 64 << 20 }).then((r) => r.stdout),
+    );
     for (const entry of ['init', 'bin/busybox', ...GUEST_MODULES.map((m) => `lib/modules/${m}.ko`)]) {
       assert.ok(initrd.includes(entry), `initramfs lacks ${entry}`);
     }
@@ -170,7 +174,9 @@ describe('guest image', () => {
     assert.match(agentFiles, /\/main\.mjs\//);
     const { stdout: node } = await run('debugfs', ['-R', 'stat /usr/bin/node', image.rootfs]);
     assert.equal(Number(/Size: (\d+)/.exec(node)?.[1]), (await stat(await realpath(process.execPath))).size);
-    console.log(`# image ${image.hash.slice(0, 12)}: built in ${buildMs} ms (kernel download included on a cold cache), found again in ${cachedMs} ms`);
+    console.log(
+      `# image ${image.hash.slice(0, 12)}: built in ${buildMs} ms (kernel download included on a cold cache), found again in ${cachedMs} ms`,
+    );
   });
 });
 
@@ -261,7 +267,10 @@ describe('QEMU microVM driver (TCG)', () => {
 
     const isolation = JSON.parse((await get(instance, '/isolation')).body);
     assert.ok(isolation.ports.length >= 4, `virtio ports: ${JSON.stringify(isolation.ports)}`);
-    assert.ok(isolation.ports.every((r: string) => r === 'EACCES'), `the function can open a host channel: ${JSON.stringify(isolation)}`);
+    assert.ok(
+      isolation.ports.every((r: string) => r === 'EACCES'),
+      `the function can open a host channel: ${JSON.stringify(isolation)}`,
+    );
     assert.ok(['ENOENT', 'ECONNREFUSED'].includes(isolation.metadataSocket), `metadata reachable again: ${isolation.metadataSocket}`);
     assert.notEqual(isolation.egress, 'connected');
     assert.equal(sentinelHits, 0, 'the guest reached a host port');
@@ -269,7 +278,10 @@ describe('QEMU microVM driver (TCG)', () => {
 
     // Several connections at once: each is paired with one the agent dialed.
     const parallel = await Promise.all([1, 2, 3].map(() => get(instance, '/info')));
-    assert.deepEqual(parallel.map((r) => r.status), [200, 200, 200]);
+    assert.deepEqual(
+      parallel.map((r) => r.status),
+      [200, 200, 200],
+    );
 
     assert.deepEqual(JSON.parse((await get(instance, '/zombies')).body), { zombies: 0 }, 'init does not reap orphans');
 
@@ -309,7 +321,7 @@ describe('QEMU microVM driver (TCG)', () => {
     console.log(`# boot phases: ${describeBoot(instance.boot)}; graceful stop in ${ms} ms`);
   });
 
-  test('a function that cannot load fails the start with the agent\'s reason', async () => {
+  test("a function that cannot load fails the start with the agent's reason", async () => {
     const code = await codeDir('broken', { 'README.txt': 'no entry module here\n' });
     const s = spec('broken', code, { stdout: [], stderr: [] });
     await assert.rejects(driver.start(s), (err: AetherError) => {

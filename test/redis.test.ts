@@ -34,7 +34,18 @@ const consumers: { stop(): Promise<void> }[] = [];
 before(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'aether-redis-'));
   const port = await freePort();
-  server = new ServiceProcess('redis', port, 'redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir]);
+  server = new ServiceProcess('redis', port, 'redis-server', [
+    '--port',
+    String(port),
+    '--bind',
+    '127.0.0.1',
+    '--save',
+    '',
+    '--appendonly',
+    'no',
+    '--dir',
+    dir,
+  ]);
   await server.start();
   addr = `127.0.0.1:${port}`;
   raw = await client();
@@ -53,7 +64,11 @@ async function client(): Promise<Redis> {
   return c;
 }
 
-interface LogLine { level: string; obj: object; msg?: string }
+interface LogLine {
+  level: string;
+  obj: object;
+  msg?: string;
+}
 function recordingLogger(): Logger & { lines: LogLine[] } {
   const lines: LogLine[] = [];
   const at = (level: string) => (obj: object, msg?: string) => void lines.push({ level, obj, msg });
@@ -283,14 +298,20 @@ test('invocation log: newest first, capped at 1000 per function', async () => {
   await waitFor('all records', async () => (await raw.lindex('aether:invocations:fn-log', 0))?.includes('"inv-1004"') ?? false);
   assert.equal(await raw.llen('aether:invocations:fn-log'), 1000);
 
-  assert.deepEqual((await log.latest('fn-log', 3)).map((r) => r.id), ['inv-1004', 'inv-1003', 'inv-1002']);
+  assert.deepEqual(
+    (await log.latest('fn-log', 3)).map((r) => r.id),
+    ['inv-1004', 'inv-1003', 'inv-1002'],
+  );
   assert.deepEqual((await log.latest('fn-log', 1))[0], inv('fn-log', 1004));
   const all = await log.latest('fn-log', 5000);
   assert.equal(all.length, 1000);
   assert.equal(all.at(-1)!.id, 'inv-5');
   assert.deepEqual(await log.latest('fn-log', 0), []);
   assert.deepEqual(await log.latest('fn-none', 10), []);
-  assert.deepEqual((await log.latest('fn-log-other', 10)).map((r) => r.id), ['inv-0']);
+  assert.deepEqual(
+    (await log.latest('fn-log-other', 10)).map((r) => r.id),
+    ['inv-0'],
+  );
 });
 
 const isQueueUnavailable = (pattern: RegExp) => (err: unknown) =>
@@ -341,7 +362,12 @@ test('Redis down: cold starts and invocation reads fail fast with 503, records a
   assert.equal(warnings(), 1, 'one warning for the whole outage');
 
   await server.start(); // empty: no persistence, the consumer group is gone too
-  await waitFor('requests to work again', () => queue.request(req).then(() => true, () => false));
+  await waitFor('requests to work again', () =>
+    queue.request(req).then(
+      () => true,
+      () => false,
+    ),
+  );
   await waitFor('the same consumer to take a new job', () => survivor.jobs.length === 2, 8000);
   assert.equal(survivor.jobs[1]!.slot, 1);
   survivor.finish(survivor.jobs[1]!.jobId);

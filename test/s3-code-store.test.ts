@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, test } from 'node:test';
-import { HeadBucketCommand, HeadObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { HeadBucketCommand, HeadObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { zipSync } from 'fflate';
 import { create as tarCreate } from 'tar';
 import { AetherError } from '../src/core/errors.js';
@@ -54,11 +54,17 @@ const objectPath = (hash: string, format: 'zip' | 'tar.gz' = 'zip') => `/${bucke
 const overwrite = (hash: string, body: Buffer) =>
   s3.send(new PutObjectCommand({ Bucket: bucket(), Key: codeKey(hash, 'zip'), Body: body }));
 const objectExists = (hash: string) =>
-  s3.send(new HeadObjectCommand({ Bucket: bucket(), Key: codeKey(hash, 'zip') })).then(() => true, () => false);
+  s3.send(new HeadObjectCommand({ Bucket: bucket(), Key: codeKey(hash, 'zip') })).then(
+    () => true,
+    () => false,
+  );
 
 async function rejectsWith(promise: Promise<unknown>, status: number, code: string): Promise<AetherError> {
   let caught: unknown;
-  await assert.rejects(promise, (err) => ((caught = err), true));
+  await assert.rejects(promise, (err) => {
+    caught = err;
+    return true;
+  });
   assert.ok(caught instanceof AetherError, String(caught));
   assert.deepEqual([caught.status, caught.code], [status, code], caught.message);
   return caught;
@@ -66,7 +72,11 @@ async function rejectsWith(promise: Promise<unknown>, status: number, code: stri
 
 test('the bucket is created when missing, idempotently, with stores racing to do it', async () => {
   const Bucket = 'fresh-code-bucket';
-  const exists = () => s3.send(new HeadBucketCommand({ Bucket })).then(() => true, () => false);
+  const exists = () =>
+    s3.send(new HeadBucketCommand({ Bucket })).then(
+      () => true,
+      () => false,
+    );
   assert.equal(await exists(), false);
   const [a, b] = [newStore({ bucket: Bucket }), newStore({ bucket: Bucket })];
   await Promise.all([a.ensureBucket(), b.ensureBucket(), a.ensureBucket()]);
@@ -125,7 +135,10 @@ test('a bad archive is refused exactly as in single-node mode, and nothing reach
   } as const;
   proxy.requests.length = 0;
   for (const [name, [bytes, format]] of Object.entries(bad)) {
-    const expected = await single.put(Readable.from([bytes]), format).then(() => assert.fail(name), (err: AetherError) => err);
+    const expected = await single.put(Readable.from([bytes]), format).then(
+      () => assert.fail(name),
+      (err: AetherError) => err,
+    );
     const actual = await rejectsWith(gateway.put(Readable.from([bytes]), format), expected.status, expected.code);
     assert.equal(actual.message, expected.message, name);
   }
@@ -278,5 +291,10 @@ async function startCountingProxy(targetPort: number): Promise<CountingProxy> {
 }
 
 function s3Config(env: Record<string, string>): S3Config {
-  return { endpoint: env.MINIO_ENDPOINT!, accessKeyId: env.MINIO_ACCESS_KEY!, secretAccessKey: env.MINIO_SECRET_KEY!, bucket: env.MINIO_BUCKET! };
+  return {
+    endpoint: env.MINIO_ENDPOINT!,
+    accessKeyId: env.MINIO_ACCESS_KEY!,
+    secretAccessKey: env.MINIO_SECRET_KEY!,
+    bucket: env.MINIO_BUCKET!,
+  };
 }

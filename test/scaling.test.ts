@@ -14,7 +14,6 @@ exports.handler = async (event) => {
   return { statusCode: 200, body: process.env.VERSION || 'v1' };
 };`;
 
-
 for (const driver of sandboxDrivers()) {
   describe(`scaling on ${driver}`, () => {
     let a: Aether;
@@ -28,7 +27,10 @@ for (const driver of sandboxDrivers()) {
     test('a burst from zero shares cold starts: 8 requests at concurrency 2 start exactly 4 instances', async () => {
       await a.deploy({ name: 'burst', concurrency: 2, max_instances: 10 }, { 'handler.js': SLOW });
       const res = await Promise.all(Array.from({ length: 8 }, () => a.invoke('burst', '/?ms=400')));
-      assert.deepEqual(res.map((r) => r.status), Array(8).fill(200));
+      assert.deepEqual(
+        res.map((r) => r.status),
+        Array(8).fill(200),
+      );
       assert.equal((await instances('burst')).length, 4);
       const inv = (await a.api('GET', '/api/functions/burst/invocations')).body;
       const cold = inv.filter((i: any) => i.cold_start).length;
@@ -69,7 +71,10 @@ for (const driver of sandboxDrivers()) {
     });
 
     test('a warm instance that keeps crashing is restarted with a growing delay, not in a tight loop', async () => {
-      await a.deploy({ name: 'crashloop', min_instances: 1 }, { 'handler.js': 'setTimeout(() => process.exit(1), 20); exports.handler = async () => "ok";' });
+      await a.deploy(
+        { name: 'crashloop', min_instances: 1 },
+        { 'handler.js': 'setTimeout(() => process.exit(1), 20); exports.handler = async () => "ok";' },
+      );
       await sleep(4000);
       await a.api('PATCH', '/api/functions/crashloop', { min_instances: 0 });
       const starts = a.logs.filter((l) => l.includes('"instance ready"') && l.includes('"crashloop"')).length;

@@ -46,7 +46,12 @@ test('a 100 MB request body streams through', async () => {
   const { createHash } = await import('node:crypto');
   const expected = createHash('sha256');
   for (let i = 0; i < 100; i++) expected.update(chunk);
-  const res = await a.invoke('big', '/upload', { method: 'POST', body: Readable.toWeb(body) as ReadableStream, duplex: 'half', headers: { 'content-type': 'application/octet-stream' } } as RequestInit);
+  const res = await a.invoke('big', '/upload', {
+    method: 'POST',
+    body: Readable.toWeb(body) as ReadableStream,
+    duplex: 'half',
+    headers: { 'content-type': 'application/octet-stream' },
+  } as RequestInit);
   assert.equal(res.status, 200);
   const out = await res.json();
   assert.equal(out.bytes, 100 * MB);

@@ -98,7 +98,7 @@ function readLines(stream: NodeJS.ReadableStream, onLine: (line: string) => void
   stream.setEncoding('utf8');
   stream.on('data', (chunk: string) => {
     buf += chunk;
-    let nl;
+    let nl: number;
     while ((nl = buf.indexOf('\n')) >= 0) {
       onLine(buf.slice(0, nl));
       buf = buf.slice(nl + 1);

@@ -49,10 +49,7 @@ export interface FetchTarget {
   fetch(request: Request): Response | Promise<Response>;
 }
 
-export type Mode =
-  | { kind: 'lambda'; handler: LambdaHandler }
-  | { kind: 'fetch'; target: FetchTarget }
-  | { kind: 'server' };
+export type Mode = { kind: 'lambda'; handler: LambdaHandler } | { kind: 'fetch'; target: FetchTarget } | { kind: 'server' };
 
 /** ESM named export or CJS module.exports.handler; a default object with fetch(); else the code serves itself. */
 export function detectMode(mod: { handler?: unknown; default?: { handler?: unknown; fetch?: unknown } }): Mode {

@@ -108,7 +108,7 @@ interface LambdaResult {
 /** `{statusCode,...}` as given; a string as text/plain; undefined as an empty 200; anything else as JSON. */
 function writeResult(res: ServerResponse, result: unknown): void {
   let status = 200;
-  let headers: OutgoingHttpHeaders = {};
+  const headers: OutgoingHttpHeaders = {};
   let body: unknown = result;
   let isBase64 = false;
   if (typeof result === 'object' && result !== null && 'statusCode' in result) {

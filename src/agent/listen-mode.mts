@@ -79,7 +79,9 @@ function forwardMetadata(port: number, server: Server, socket: Socket): void {
   server.close(); // nothing else is ever served
   socket.on('error', () => socket.destroy());
   socket.pipe(createWriteStream('', { fd: port, autoClose: false }));
-  createReadStream('', { fd: port }).on('error', () => socket.destroy()).pipe(socket);
+  createReadStream('', { fd: port })
+    .on('error', () => socket.destroy())
+    .pipe(socket);
 }
 
 function listen(server: Server, target: string | number): Promise<void> {

@@ -42,7 +42,11 @@ program
   .option('-p, --port <port>', 'listen port for gateways (PORT)')
   .option('-i, --isolation <driver>', 'auto | gvisor | bwrap | none (AETHER_ISOLATION)')
   .action(async (opts: { port?: string; isolation?: string }) => {
-    const env = { ...process.env, ...(opts.port ? { PORT: opts.port } : {}), ...(opts.isolation ? { AETHER_ISOLATION: opts.isolation } : {}) };
+    const env = {
+      ...process.env,
+      ...(opts.port ? { PORT: opts.port } : {}),
+      ...(opts.isolation ? { AETHER_ISOLATION: opts.isolation } : {}),
+    };
     untilSignal(await startWorker(loadWorkerConfig(env)));
   });
 

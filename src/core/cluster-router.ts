@@ -6,7 +6,16 @@
 import type { Socket } from 'node:net';
 import { timedOut, unavailable } from './errors.js';
 import type { Lease } from './pool.js';
-import type { ExitInfo, InstanceHandle, Logger, Placement, ProvisionRequest, ProvisionRequests, RouteDirectory, WorkerInfo } from './ports.js';
+import type {
+  ExitInfo,
+  InstanceHandle,
+  Logger,
+  Placement,
+  ProvisionRequest,
+  ProvisionRequests,
+  RouteDirectory,
+  WorkerInfo,
+} from './ports.js';
 import type { Router } from './scheduler.js';
 import type { FunctionRecord, InstanceInfo } from './types.js';
 
@@ -57,7 +66,9 @@ export class ClusterRouter implements Router, Placement {
     const instances = targets.reduce((n, t) => n + t.instances, 0);
     if (best.load >= fn.concurrency && instances < fn.max_instances) {
       // Every known instance is busy: add one on another worker while this request queues on the best.
-      this.coldStart(fn, instances, deadline).catch((err: Error) => this.deps.log.warn({ function: fn.name, err: err.message }, 'scale-out failed'));
+      this.coldStart(fn, instances, deadline).catch((err: Error) =>
+        this.deps.log.warn({ function: fn.name, err: err.message }, 'scale-out failed'),
+      );
     }
     return this.lease(fn, best.worker, cold);
   }
@@ -171,7 +182,9 @@ export class ClusterRouter implements Router, Placement {
     if (known && known.url === worker.url) return known.handle;
     known?.stop();
     let stop!: () => void;
-    const exited = new Promise<ExitInfo>((resolve) => (stop = () => resolve({ code: null, signal: null, reason: 'worker left the cluster' })));
+    const exited = new Promise<ExitInfo>(
+      (resolve) => (stop = () => resolve({ code: null, signal: null, reason: 'worker left the cluster' })),
+    );
     const handle: InstanceHandle = {
       id: worker.id,
       connect: () => this.deps.connect(worker),

@@ -28,7 +28,10 @@ const configShape = {
   env_vars: z
     .record(z.string(), z.string())
     .refine((env) => Object.keys(env).every((k) => ENV_NAME.test(k)), 'env var names must match [A-Za-z_][A-Za-z0-9_]*')
-    .refine((env) => Object.keys(env).every((k) => !RESERVED_ENV.has(k) && !k.startsWith('AETHER_')), `env var names PORT, HOME, PATH, NODE_OPTIONS and AETHER_* are reserved`)
+    .refine(
+      (env) => Object.keys(env).every((k) => !RESERVED_ENV.has(k) && !k.startsWith('AETHER_')),
+      `env var names PORT, HOME, PATH, NODE_OPTIONS and AETHER_* are reserved`,
+    )
     .refine((env) => Buffer.byteLength(JSON.stringify(env)) <= MAX_ENV_BYTES, `env vars may take at most ${MAX_ENV_BYTES} bytes`),
   timeout_ms: int(100, 15 * 60 * 1000),
   concurrency: int(1, 1000),
@@ -52,11 +55,20 @@ export const FUNCTION_DEFAULTS = {
 
 const NAME = z
   .string()
-  .regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/, 'name must be a DNS label: 1-63 lowercase letters, digits or "-", not starting or ending with "-"');
+  .regex(
+    /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/,
+    'name must be a DNS label: 1-63 lowercase letters, digits or "-", not starting or ending with "-"',
+  );
 
-const createSchema = z.strictObject({ name: NAME, ...configShape }).partial().required({ name: true, runtime: true });
+const createSchema = z
+  .strictObject({ name: NAME, ...configShape })
+  .partial()
+  .required({ name: true, runtime: true });
 /** PUT replaces the configuration (omitted fields return to defaults); PATCH changes only what it names. */
-const replaceSchema = z.strictObject({ name: NAME, ...configShape }).partial().required({ runtime: true });
+const replaceSchema = z
+  .strictObject({ name: NAME, ...configShape })
+  .partial()
+  .required({ runtime: true });
 const patchSchema = z.strictObject({ name: NAME, ...configShape }).partial();
 
 type Config = Omit<FunctionRecord, 'id' | 'version' | 'code_hash' | 'code_size' | 'created_at' | 'updated_at'>;

@@ -52,7 +52,13 @@ export class FunctionService {
     await this.get(idOrName);
     const stored = await this.code.put(archive, format);
     const fn = await this.get(idOrName); // re-read: the function may have changed or gone during the upload
-    const next: FunctionRecord = { ...fn, code_hash: stored.hash, code_size: stored.size, version: fn.version + 1, updated_at: new Date().toISOString() };
+    const next: FunctionRecord = {
+      ...fn,
+      code_hash: stored.hash,
+      code_size: stored.size,
+      version: fn.version + 1,
+      updated_at: new Date().toISOString(),
+    };
     await this.store.update(next);
     this.placement.updated(next);
     return next;

@@ -5,7 +5,7 @@
  * the IsolationDriver port and never touches HTTP.
  */
 import { randomUUID } from 'node:crypto';
-import { AetherError, badGateway, conflict, errorMessage, notFound, timedOut, unavailable } from './errors.js';
+import { type AetherError, badGateway, conflict, errorMessage, notFound, timedOut, unavailable } from './errors.js';
 import type { ExitInfo, InstanceHandle, IsolationDriver, Logger } from './ports.js';
 import type { FunctionRecord, InstanceInfo, InstanceState } from './types.js';
 
@@ -38,7 +38,10 @@ class Instance {
   inFlight = 0;
   served = 0;
   lastActive: number;
-  constructor(readonly version: number, now: number) {
+  constructor(
+    readonly version: number,
+    now: number,
+  ) {
     this.lastActive = now;
   }
 }
@@ -90,21 +93,33 @@ export class FunctionPool {
   /** Waits (bounded by the deadline) for a free slot on a ready instance of the current version. */
   acquire(deadline: number): Promise<Lease> {
     if (this.closed) return Promise.reject(notFound(`function ${this.fn.name} was deleted`));
-    if (!this.fn.code_hash) return Promise.reject(conflict(`function ${this.fn.name} has no code yet: upload it with POST /api/functions/${this.fn.id}/code`));
+    if (!this.fn.code_hash)
+      return Promise.reject(conflict(`function ${this.fn.name} has no code yet: upload it with POST /api/functions/${this.fn.id}/code`));
     const inst = this.freeInstance();
     if (inst && this.waiters.length === 0) return Promise.resolve(this.lease(inst, false));
     if (this.waiters.length >= this.deps.settings.maxQueue + this.slotsComing()) {
-      return Promise.reject(unavailable(`function ${this.fn.name} is at capacity and its queue is full (${this.deps.settings.maxQueue} waiting)`, 'queue_full'));
+      return Promise.reject(
+        unavailable(`function ${this.fn.name} is at capacity and its queue is full (${this.deps.settings.maxQueue} waiting)`, 'queue_full'),
+      );
     }
     return new Promise<Lease>((resolve, reject) => {
       const waiter: Waiter = {
         resolve,
         reject,
-        timer: setTimeout(() => {
-          this.removeWaiter(waiter);
-          const starting = this.current().some((i) => i.state === 'starting');
-          reject(starting ? timedOut(`function ${this.fn.name} did not start within its timeout of ${this.fn.timeout_ms} ms`) : unavailable(`function ${this.fn.name} has no free capacity (max_instances ${this.fn.max_instances}, concurrency ${this.fn.concurrency})`));
-        }, Math.max(0, deadline - this.now())),
+        timer: setTimeout(
+          () => {
+            this.removeWaiter(waiter);
+            const starting = this.current().some((i) => i.state === 'starting');
+            reject(
+              starting
+                ? timedOut(`function ${this.fn.name} did not start within its timeout of ${this.fn.timeout_ms} ms`)
+                : unavailable(
+                    `function ${this.fn.name} has no free capacity (max_instances ${this.fn.max_instances}, concurrency ${this.fn.concurrency})`,
+                  ),
+            );
+          },
+          Math.max(0, deadline - this.now()),
+        ),
       };
       this.waiters.push(waiter);
       this.scaleUp();
@@ -165,7 +180,10 @@ export class FunctionPool {
       const extra = live > Math.max(needed, 1) && idleFor >= grace;
       const last = live === 1 && needed === 0 && idleFor >= this.fn.idle_timeout_s * 1000;
       if (!extra && !last) continue;
-      this.deps.log.info({ function: this.fn.name, instance: inst.id, idle_ms: idleFor }, last ? 'scaling to zero' : 'scaling down idle instance');
+      this.deps.log.info(
+        { function: this.fn.name, instance: inst.id, idle_ms: idleFor },
+        last ? 'scaling to zero' : 'scaling down idle instance',
+      );
       this.drain(inst);
       live--;
     }
@@ -304,7 +322,10 @@ export class FunctionPool {
     inst.state = 'stopped';
     this.forget(inst);
     if (!expected) {
-      this.deps.log.warn({ function: this.fn.name, instance: inst.id, code: exit.code, signal: exit.signal, reason: exit.reason }, 'instance exited unexpectedly');
+      this.deps.log.warn(
+        { function: this.fn.name, instance: inst.id, code: exit.code, signal: exit.signal, reason: exit.reason },
+        'instance exited unexpectedly',
+      );
       this.scaleUp(); // requests waiting now are served at once
       // Warm instances (min_instances) come back with a growing delay while they keep dying young.
       const young = this.now() - inst.startedAt.getTime() < CRASH_WINDOW_MS;

@@ -15,7 +15,21 @@ import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import { createReadStream } from 'node:fs';
-import { access, chmod, copyFile, lutimes, mkdir, readdir, readFile, realpath, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import {
+  access,
+  chmod,
+  copyFile,
+  lutimes,
+  mkdir,
+  readdir,
+  readFile,
+  realpath,
+  rename,
+  rm,
+  stat,
+  symlink,
+  writeFile,
+} from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { gzipSync } from 'node:zlib';
@@ -30,7 +44,16 @@ const run = promisify(execFile);
 /** Bump when the layout changes in a way the inputs do not show. */
 const FORMAT = 'aether-microvm-image/1';
 /** Load order matters: each needs the ones before it (virtio_blk and virtio_console only virtio_mmio). */
-export const GUEST_MODULES = ['virtio_ring', 'virtio', 'virtio_mmio', 'failover', 'net_failover', 'virtio_net', 'virtio_blk', 'virtio_console'];
+export const GUEST_MODULES = [
+  'virtio_ring',
+  'virtio',
+  'virtio_mmio',
+  'failover',
+  'net_failover',
+  'virtio_net',
+  'virtio_blk',
+  'virtio_console',
+];
 /** Loaded by init under Firecracker only, after GUEST_MODULES. */
 export const GUEST_VSOCK_MODULES = ['vsock', 'vmw_vsock_virtio_transport_common', 'vmw_vsock_virtio_transport'];
 const BUSYBOX = '/bin/busybox';
@@ -173,7 +196,10 @@ async function agentFiles(): Promise<Input[]> {
 }
 
 async function inputsHash(digests: DigestCache, kernel: string, script: string, ...groups: Input[][]): Promise<string> {
-  const hash = createHash('sha256').update(`${FORMAT}\n`).update(script).update(await digests.of(kernel));
+  const hash = createHash('sha256')
+    .update(`${FORMAT}\n`)
+    .update(script)
+    .update(await digests.of(kernel));
   for (const [i, group] of groups.entries()) {
     for (const input of [...group].sort((a, b) => a.guestPath.localeCompare(b.guestPath))) {
       hash.update(`\n${i} ${input.guestPath} ${input.mode.toString(8)} ${await digests.of(input.hostPath)}`);
@@ -196,7 +222,10 @@ class DigestCache {
 
   static async open(cacheDir: string): Promise<DigestCache> {
     const file = path.join(cacheDir, 'digests.json');
-    const known = await readFile(file, 'utf8').then((text) => JSON.parse(text) as Record<string, string>, () => ({}));
+    const known = await readFile(file, 'utf8').then(
+      (text) => JSON.parse(text) as Record<string, string>,
+      () => ({}),
+    );
     return new DigestCache(file, known);
   }
 
@@ -207,7 +236,10 @@ class DigestCache {
     if (known) return known;
     const digest = await new Promise<string>((resolve, reject) => {
       const hash = createHash('sha256');
-      createReadStream(file).on('error', reject).on('data', (chunk) => hash.update(chunk)).on('end', () => resolve(hash.digest('hex')));
+      createReadStream(file)
+        .on('error', reject)
+        .on('data', (chunk) => hash.update(chunk))
+        .on('end', () => resolve(hash.digest('hex')));
     });
     this.known[key] = digest;
     this.changed = true;

@@ -48,7 +48,10 @@ export async function debianCloudKernel(cacheDir: string, onProgress: (msg: stri
 async function currentPackage(cacheDir: string): Promise<string> {
   const remembered = path.join(cacheDir, 'kernels', 'current.json');
   const lists = String((await stat(APT_LISTS).catch(() => undefined))?.mtimeMs);
-  const known = await readFile(remembered, 'utf8').then((text) => JSON.parse(text) as { lists: string; pkg: string }, () => undefined);
+  const known = await readFile(remembered, 'utf8').then(
+    (text) => JSON.parse(text) as { lists: string; pkg: string },
+    () => undefined,
+  );
   if (known?.lists === lists) return known.pkg;
   const pkg = await askApt();
   await mkdir(path.dirname(remembered), { recursive: true });

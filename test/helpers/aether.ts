@@ -29,7 +29,9 @@ export function makeZip(files: Record<string, string>): Uint8Array<ArrayBuffer> 
   return new Uint8Array(zipSync(Object.fromEntries(Object.entries(files).map(([k, v]) => [k, strToU8(v)]))));
 }
 
-export async function startAether(opts: { role?: 'serve' | 'gateway' | 'worker'; isolation?: string; env?: Record<string, string>; dataDir?: string } = {}): Promise<Aether> {
+export async function startAether(
+  opts: { role?: 'serve' | 'gateway' | 'worker'; isolation?: string; env?: Record<string, string>; dataDir?: string } = {},
+): Promise<Aether> {
   const dataDir = opts.dataDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'aether-test-'));
   const logs: string[] = [];
   const { proc, url, kill, stop } = await launchAether({

@@ -154,7 +154,8 @@ export class FirecrackerDouble {
       case 'PUT /machine-config': {
         this.preBoot('machine config');
         const vcpus = body.vcpu_count;
-        if (!Number.isInteger(vcpus) || (vcpus as number) < 1 || (vcpus as number) > 32) throw new Fault('The vCPU number is invalid! The vCPU number can only be 1 or an even number when SMT is enabled.');
+        if (!Number.isInteger(vcpus) || (vcpus as number) < 1 || (vcpus as number) > 32)
+          throw new Fault('The vCPU number is invalid! The vCPU number can only be 1 or an even number when SMT is enabled.');
         if (!Number.isInteger(body.mem_size_mib) || (body.mem_size_mib as number) < 1) throw new Fault('The memory size (MiB) is invalid.');
         vm.machine = body;
         return undefined;
@@ -167,9 +168,11 @@ export class FirecrackerDouble {
         return undefined;
       case 'PUT /drives/{drive_id}':
         this.preBoot('drive config');
-        if (body.drive_id !== param) throw new Fault(`The id from the path [${param}] does not match the id from the body [${String(body.drive_id)}]!`);
+        if (body.drive_id !== param)
+          throw new Fault(`The id from the path [${param}] does not match the id from the body [${String(body.drive_id)}]!`);
         this.mustExist(body.path_on_host, 'drive');
-        if (body.is_root_device && Object.values(vm.drives).some((d) => d.is_root_device && d.drive_id !== param)) throw new Fault('A root block device already exists!');
+        if (body.is_root_device && Object.values(vm.drives).some((d) => d.is_root_device && d.drive_id !== param))
+          throw new Fault('A root block device already exists!');
         vm.drives[param!] = body;
         return undefined;
       case 'PATCH /drives/{drive_id}':
@@ -180,7 +183,8 @@ export class FirecrackerDouble {
         return undefined;
       case 'PUT /network-interfaces/{iface_id}':
         this.preBoot('network interface config');
-        if (body.iface_id !== param) throw new Fault(`The id from the path [${param}] does not match the id from the body [${String(body.iface_id)}]!`);
+        if (body.iface_id !== param)
+          throw new Fault(`The id from the path [${param}] does not match the id from the body [${String(body.iface_id)}]!`);
         vm.ifaces[param!] = body;
         return undefined;
       case 'PUT /vsock':
@@ -190,10 +194,16 @@ export class FirecrackerDouble {
         return undefined;
       case 'PUT /mmds/config': {
         this.preBoot('MMDS config');
-        if (body.version !== undefined && !['V1', 'V2'].includes(body.version as string)) throw new Fault(`unknown variant \`${String(body.version)}\``);
+        if (body.version !== undefined && !['V1', 'V2'].includes(body.version as string))
+          throw new Fault(`unknown variant \`${String(body.version)}\``);
         const ifaces = body.network_interfaces as unknown[];
-        if (!Array.isArray(ifaces) || ifaces.length === 0) throw new Fault('The list of network interface IDs that allow forwarding MMDS requests is empty.');
-        for (const id of ifaces) if (!vm.ifaces[id as string]) throw new Fault(`The list of network interface IDs provided contains at least one ID that does not correspond to any existing network interface: ${String(id)}.`);
+        if (!Array.isArray(ifaces) || ifaces.length === 0)
+          throw new Fault('The list of network interface IDs that allow forwarding MMDS requests is empty.');
+        for (const id of ifaces)
+          if (!vm.ifaces[id as string])
+            throw new Fault(
+              `The list of network interface IDs provided contains at least one ID that does not correspond to any existing network interface: ${String(id)}.`,
+            );
         vm.mmdsConfig = body;
         return undefined;
       }
@@ -206,13 +216,15 @@ export class FirecrackerDouble {
         return this.action(body.action_type);
       case 'PATCH /vm':
         this.postBoot('vm state update');
-        if (body.state !== 'Paused' && body.state !== 'Resumed') throw new Fault(`unknown variant \`${String(body.state)}\`, expected \`Paused\` or \`Resumed\``);
+        if (body.state !== 'Paused' && body.state !== 'Resumed')
+          throw new Fault(`unknown variant \`${String(body.state)}\`, expected \`Paused\` or \`Resumed\``);
         this.state = body.state === 'Paused' ? 'Paused' : 'Running';
         return undefined;
       case 'PUT /snapshot/create':
         this.postBoot('create snapshot');
         if (this.state !== 'Paused') throw new Fault('Cannot create a snapshot: the microVM is not paused.');
-        if (body.snapshot_type !== undefined && !['Full', 'Diff'].includes(body.snapshot_type as string)) throw new Fault(`unknown variant \`${String(body.snapshot_type)}\``);
+        if (body.snapshot_type !== undefined && !['Full', 'Diff'].includes(body.snapshot_type as string))
+          throw new Fault(`unknown variant \`${String(body.snapshot_type)}\``);
         writeFileSync(this.host(body.snapshot_path), JSON.stringify(vm));
         writeFileSync(this.host(body.mem_file_path), Buffer.alloc(4096));
         return undefined;
@@ -227,7 +239,8 @@ export class FirecrackerDouble {
     if (type === 'InstanceStart') {
       this.preBoot('InstanceStart');
       if (!this.vm.bootSource) throw new Fault('Cannot start microvm without kernel configuration.');
-      if (!Object.values(this.vm.drives).some((d) => d.is_root_device)) throw new Fault('Cannot start microvm without a root block device.');
+      if (!Object.values(this.vm.drives).some((d) => d.is_root_device))
+        throw new Fault('Cannot start microvm without a root block device.');
       this.state = 'Running';
       this.boot(true);
       return undefined;
@@ -243,11 +256,20 @@ export class FirecrackerDouble {
 
   private load(body: Body): undefined {
     const vm = this.vm;
-    const fresh = this.state === 'Not started' && !vm.bootSource && !vm.machine && !vm.vsock && !vm.mmdsConfig && !Object.keys(vm.drives).length && !Object.keys(vm.ifaces).length;
+    const fresh =
+      this.state === 'Not started' &&
+      !vm.bootSource &&
+      !vm.machine &&
+      !vm.vsock &&
+      !vm.mmdsConfig &&
+      !Object.keys(vm.drives).length &&
+      !Object.keys(vm.ifaces).length;
     if (!fresh) throw new Fault('Loading a microVM snapshot not allowed after configuring boot-specific resources.');
     const backend = body.mem_backend as Body | undefined;
-    if ((body.mem_file_path === undefined) === (backend === undefined)) throw new Fault('Exactly one of mem_file_path or mem_backend must be present.');
-    if (backend && (backend.backend_type !== 'File' || typeof backend.backend_path !== 'string')) throw new Fault('mem_backend needs backend_type File and a backend_path.');
+    if ((body.mem_file_path === undefined) === (backend === undefined))
+      throw new Fault('Exactly one of mem_file_path or mem_backend must be present.');
+    if (backend && (backend.backend_type !== 'File' || typeof backend.backend_path !== 'string'))
+      throw new Fault('mem_backend needs backend_type File and a backend_path.');
     this.mustExist(body.snapshot_path, 'snapshot');
     this.mustExist(backend ? backend.backend_path : body.mem_file_path, 'memory file');
     Object.assign(vm, JSON.parse(readFileSync(this.host(body.snapshot_path), 'utf8')) as VmConfig);
@@ -271,7 +293,8 @@ export class FirecrackerDouble {
   }
 
   private mustExist(file: unknown, what: string): void {
-    if (typeof file !== 'string' || !existsSync(this.host(file))) throw new Fault(`Unable to open the ${what} file ${String(file)}: No such file or directory (os error 2)`);
+    if (typeof file !== 'string' || !existsSync(this.host(file)))
+      throw new Fault(`Unable to open the ${what} file ${String(file)}: No such file or directory (os error 2)`);
   }
 
   private boot(cold: boolean): void {
@@ -279,7 +302,6 @@ export class FirecrackerDouble {
     this.guest = new SimulatedGuest(this, this.opts, cold);
   }
 }
-
 
 const run = promisify(execFile);
 
@@ -345,7 +367,10 @@ class SimulatedGuest {
     });
     this.agent = agent;
     agent.stdin.end(`${instance.token}\n`);
-    for (const [stream, port] of [[agent.stdout, VSOCK_PORTS.stdout], [agent.stderr, VSOCK_PORTS.stderr]] as const) {
+    for (const [stream, port] of [
+      [agent.stdout, VSOCK_PORTS.stdout],
+      [agent.stderr, VSOCK_PORTS.stderr],
+    ] as const) {
       const socket = connect(`${vsock}_${port}`);
       socket.on('error', () => {});
       stream.pipe(socket);

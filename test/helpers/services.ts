@@ -13,7 +13,6 @@ import { freePort } from '../../src/adapters/free-port.js';
 
 export { freePort };
 
-
 async function waitForPort(port: number, timeoutMs: number, what: string): Promise<void> {
   const end = Date.now() + timeoutMs;
   while (Date.now() < end) {
@@ -68,12 +67,35 @@ export async function startServices(): Promise<Services> {
   const [etcdPort, peerPort, redisPort, s3Port] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
   const etcdUrl = `http://127.0.0.1:${etcdPort}`;
   const etcd = new ServiceProcess('etcd', etcdPort, 'etcd', [
-    '--name', 'test', '--data-dir', path.join(dir, 'etcd'),
-    '--listen-client-urls', etcdUrl, '--advertise-client-urls', etcdUrl,
-    '--listen-peer-urls', `http://127.0.0.1:${peerPort}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${peerPort}`,
-    '--initial-cluster', `test=http://127.0.0.1:${peerPort}`, '--log-level', 'error',
+    '--name',
+    'test',
+    '--data-dir',
+    path.join(dir, 'etcd'),
+    '--listen-client-urls',
+    etcdUrl,
+    '--advertise-client-urls',
+    etcdUrl,
+    '--listen-peer-urls',
+    `http://127.0.0.1:${peerPort}`,
+    '--initial-advertise-peer-urls',
+    `http://127.0.0.1:${peerPort}`,
+    '--initial-cluster',
+    `test=http://127.0.0.1:${peerPort}`,
+    '--log-level',
+    'error',
   ]);
-  const redis = new ServiceProcess('redis', redisPort, 'redis-server', ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir]);
+  const redis = new ServiceProcess('redis', redisPort, 'redis-server', [
+    '--port',
+    String(redisPort),
+    '--bind',
+    '127.0.0.1',
+    '--save',
+    '',
+    '--appendonly',
+    'no',
+    '--dir',
+    dir,
+  ]);
   let s3server: S3rver | undefined;
   const s3 = {
     port: s3Port,

@@ -8,8 +8,7 @@ export function quote(name: string): string {
 }
 
 export const invalidArchive = (message: string) => badRequest(message, 'invalid_archive');
-export const unsafePath = (name: string, why: string) =>
-  badRequest(`entry ${quote(name)} ${why}`, 'unsafe_path');
+export const unsafePath = (name: string, why: string) => badRequest(`entry ${quote(name)} ${why}`, 'unsafe_path');
 export const linkNotAllowed = (name: string, kind: string) =>
   badRequest(`entry ${quote(name)} is a ${kind}; links are not allowed in code archives`, 'symlink_not_allowed');
 

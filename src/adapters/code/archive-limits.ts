@@ -22,8 +22,7 @@ export const DEFAULT_ARCHIVE_LIMITS: Readonly<ArchiveLimits> = {
 export const MAX_INFLATION_RATIO = 200;
 export const INFLATION_FLOOR_BYTES = 256 * 1024;
 
-export const inflationAllowance = (compressedBytes: number) =>
-  Math.max(INFLATION_FLOOR_BYTES, MAX_INFLATION_RATIO * compressedBytes);
+export const inflationAllowance = (compressedBytes: number) => Math.max(INFLATION_FLOOR_BYTES, MAX_INFLATION_RATIO * compressedBytes);
 
 export function formatBytes(n: number): string {
   if (n >= MiB && n % MiB === 0) return `${n / MiB} MB`;

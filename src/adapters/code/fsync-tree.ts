@@ -10,7 +10,7 @@ export async function fsyncTree(dir: string): Promise<void> {
   const paths = [dir, ...entries.map((e) => join(e.parentPath, e.name))];
   await Promise.all(
     Array.from({ length: CONCURRENCY }, async () => {
-      for (let path; (path = paths.pop()) !== undefined; ) await fsyncPath(path);
+      for (let path: string | undefined; (path = paths.pop()) !== undefined; ) await fsyncPath(path);
     }),
   );
 }

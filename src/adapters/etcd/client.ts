@@ -12,7 +12,13 @@ const CALL_TIMEOUT_MS = 2000;
 
 /** `endpoints` as in ETCD_ENDPOINTS: one URL or a comma-separated list. */
 export function connectEtcd(endpoints: string | string[]): Etcd3 {
-  const hosts = typeof endpoints === 'string' ? endpoints.split(',').map((h) => h.trim()).filter(Boolean) : endpoints;
+  const hosts =
+    typeof endpoints === 'string'
+      ? endpoints
+          .split(',')
+          .map((h) => h.trim())
+          .filter(Boolean)
+      : endpoints;
   return new Etcd3({
     hosts,
     dialTimeout: CALL_TIMEOUT_MS,

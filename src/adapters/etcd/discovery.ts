@@ -37,8 +37,20 @@ export class EtcdDiscovery implements RouteDirectory {
     this.client = connectEtcd(endpoints);
     this.listeners = new Listeners(log);
     this.registration = new WorkerRegistration(this.client, opts.leaseTtlS ?? 5, log);
-    this.workerMirror = new PrefixMirror(this.client, WORKERS_PREFIX, decodeWorker, (_key, worker, prev) => this.workerChanged(worker, prev), log);
-    this.routeMirror = new PrefixMirror(this.client, ROUTES_PREFIX, decodeRoute, (_key, route, prev) => this.routeChanged(route, prev), log);
+    this.workerMirror = new PrefixMirror(
+      this.client,
+      WORKERS_PREFIX,
+      decodeWorker,
+      (_key, worker, prev) => this.workerChanged(worker, prev),
+      log,
+    );
+    this.routeMirror = new PrefixMirror(
+      this.client,
+      ROUTES_PREFIX,
+      decodeRoute,
+      (_key, route, prev) => this.routeChanged(route, prev),
+      log,
+    );
   }
 
   // Worker side.
@@ -154,5 +166,7 @@ function decodeWorker(key: string, raw: string): WorkerInfo | undefined {
 /** A route must sit under the key its own ids name (anything else under `/functions/` is not a route). */
 function decodeRoute(key: string, raw: string): InstanceRoute | undefined {
   const route = JSON.parse(raw) as InstanceRoute;
-  return key === instanceKey(route?.function_id, route?.instance_id) && typeof route.worker_id === 'string' ? Object.freeze(route) : undefined;
+  return key === instanceKey(route?.function_id, route?.instance_id) && typeof route.worker_id === 'string'
+    ? Object.freeze(route)
+    : undefined;
 }

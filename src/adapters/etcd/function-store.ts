@@ -81,7 +81,10 @@ export class EtcdFunctionStore implements FunctionStore {
       // Usually one round trip: the name key points at this function, so the stored record has
       // this name too and overwriting it (last writer wins) keeps names consistent.
       const kept = await this.txn(() =>
-        this.client.if(nameKey(fn.name), 'Value', '==', fn.id).then(this.client.put(functionKey(fn.id)).value(raw)).commit(),
+        this.client
+          .if(nameKey(fn.name), 'Value', '==', fn.id)
+          .then(this.client.put(functionKey(fn.id)).value(raw))
+          .commit(),
       );
       if (kept.succeeded) return this.applied(functionKey(fn.id), raw, kept);
       // A rename: move the name key along, provided nobody changed the record since it was read.

@@ -74,7 +74,9 @@ export class WorkerRegistration {
       try {
         const res = await this.client.getAll().prefix(ROUTES_PREFIX).exec();
         const stale = res.kvs.filter((kv) => !this.routes.has(kv.key.toString()) && routeOf(kv.value.toString())?.worker_id === workerId);
-        await Promise.all(stale.map((kv) => this.client.if(kv.key, 'Mod', '==', kv.mod_revision).then(this.client.delete().key(kv.key)).commit()));
+        await Promise.all(
+          stale.map((kv) => this.client.if(kv.key, 'Mod', '==', kv.mod_revision).then(this.client.delete().key(kv.key)).commit()),
+        );
         return stale.length;
       } catch (err) {
         throw unavailable(err);
@@ -87,7 +89,9 @@ export class WorkerRegistration {
     this.closed = true;
     const lease = this.lease;
     this.lease = undefined;
-    await lease?.revoke().catch((err: unknown) => this.log.warn({ err: errorMessage(err) }, 'could not revoke the worker lease; it expires by itself'));
+    await lease
+      ?.revoke()
+      .catch((err: unknown) => this.log.warn({ err: errorMessage(err) }, 'could not revoke the worker lease; it expires by itself'));
   }
 
   private write(key: string, value: WorkerInfo | InstanceRoute): Promise<void> {
@@ -147,7 +151,13 @@ export class WorkerRegistration {
     if (this.worker) puts.push([workerKey(this.worker.id), this.worker]);
     await Promise.all([
       ...puts.map(([key, value]) => lease.put(key).value(JSON.stringify(value)).exec()),
-      ...[...this.unwritten].map((key) => this.client.delete().key(key).exec().then(() => this.unwritten.delete(key))),
+      ...[...this.unwritten].map((key) =>
+        this.client
+          .delete()
+          .key(key)
+          .exec()
+          .then(() => this.unwritten.delete(key)),
+      ),
     ]);
   }
 

@@ -8,7 +8,10 @@ import type { ArchiveFormat, WorkerInfo } from '../../core/ports.js';
 
 type IdParams = { Params: { id: string } };
 
-export async function apiRoutes(app: FastifyInstance, opts: { functions: FunctionService; maxUploadBytes: number; workers?: () => WorkerInfo[] }): Promise<void> {
+export async function apiRoutes(
+  app: FastifyInstance,
+  opts: { functions: FunctionService; maxUploadBytes: number; workers?: () => WorkerInfo[] },
+): Promise<void> {
   const fns = opts.functions;
   const workers = opts.workers;
   if (workers) app.get('/api/workers', async () => workers());
@@ -28,7 +31,14 @@ export async function apiRoutes(app: FastifyInstance, opts: { functions: Functio
   // Code upload: a multipart field "file" or the archive as the raw body; streamed, never buffered.
   await app.register(async (scope) => {
     await scope.register(multipart, { limits: { fileSize: opts.maxUploadBytes, files: 1, fields: 10 } });
-    for (const type of ['application/zip', 'application/x-zip-compressed', 'application/gzip', 'application/x-gzip', 'application/x-tar+gzip', 'application/octet-stream']) {
+    for (const type of [
+      'application/zip',
+      'application/x-zip-compressed',
+      'application/gzip',
+      'application/x-gzip',
+      'application/x-tar+gzip',
+      'application/octet-stream',
+    ]) {
       scope.addContentTypeParser(type, (_req, payload, done) => done(null, payload));
     }
     scope.post<IdParams>('/api/functions/:id/code', async (req, reply) => {
@@ -43,14 +53,20 @@ async function archiveFrom(req: FastifyRequest, maxBytes: number): Promise<{ str
   const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
   if (type === 'multipart/form-data') {
     const part = await req.file();
-    if (!part || part.fieldname !== 'file') throw badRequest('expected the archive in a multipart field named "file"');
+    if (part?.fieldname !== 'file') throw badRequest('expected the archive in a multipart field named "file"');
     const gz = /\.(tar\.gz|tgz)$/i.test(part.filename) || /gzip/.test(part.mimetype);
     // Surface the multipart size limit as our 413 rather than a truncated archive.
-    part.file.on('limit', () => part.file.destroy(new AetherError(413, 'too_large', `archive is larger than ${Math.round(maxBytes / 2 ** 20)} MB`)));
+    part.file.on('limit', () =>
+      part.file.destroy(new AetherError(413, 'too_large', `archive is larger than ${Math.round(maxBytes / 2 ** 20)} MB`)),
+    );
     return { stream: part.file, format: gz ? 'tar.gz' : 'zip' };
   }
   if (!req.body || typeof (req.body as NodeJS.ReadableStream).pipe !== 'function') {
-    throw new AetherError(415, 'unsupported_media_type', 'send the archive as multipart field "file", or as a raw body with Content-Type application/zip or application/gzip');
+    throw new AetherError(
+      415,
+      'unsupported_media_type',
+      'send the archive as multipart field "file", or as a raw body with Content-Type application/zip or application/gzip',
+    );
   }
   return { stream: req.body as NodeJS.ReadableStream, format: /gzip/.test(type) ? 'tar.gz' : 'zip' };
 }

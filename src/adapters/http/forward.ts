@@ -10,7 +10,19 @@ import { CLUSTER_TOKEN_HEADER } from './auth.js';
 import type { Lease } from '../../core/pool.js';
 import type { InstanceHandle } from '../../core/ports.js';
 
-const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'expect', 'proxy-authenticate', 'proxy-authorization', CLUSTER_TOKEN_HEADER]);
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'transfer-encoding',
+  'te',
+  'trailer',
+  'upgrade',
+  'expect',
+  'proxy-authenticate',
+  'proxy-authorization',
+  CLUSTER_TOKEN_HEADER,
+]);
 
 const pools = new WeakMap<InstanceHandle, Pool>();
 
@@ -54,9 +66,15 @@ export const INSTANCE_HEADER = 'x-aether-instance';
  * Resolves with the status sent to the client and the instance that served it; throws an
  * AetherError if nothing was sent yet (code `connection_refused`: the request never left).
  */
-export async function forward(req: IncomingMessage, res: ServerResponse, lease: Lease, opts: ForwardOptions): Promise<{ status: number; instanceId: string }> {
+export async function forward(
+  req: IncomingMessage,
+  res: ServerResponse,
+  lease: Lease,
+  opts: ForwardOptions,
+): Promise<{ status: number; instanceId: string }> {
   const headers = forwardedHeaders(req.headers, opts);
-  const hasBody = req.headers['content-length'] !== undefined ? req.headers['content-length'] !== '0' : req.headers['transfer-encoding'] !== undefined;
+  const hasBody =
+    req.headers['content-length'] !== undefined ? req.headers['content-length'] !== '0' : req.headers['transfer-encoding'] !== undefined;
   let status = 0;
   let instanceId = opts.instanceId;
   try {

@@ -101,7 +101,7 @@ export function functionPath(url: string): string {
   let end = start;
   while (end < url.length && url[end] !== '/' && url[end] !== '?') end++;
   const rest = url.slice(end);
-  return rest.startsWith('/') ? rest : '/' + rest;
+  return rest.startsWith('/') ? rest : `/${rest}`;
 }
 
 function sendError(res: import('node:http').ServerResponse, err: AetherError, requestId: string): void {
@@ -110,6 +110,10 @@ function sendError(res: import('node:http').ServerResponse, err: AetherError, re
     return;
   }
   const body = JSON.stringify({ error: { code: err.code, message: err.message } });
-  res.writeHead(err.status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body), 'x-aether-request-id': requestId });
+  res.writeHead(err.status, {
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': Buffer.byteLength(body),
+    'x-aether-request-id': requestId,
+  });
   res.end(body);
 }

@@ -83,7 +83,13 @@ export class CgroupTree {
       const parts = this.parent.split('/');
       for (let n = parts.length; n > 0; n--) {
         const dir = path.join(this.mountRoot, ctrl, ...parts.slice(0, n));
-        if (!(await fs.rmdir(dir).then(() => true, () => false))) break;
+        if (
+          !(await fs.rmdir(dir).then(
+            () => true,
+            () => false,
+          ))
+        )
+          break;
       }
     }
   }

@@ -172,8 +172,7 @@ class ProcessInstance implements InstanceHandle {
   private async teardown(exit: ProcessExit): Promise<ExitInfo> {
     const { channel, hooks, spec } = this.launch;
     this.signal('SIGKILL'); // whatever the process left behind in its group
-    const problem = (what: string, err: unknown) =>
-      spec.onLog('stderr', `[aether-host] ${what} failed: ${errorMessage(err)}`);
+    const problem = (what: string, err: unknown) => spec.onLog('stderr', `[aether-host] ${what} failed: ${errorMessage(err)}`);
     let explained: Partial<ExitInfo> = {};
     try {
       explained = (await hooks?.explainExit?.(exit)) ?? {};

@@ -149,8 +149,17 @@ export async function selectDriver(mode: IsolationMode, opts: SelectOptions): Pr
 
 /** A microVM is only worth probing with its VMM installed and a KVM device present. */
 async function microVmPossible(vmm: string): Promise<boolean> {
-  const kvm = await access('/dev/kvm', constants.R_OK | constants.W_OK).then(() => true, () => false);
-  return kvm && (await run(vmm, ['--version']).then(() => true, () => false));
+  const kvm = await access('/dev/kvm', constants.R_OK | constants.W_OK).then(
+    () => true,
+    () => false,
+  );
+  return (
+    kvm &&
+    (await run(vmm, ['--version']).then(
+      () => true,
+      () => false,
+    ))
+  );
 }
 
 /** Starts a trivial function in the sandbox and stops it again; resolves with the time to ready. */

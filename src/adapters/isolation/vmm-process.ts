@@ -10,7 +10,9 @@ export interface VmmExit {
 
 /** Calls onLine for each line of a stream; streams end or reset with the process, and its exit path reports that. */
 export function lines(stream: Readable, onLine: (line: string) => void): void {
-  createInterface({ input: stream, crlfDelay: Infinity }).on('line', onLine).on('error', () => {});
+  createInterface({ input: stream, crlfDelay: Infinity })
+    .on('line', onLine)
+    .on('error', () => {});
 }
 
 /** Settles once the process is gone (or never started: then onError has said why). */

@@ -9,8 +9,15 @@ import { errorMessage } from '../../core/errors.js';
 import type { Logger } from '../../core/ports.js';
 import { blockingDuplicate, OutageWarner, ready } from './connection.js';
 import {
-  decodeJob, dropIfEmpty, GROUP, removeJob, streamKey, TARGETS_KEY, toEntries,
-  type ProvisionJob, type StreamEntry,
+  decodeJob,
+  dropIfEmpty,
+  GROUP,
+  removeJob,
+  streamKey,
+  TARGETS_KEY,
+  toEntries,
+  type ProvisionJob,
+  type StreamEntry,
 } from './provision-jobs.js';
 
 export interface ConsumeOptions {
@@ -85,7 +92,18 @@ export class ProvisionConsumer {
     await ready(this.blocking, 2000);
     while (!this.stopped) {
       try {
-        const reply = await this.blocking.xreadgroup('GROUP', GROUP, this.me, 'COUNT', BATCH, 'BLOCK', this.timing.blockMs, 'STREAMS', own, cursor);
+        const reply = await this.blocking.xreadgroup(
+          'GROUP',
+          GROUP,
+          this.me,
+          'COUNT',
+          BATCH,
+          'BLOCK',
+          this.timing.blockMs,
+          'STREAMS',
+          own,
+          cursor,
+        );
         this.outage.succeeded();
         const entries = toEntries(Array.isArray(reply) ? reply[0]?.[1] : null);
         if (cursor !== '>') cursor = entries.at(-1)?.id ?? '>';
@@ -181,7 +199,10 @@ export class ProvisionConsumer {
   private run(worker: string, entry: StreamEntry): void {
     const key = `${worker} ${entry.id}`;
     if (this.inFlight.has(key)) return;
-    this.inFlight.set(key, this.process(worker, entry).finally(() => this.inFlight.delete(key)));
+    this.inFlight.set(
+      key,
+      this.process(worker, entry).finally(() => this.inFlight.delete(key)),
+    );
   }
 
   private async process(worker: string, entry: StreamEntry): Promise<void> {

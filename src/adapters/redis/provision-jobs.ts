@@ -68,8 +68,19 @@ return 1`;
 
 export async function addJob(redis: Redis, req: ProvisionRequest): Promise<{ jobId: string; enqueued: boolean }> {
   const ttl = Math.max(1, Math.ceil(req.deadline - Date.now()));
-  const reply = (await redis.eval(REQUEST, 3, dedupeKey(req), streamKey(req.targetWorker), TARGETS_KEY, ttl,
-    req.targetWorker, req.functionId, req.version, req.slot, req.deadline)) as [number, string];
+  const reply = (await redis.eval(
+    REQUEST,
+    3,
+    dedupeKey(req),
+    streamKey(req.targetWorker),
+    TARGETS_KEY,
+    ttl,
+    req.targetWorker,
+    req.functionId,
+    req.version,
+    req.slot,
+    req.deadline,
+  )) as [number, string];
   return { jobId: reply[1], enqueued: reply[0] === 1 };
 }
 

@@ -171,5 +171,4 @@ function storageUnavailable(err: unknown): AetherError {
   return unavailable(`code storage (S3) is unavailable: ${reason}`, 'code_store_unavailable');
 }
 
-const statusOf = (err: unknown): number | undefined =>
-  (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
+const statusOf = (err: unknown): number | undefined => (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;

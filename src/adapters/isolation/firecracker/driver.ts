@@ -19,7 +19,7 @@ import { agentNodeArgs } from '../agent-path.js';
 import { agentConfig, openChannel, type AgentConfig } from '../channel.js';
 import { CodeDisks } from '../qemu/code-disk.js';
 import { GUEST_OVERHEAD_MB } from '../qemu/driver.js';
-import { FirecrackerApi } from './api.js';
+import type { FirecrackerApi } from './api.js';
 import { FirecrackerInstance } from './instance.js';
 import { directPlacement, IdPool, jailedPlacement, jailerFromEnv, type JailerConfig, type Placement } from './jailer.js';
 import { HostNetwork, type Attachment } from './network.js';
@@ -85,11 +85,14 @@ export class FirecrackerDriver implements IsolationDriver {
     const jailer = opts.jailer ?? jailerFromEnv(process.env, opts.runDir);
     // The jailer needs the binary's path (--exec-file).
     const binary = jailer ? await onPath(opts.binary ?? 'firecracker') : (opts.binary ?? 'firecracker');
-    if (jailer) await access(jailer.jailer, constants.X_OK).catch(() => {
-      throw new Error(`the jailer ${jailer.jailer} (FIRECRACKER_JAILER) is not an executable file`);
-    });
+    if (jailer)
+      await access(jailer.jailer, constants.X_OK).catch(() => {
+        throw new Error(`the jailer ${jailer.jailer} (FIRECRACKER_JAILER) is not an executable file`);
+      });
     await run(binary, ['--version']).catch((err: NodeJS.ErrnoException) => {
-      throw new Error(err.code === 'ENOENT' ? `${binary} not found (set its path or put it on PATH)` : `${binary} --version failed: ${err.message}`);
+      throw new Error(
+        err.code === 'ENOENT' ? `${binary} not found (set its path or put it on PATH)` : `${binary} --version failed: ${err.message}`,
+      );
     });
     return new FirecrackerDriver({ ...opts, binary, jailer }, opts.image ?? (await buildImage({ cacheDir: opts.cacheDir })));
   }
@@ -99,7 +102,12 @@ export class FirecrackerDriver implements IsolationDriver {
    * within the timeout. /dev/kvm existing proves nothing (see the QEMU driver's accel.ts).
    */
   async probe(timeoutMs = 8000, kvmDevice = '/dev/kvm'): Promise<{ ok: boolean; detail: string }> {
-    if (!(await access(kvmDevice, constants.R_OK | constants.W_OK).then(() => true, () => false))) {
+    if (
+      !(await access(kvmDevice, constants.R_OK | constants.W_OK).then(
+        () => true,
+        () => false,
+      ))
+    ) {
       return { ok: false, detail: `${kvmDevice} is not usable` };
     }
     await mkdir(this.opts.runDir, { recursive: true, mode: 0o711 });
@@ -124,7 +132,10 @@ export class FirecrackerDriver implements IsolationDriver {
       const outcome = await Promise.race([ok, timeout, vmm.ended.then(() => 'exit' as const)]);
       const ms = Date.now() - started;
       if (outcome === 'ok') return { ok: true, detail: `KVM probe boot in ${ms} ms` };
-      return { ok: false, detail: outcome === 'timeout' ? `no probe boot within ${timeoutMs} ms` : `probe VM ended without booting${vmm.summary()}` };
+      return {
+        ok: false,
+        detail: outcome === 'timeout' ? `no probe boot within ${timeoutMs} ms` : `probe VM ended without booting${vmm.summary()}`,
+      };
     } catch (err) {
       return { ok: false, detail: `probe failed: ${(err as Error).message}${vmm.summary()}` };
     } finally {
@@ -151,7 +162,13 @@ export class FirecrackerDriver implements IsolationDriver {
     const awaiting = new Promise<'booted'>((resolve) => (booted = () => resolve('booted')));
     const vmm = new Vmm(placement, (line) => line.startsWith(CONSOLE.awaitingConfig) && booted());
     let timer: NodeJS.Timeout | undefined;
-    const snap: FirecrackerSnapshot = { snapshotPath: path.join(dir, 'vm.snap'), memPath: path.join(dir, 'vm.mem'), memoryMb, vcpus: vcpuCount(vcpu), placeholder };
+    const snap: FirecrackerSnapshot = {
+      snapshotPath: path.join(dir, 'vm.snap'),
+      memPath: path.join(dir, 'vm.mem'),
+      memoryMb,
+      vcpus: vcpuCount(vcpu),
+      placeholder,
+    };
     const snapFile = placement.output('vm.snap');
     const memFile = placement.output('vm.mem');
     try {
@@ -185,7 +202,13 @@ export class FirecrackerDriver implements IsolationDriver {
     let channel: Awaited<ReturnType<typeof openChannel>>;
     try {
       // A jailed Firecracker connects to the channel's sockets as its own uid.
-      channel = await openChannel({ runDir: this.opts.runDir, instanceId: spec.instanceId, config: agentConfig(spec), uid: owner?.uid, gid: owner?.gid });
+      channel = await openChannel({
+        runDir: this.opts.runDir,
+        instanceId: spec.instanceId,
+        config: agentConfig(spec),
+        uid: owner?.uid,
+        gid: owner?.gid,
+      });
     } catch (err) {
       await placement.release();
       throw err;
@@ -259,7 +282,12 @@ export class FirecrackerDriver implements IsolationDriver {
       boot_args: bootArgs([`aether.ip=${vm.net.guestIp}`, `aether.gw=${vm.net.gateway}`, `aether.node=${nodeArgs.join(',')}`]),
     });
     await api.put('/drives/rootfs', rootDrive(await placement.place(this.image.rootfs)));
-    await api.put('/drives/code', { drive_id: 'code', path_on_host: await placement.place(vm.codeDisk), is_root_device: false, is_read_only: true });
+    await api.put('/drives/code', {
+      drive_id: 'code',
+      path_on_host: await placement.place(vm.codeDisk),
+      is_root_device: false,
+      is_read_only: true,
+    });
     await api.put('/network-interfaces/eth0', { iface_id: 'eth0', host_dev_name: vm.net.tap, guest_mac: vm.net.mac });
     await api.put('/vsock', { guest_cid: GUEST_CID, uds_path: placement.vsock });
     await api.put('/mmds/config', { version: 'V2', network_interfaces: ['eth0'] });
@@ -281,7 +309,13 @@ async function onPath(name: string): Promise<string> {
   if (name.includes('/')) return path.resolve(name);
   for (const dir of (process.env.PATH ?? '').split(':').filter(Boolean)) {
     const file = path.resolve(dir, name);
-    if (await access(file, constants.X_OK).then(() => true, () => false)) return file;
+    if (
+      await access(file, constants.X_OK).then(
+        () => true,
+        () => false,
+      )
+    )
+      return file;
   }
   throw new Error(`${name} not found on PATH`);
 }

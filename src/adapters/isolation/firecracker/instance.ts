@@ -68,13 +68,22 @@ export class FirecrackerInstance implements InstanceHandle {
     const { spec, channel, placement } = this.launch;
     let timer: NodeJS.Timeout | undefined;
     try {
-      for (const [stream, port] of [['stdout', VSOCK_PORTS.stdout], ['stderr', VSOCK_PORTS.stderr]] as const) {
-        this.logServers.push(await listenLines(vsockPath(placement.vsockHostDir, port), placement.owner, (line) => spec.onLog(stream, line)));
+      for (const [stream, port] of [
+        ['stdout', VSOCK_PORTS.stdout],
+        ['stderr', VSOCK_PORTS.stderr],
+      ] as const) {
+        this.logServers.push(
+          await listenLines(vsockPath(placement.vsockHostDir, port), placement.owner, (line) => spec.onLog(stream, line)),
+        );
       }
       await this.vmm.waitUntilUp();
       await this.launch.configure(this.vmm);
       const timedOut = new Promise<'timeout'>((resolve) => (timer = setTimeout(resolve, spec.startTimeoutMs, 'timeout')));
-      const outcome = await Promise.race([channel.ready.then(() => 'ready' as const), timedOut, this.vmm.ended.then(() => 'exit' as const)]);
+      const outcome = await Promise.race([
+        channel.ready.then(() => 'ready' as const),
+        timedOut,
+        this.vmm.ended.then(() => 'exit' as const),
+      ]);
       if (outcome === 'timeout') throw new AetherError(504, 'start_timeout', `did not become ready within ${spec.startTimeoutMs} ms`);
       if (outcome === 'exit') throw new AetherError(502, 'start_failed', `${this.describe(await this.vmm.ended)}${this.vmm.summary()}`);
       // The agent has its config: nothing in the guest needs MMDS's copy (token included) any more.
@@ -86,7 +95,13 @@ export class FirecrackerInstance implements InstanceHandle {
       const failure =
         err instanceof AetherError
           ? err
-          : new AetherError(502, 'start_failed', err instanceof FirecrackerFault ? `firecracker refused ${err.message}` : `${String((err as Error).message ?? err)}${this.vmm.summary()}`);
+          : new AetherError(
+              502,
+              'start_failed',
+              err instanceof FirecrackerFault
+                ? `firecracker refused ${err.message}`
+                : `${String((err as Error).message ?? err)}${this.vmm.summary()}`,
+            );
       throw new AetherError(failure.status, failure.code, `instance ${this.id} failed to start: ${failure.message}`);
     } finally {
       clearTimeout(timer);
@@ -137,7 +152,8 @@ export class FirecrackerInstance implements InstanceHandle {
 
   private describe(vmm: { code: number | null; signal: NodeJS.Signals | null }): string {
     const status = this.guestStatus;
-    if (status === undefined) return `the VM ended before its agent did (firecracker ${vmm.signal ? `killed by ${vmm.signal}` : `exit code ${vmm.code}`})`;
+    if (status === undefined)
+      return `the VM ended before its agent did (firecracker ${vmm.signal ? `killed by ${vmm.signal}` : `exit code ${vmm.code}`})`;
     if (status === EXIT_CONFIG) return `agent refused to start (exit code ${EXIT_CONFIG})`;
     return `agent exited with status ${status}`;
   }

@@ -36,12 +36,18 @@ export interface JailerOptions {
 export function jailerCommand(opts: JailerOptions): { file: string; args: string[]; chrootRoot: string } {
   if (!/^[A-Za-z0-9-]{1,64}$/.test(opts.id)) throw new Error(`jailer id ${JSON.stringify(opts.id)} must be [A-Za-z0-9-]{1,64}`);
   const args = [
-    '--id', opts.id,
-    '--exec-file', opts.firecracker,
-    '--uid', String(opts.uid),
-    '--gid', String(opts.gid),
-    '--chroot-base-dir', opts.chrootBase,
-    '--cgroup-version', String(opts.cgroupVersion),
+    '--id',
+    opts.id,
+    '--exec-file',
+    opts.firecracker,
+    '--uid',
+    String(opts.uid),
+    '--gid',
+    String(opts.gid),
+    '--chroot-base-dir',
+    opts.chrootBase,
+    '--cgroup-version',
+    String(opts.cgroupVersion),
     ...Object.entries(opts.cgroups).flatMap(([key, value]) => ['--cgroup', `${key}=${value}`]),
     ...(opts.netns ? ['--netns', opts.netns] : []),
     ...(opts.newPidNs ? ['--new-pid-ns'] : []),
@@ -178,7 +184,8 @@ export async function jailedPlacement(
       const name = path.basename(hostFile);
       await link(hostFile, path.join(chrootRoot, name)).catch((err: NodeJS.ErrnoException) => {
         if (err.code === 'EEXIST') return; // placed already (names are content hashes or fixed)
-        if (err.code === 'EXDEV') throw new Error(`${hostFile} cannot be hard-linked into ${chrootRoot}: put the jailer's chroot base on the same filesystem`);
+        if (err.code === 'EXDEV')
+          throw new Error(`${hostFile} cannot be hard-linked into ${chrootRoot}: put the jailer's chroot base on the same filesystem`);
         throw err;
       });
       return `/${name}`;

@@ -46,7 +46,8 @@ export function parseSubnet(cidr: string): Subnet {
   const m = /^(\d+)\.(\d+)\.(\d+)\.(\d+)\/(\d+)$/.exec(cidr);
   const octets = m?.slice(1, 5).map(Number);
   const prefix = Number(m?.[5]);
-  if (!octets || octets.some((o) => o > 255) || prefix < 16 || prefix > 29) throw new Error(`subnet ${cidr} must be an IPv4 CIDR from /16 to /29`);
+  if (!octets || octets.some((o) => o > 255) || prefix < 16 || prefix > 29)
+    throw new Error(`subnet ${cidr} must be an IPv4 CIDR from /16 to /29`);
   const ip = octets.reduce((acc, o) => acc * 256 + o, 0);
   const size = 2 ** (32 - prefix);
   if (ip % size !== 0) throw new Error(`subnet ${cidr} has host bits set`);
@@ -86,7 +87,13 @@ export class IpPool {
 
   attachment(host: number, tapPrefix: string): Attachment {
     const ip = this.subnet.base + host;
-    const mac = ['06', '00', ...dotted(ip).split('.').map((o) => Number(o).toString(16).padStart(2, '0'))].join(':');
+    const mac = [
+      '06',
+      '00',
+      ...dotted(ip)
+        .split('.')
+        .map((o) => Number(o).toString(16).padStart(2, '0')),
+    ].join(':');
     return { tap: `${tapPrefix}${host}`, guestIp: `${dotted(ip)}/${this.subnet.prefix}`, gateway: this.gateway, mac };
   }
 }
@@ -98,8 +105,10 @@ export function nftRuleset(config: NetworkConfig): string {
   const { bridge, tapPrefix, egress } = config;
   const subnet = `${dotted(parseSubnet(config.subnet).base)}/${parseSubnet(config.subnet).prefix}`;
   const lines = [
-    'table bridge aether', 'delete table bridge aether',
-    'table inet aether', 'delete table inet aether',
+    'table bridge aether',
+    'delete table bridge aether',
+    'table inet aether',
+    'delete table inet aether',
     'table bridge aether {',
     '  chain forward {',
     '    type filter hook forward priority 0; policy accept;',
@@ -121,11 +130,7 @@ export function nftRuleset(config: NetworkConfig): string {
       `    iifname "${egress.uplink}" oifname "${bridge}" ct state established,related accept`,
     );
   }
-  lines.push(
-    `    iifname "${bridge}" drop`,
-    `    oifname "${bridge}" drop`,
-    '  }',
-  );
+  lines.push(`    iifname "${bridge}" drop`, `    oifname "${bridge}" drop`, '  }');
   if (egress) {
     lines.push(
       '  chain postrouting {',
@@ -201,8 +206,7 @@ export class HostNetwork {
       throw err;
     }
     let released: Promise<void> | undefined;
-    const release = () =>
-      (released ??= runAll(this.run, tapTeardownPlan(attachment.tap)).finally(() => this.pool.release(host)));
+    const release = () => (released ??= runAll(this.run, tapTeardownPlan(attachment.tap)).finally(() => this.pool.release(host)));
     return { ...attachment, release };
   }
 }

@@ -75,4 +75,3 @@ export class Vmm {
     if (this.tail.length > TAIL_LINES) this.tail.shift();
   }
 }
-

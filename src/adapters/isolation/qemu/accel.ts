@@ -17,7 +17,12 @@ export interface ProbeResult {
 }
 
 export async function probeAccel(qemu: string, image: GuestImage, timeoutMs: number): Promise<ProbeResult> {
-  if (!(await access('/dev/kvm', constants.R_OK | constants.W_OK).then(() => true, () => false))) {
+  if (
+    !(await access('/dev/kvm', constants.R_OK | constants.W_OK).then(
+      () => true,
+      () => false,
+    ))
+  ) {
     return { accel: 'tcg', detail: '/dev/kvm is not usable' };
   }
   const started = Date.now();

@@ -19,7 +19,13 @@ export class CodeDisks {
   async diskFor(codeDir: string): Promise<string> {
     const key = await treeKey(codeDir);
     const out = path.join(this.dir, `${key}.ext4`);
-    if (await access(out).then(() => true, () => false)) return out;
+    if (
+      await access(out).then(
+        () => true,
+        () => false,
+      )
+    )
+      return out;
     let build = this.building.get(key);
     if (!build) {
       build = (async () => {

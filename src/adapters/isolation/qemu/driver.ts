@@ -66,7 +66,9 @@ export class QemuDriver implements IsolationDriver {
   static async create(opts: QemuDriverOptions): Promise<QemuDriver> {
     const qemu = opts.qemuBinary ?? 'qemu-system-x86_64';
     await run(qemu, ['--version']).catch((err: NodeJS.ErrnoException) => {
-      throw new Error(err.code === 'ENOENT' ? `${qemu} not found: apt-get install qemu-system-x86` : `${qemu} --version failed: ${err.message}`);
+      throw new Error(
+        err.code === 'ENOENT' ? `${qemu} not found: apt-get install qemu-system-x86` : `${qemu} --version failed: ${err.message}`,
+      );
     });
     const image = await buildImage({ cacheDir: opts.cacheDir, kernelPath: opts.kernelPath, onProgress: opts.onProgress });
     const accel =
@@ -114,4 +116,3 @@ export class QemuDriver implements IsolationDriver {
     }
   }
 }
-

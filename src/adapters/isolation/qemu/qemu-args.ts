@@ -45,18 +45,31 @@ export interface VmLaunch {
  */
 export function machineArgs(accel: Accel, memoryMb: number, vcpus: number, image: GuestImage, cmdline: string[]): string[] {
   return [
-    '-M', 'microvm',
-    '-accel', accel === 'tcg' ? `tcg,tb-size=${TCG_CACHE_MB}` : accel,
-    '-cpu', 'max',
-    '-m', String(memoryMb),
-    '-smp', String(vcpus),
-    '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
-    '-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny',
-    '-kernel', image.kernel,
-    '-initrd', image.initrd,
+    '-M',
+    'microvm',
+    '-accel',
+    accel === 'tcg' ? `tcg,tb-size=${TCG_CACHE_MB}` : accel,
+    '-cpu',
+    'max',
+    '-m',
+    String(memoryMb),
+    '-smp',
+    String(vcpus),
+    '-nodefaults',
+    '-no-user-config',
+    '-nographic',
+    '-no-reboot',
+    '-sandbox',
+    'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny',
+    '-kernel',
+    image.kernel,
+    '-initrd',
+    image.initrd,
     // panic=-1: a guest kernel panic ends the VM at once (with -no-reboot) rather than hanging it.
-    '-append', ['console=ttyS0', 'quiet', 'panic=-1', 'pci=off', ...cmdline].join(' '),
-    '-serial', 'stdio',
+    '-append',
+    ['console=ttyS0', 'quiet', 'panic=-1', 'pci=off', ...cmdline].join(' '),
+    '-serial',
+    'stdio',
   ];
 }
 
@@ -73,21 +86,28 @@ export function qemuArgs(vm: VmLaunch): string[] {
   ];
   const netdev = `user,id=net0,restrict=on,ipv6=off,hostfwd=tcp:127.0.0.1:${vm.hostPort}-:${vm.guestPort}`;
   const disk = (id: string, file: string, serial: string) => [
-    '-drive', `file=${escape(file)},if=none,format=raw,readonly=on,id=${id}`,
-    '-device', `virtio-blk-device,drive=${id},serial=${serial}`,
+    '-drive',
+    `file=${escapeOption(file)},if=none,format=raw,readonly=on,id=${id}`,
+    '-device',
+    `virtio-blk-device,drive=${id},serial=${serial}`,
   ];
   const port = (id: keyof typeof PORT_NAME, backend: string) => [
-    '-chardev', `socket,id=${id},${backend}`,
-    '-device', `virtserialport,chardev=${id},name=${PORT_NAME[id]}`,
+    '-chardev',
+    `socket,id=${id},${backend}`,
+    '-device',
+    `virtserialport,chardev=${id},name=${PORT_NAME[id]}`,
   ];
   return [
     ...machineArgs(vm.accel, vm.memoryMb, vm.vcpus, vm.image, cmdline),
-    '-netdev', netdev,
-    '-device', 'virtio-net-device,netdev=net0',
+    '-netdev',
+    netdev,
+    '-device',
+    'virtio-net-device,netdev=net0',
     ...disk('root', vm.image.rootfs, DISK_SERIAL.root),
     ...disk('code', vm.codeDisk, DISK_SERIAL.code),
-    '-device', 'virtio-serial-device,max_ports=5',
-    ...port('mmds', `path=${escape(vm.mmdsSocket)}`),
+    '-device',
+    'virtio-serial-device,max_ports=5',
+    ...port('mmds', `path=${escapeOption(vm.mmdsSocket)}`),
     ...port('ctl', `fd=${PORT_FDS.ctl}`),
     ...port('stdout', `fd=${PORT_FDS.stdout}`),
     ...port('stderr', `fd=${PORT_FDS.stderr}`),
@@ -95,6 +115,6 @@ export function qemuArgs(vm: VmLaunch): string[] {
 }
 
 /** QEMU option values separate on commas; a literal comma is doubled. */
-function escape(value: string): string {
+function escapeOption(value: string): string {
   return value.replaceAll(',', ',,');
 }

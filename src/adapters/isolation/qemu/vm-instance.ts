@@ -226,9 +226,7 @@ export class VmInstance implements InstanceHandle {
   }
 }
 
-
 function signalName(n: number): NodeJS.Signals | null {
   const found = Object.entries(constants.signals).find(([, value]) => value === n);
   return (found?.[0] as NodeJS.Signals | undefined) ?? null;
 }
-

@@ -20,6 +20,9 @@ const schema = z.object({
   AETHER_MAX_UNPACKED_MB: int(1, 100_000).default(250),
   AETHER_MAX_ENTRIES: int(1, 1_000_000).default(10_000),
   AETHER_MAX_QUEUE: int(0, 100_000).default(1000),
+  AETHER_BODY_BUFFER_KB: int(1, 1024 * 1024).default(1024),
+  AETHER_BODY_TIMEOUT_MS: int(100, 3_600_000).default(30_000),
+  AETHER_BODY_IDLE_TIMEOUT_MS: int(100, 3_600_000).default(10_000),
   AETHER_SCALE_DOWN_GRACE_S: z.coerce.number().min(0).max(86_400).default(30),
   AETHER_START_TIMEOUT_MS: int(100, 600_000).default(10_000),
   AETHER_STOP_GRACE_MS: int(0, 600_000).default(2_000),
@@ -38,6 +41,8 @@ export interface Config {
   logLevel: string;
   limits: { maxCompressedBytes: number; maxUncompressedBytes: number; maxEntries: number };
   maxQueue: number;
+  /** How invocation request bodies are read before (and after) the request takes a slot. */
+  body: { bufferBytes: number; timeoutMs: number; idleTimeoutMs: number };
   scaleDownGraceMs: number;
   startTimeoutMs: number;
   stopGraceMs: number;
@@ -63,6 +68,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxEntries: c.AETHER_MAX_ENTRIES,
     },
     maxQueue: c.AETHER_MAX_QUEUE,
+    body: {
+      bufferBytes: c.AETHER_BODY_BUFFER_KB * 1024,
+      timeoutMs: c.AETHER_BODY_TIMEOUT_MS,
+      idleTimeoutMs: c.AETHER_BODY_IDLE_TIMEOUT_MS,
+    },
     scaleDownGraceMs: c.AETHER_SCALE_DOWN_GRACE_S * 1000,
     startTimeoutMs: c.AETHER_START_TIMEOUT_MS,
     stopGraceMs: c.AETHER_STOP_GRACE_MS,

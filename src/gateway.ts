@@ -54,7 +54,7 @@ export async function startGateway(config: ClusterConfig, logger: Logger = pino(
     logger,
     health: () => ({ role: 'gateway', workers: discovery.workers().length }),
     api: { token: config.apiToken, functions, maxUploadBytes: config.limits.maxCompressedBytes, workers: () => discovery.workers() },
-    invoke: { functions, router, invocations, startTimeoutMs: config.startTimeoutMs },
+    invoke: { functions, router, invocations, startTimeoutMs: config.startTimeoutMs, body: config.body },
   });
   await app.listen({ port: config.port, host: config.host });
   const port = (app.server.address() as { port: number }).port;

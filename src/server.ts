@@ -42,7 +42,7 @@ export async function startServer(config: Config, logger: Logger = pino({ level:
     logger,
     health: () => ({ isolation: driver.name, isolation_reason: reason }),
     api: { token, functions, maxUploadBytes: config.limits.maxCompressedBytes },
-    invoke: { functions, router: scheduler, invocations: store, startTimeoutMs: config.startTimeoutMs },
+    invoke: { functions, router: scheduler, invocations: store, startTimeoutMs: config.startTimeoutMs, body: config.body },
   });
   const address = await app.listen({ port: config.port, host: config.host });
   logger.info({ url: address, data_dir: config.dataDir }, 'aether is serving');

@@ -83,7 +83,13 @@ export async function startWorker(config: WorkerConfig, logger: Logger = pino({ 
   const app = await buildApp({
     logger: log,
     health: () => ({ role: 'worker', worker_id: workerId, isolation: driver.name, isolation_reason: reason }),
-    invoke: { functions: lookup, router: scheduler, startTimeoutMs: config.startTimeoutMs, requireToken: config.apiToken },
+    invoke: {
+      functions: lookup,
+      router: scheduler,
+      startTimeoutMs: config.startTimeoutMs,
+      body: config.body,
+      requireToken: config.apiToken,
+    },
     internal: { token: config.apiToken, instances: (id) => scheduler.instances(id).map((i) => ({ ...i, worker_id: workerId })) },
   });
   await app.listen({ port: config.port, host: config.host });

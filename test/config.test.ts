@@ -19,6 +19,7 @@ test('single node: defaults', () => {
   assert.equal(c.limits.maxCompressedBytes, 50 * 1024 * 1024);
   assert.equal(c.limits.maxUncompressedBytes, 250 * 1024 * 1024);
   assert.equal(c.limits.maxEntries, 10_000);
+  assert.deepEqual(c.body, { bufferBytes: 1024 * 1024, timeoutMs: 30_000, idleTimeoutMs: 10_000 });
   assert.equal(c.apiToken, undefined);
 });
 

@@ -9,6 +9,7 @@ import { AetherError, badGateway, timedOut } from '../../core/errors.js';
 import { CLUSTER_TOKEN_HEADER } from './auth.js';
 import type { Lease } from '../../core/pool.js';
 import type { InstanceHandle } from '../../core/ports.js';
+import type { RequestBody } from './request-body.js';
 
 const HOP_BY_HOP = new Set([
   'connection',
@@ -50,6 +51,7 @@ function poolFor(handle: InstanceHandle, connections: number): Pool {
 }
 
 export interface ForwardOptions {
+  body: RequestBody; // as read by readRequestBody
   path: string; // path and query as the target should see them
   requestId: string;
   deadline: number; // epoch ms by which response headers must have arrived
@@ -72,9 +74,9 @@ export async function forward(
   lease: Lease,
   opts: ForwardOptions,
 ): Promise<{ status: number; instanceId: string }> {
+  const { body } = opts;
   const headers = forwardedHeaders(req.headers, opts);
-  const hasBody =
-    req.headers['content-length'] !== undefined ? req.headers['content-length'] !== '0' : req.headers['transfer-encoding'] !== undefined;
+  if (Buffer.isBuffer(body)) headers['content-length'] = String(body.length); // a chunked body, read whole, has a length now
   let status = 0;
   let instanceId = opts.instanceId;
   try {
@@ -84,7 +86,7 @@ export async function forward(
         method: req.method as 'GET',
         path: opts.path,
         headers,
-        body: hasBody ? req : undefined,
+        body: Buffer.isBuffer(body) ? body : body?.stream,
         headersTimeout: Math.max(1, opts.deadline - Date.now()),
       },
       ({ statusCode, headers: upstreamHeaders }) => {
@@ -95,13 +97,15 @@ export async function forward(
       },
     );
   } catch (err) {
-    if (!res.headersSent) throw await explain(err, lease);
+    if (!res.headersSent) throw await explain(err, lease, body);
     res.destroy(); // the client sees a truncated response rather than a silently short one
   }
   return { status, instanceId };
 }
 
-async function explain(err: unknown, lease: Lease): Promise<AetherError> {
+async function explain(err: unknown, lease: Lease, body: RequestBody): Promise<AetherError> {
+  const clientFault = body && !Buffer.isBuffer(body) ? body.stream.errored : undefined; // e.g. a stalled body
+  if (clientFault instanceof AetherError) return clientFault;
   if (err instanceof AetherError) return err;
   if ((err as NodeJS.ErrnoException).code === 'ECONNREFUSED') {
     return new AetherError(502, 'connection_refused', 'the target refused the connection');

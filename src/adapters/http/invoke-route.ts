@@ -1,5 +1,6 @@
 /** ANY /functions/{id}/*: routes the request to an instance of the function and records the invocation. */
 import { randomUUID } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { AetherError } from '../../core/errors.js';
 import type { FunctionService } from '../../core/functions.js';
@@ -10,6 +11,7 @@ import type { FunctionRecord } from '../../core/types.js';
 import { clusterAuth } from './auth.js';
 import { toAetherError } from './errors.js';
 import { forward } from './forward.js';
+import { type BodyLimits, readRequestBody } from './request-body.js';
 
 export interface InvokeDeps {
   functions: Pick<FunctionService, 'get'>;
@@ -17,6 +19,7 @@ export interface InvokeDeps {
   /** Where invocations are recorded; a cluster worker leaves that to the gateway. */
   invocations?: InvocationLog;
   startTimeoutMs: number;
+  body: BodyLimits;
   /** Cluster workers only take invocations from gateways, which present this token. */
   requireToken?: string;
 }
@@ -42,11 +45,15 @@ export async function invokeRoutes(app: FastifyInstance, deps: InvokeDeps): Prom
     let instanceId: string | null = null;
     try {
       fn = await deps.functions.get(req.params.id);
+      // No slot for a client that has not sent its request yet: it could hold it for as long as it likes.
+      const body = await readRequestBody(req.raw, deps.body, Date.now() + deps.startTimeoutMs + fn.timeout_ms);
+      const sent = Date.now();
       for (let attempt = 0; ; attempt++) {
         // Waiting for an instance may include a cold start; timeout_ms bounds the function's own run.
-        lease = await deps.router.acquire(fn, started + deps.startTimeoutMs + fn.timeout_ms);
+        lease = await deps.router.acquire(fn, sent + deps.startTimeoutMs + fn.timeout_ms);
         try {
           const out = await forward(req.raw, res, lease, {
+            body,
             path: (lease.remote?.pathPrefix ?? '') + functionPath(req.raw.url!),
             requestId,
             deadline: Date.now() + fn.timeout_ms + (lease.remote ? deps.startTimeoutMs : 0),
@@ -74,7 +81,7 @@ export async function invokeRoutes(app: FastifyInstance, deps: InvokeDeps): Prom
       status = ae.status;
       error = ae.message;
       if (ae.code === 'internal') req.log.error({ err }, 'invocation failed');
-      sendError(res, ae, requestId);
+      sendError(req.raw, res, ae, requestId);
     } finally {
       lease?.release();
     }
@@ -104,7 +111,7 @@ export function functionPath(url: string): string {
   return rest.startsWith('/') ? rest : `/${rest}`;
 }
 
-function sendError(res: import('node:http').ServerResponse, err: AetherError, requestId: string): void {
+function sendError(req: IncomingMessage, res: ServerResponse, err: AetherError, requestId: string): void {
   if (res.headersSent) {
     res.destroy();
     return;
@@ -114,6 +121,8 @@ function sendError(res: import('node:http').ServerResponse, err: AetherError, re
     'content-type': 'application/json; charset=utf-8',
     'content-length': Buffer.byteLength(body),
     'x-aether-request-id': requestId,
+    // The rest of an unread request body is not worth waiting for (it may never come): close after the answer.
+    ...(req.complete ? {} : { connection: 'close' }),
   });
   res.end(body);
 }

@@ -1,0 +1,78 @@
+/**
+ * What a hostile client or tenant must not be able to do to others, through the public API of a real
+ * server with real sandboxes: hold a function's slots with slow request bodies.
+ */
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { after, before, describe, test } from 'node:test';
+import { sandboxDrivers, startAether, type Aether } from './helpers/aether.ts';
+
+/** Echoes how many body bytes it got, in server mode and in handler mode. */
+const SERVER_ECHO = `require('http').createServer((req, res) => {
+  let n = 0; req.on('data', (c) => (n += c.length)); req.on('end', () => res.end(String(n)));
+}).listen(process.env.PORT);`;
+const HANDLER_ECHO = `exports.handler = async (event) => String(Buffer.from(event.body, event.isBase64Encoded ? 'base64' : 'utf8').length);`;
+
+/** A raw HTTP client: sends the head and `sent` of the body, then one more byte every `dripMs` (if given), never all of it. */
+function slowClient(url: string, path: string, contentLength: number, sent: string, dripMs?: number) {
+  const u = new URL(url);
+  const socket = net.connect(Number(u.port), u.hostname);
+  let answer = '';
+  socket.setEncoding('latin1');
+  socket.on('data', (d: string) => (answer += d));
+  socket.on('error', () => {});
+  const drip = dripMs ? setInterval(() => socket.write('x'), dripMs) : undefined;
+  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+  void closed.then(() => clearInterval(drip));
+  socket.write(`POST ${path} HTTP/1.1\r\nhost: x\r\ncontent-type: text/plain\r\ncontent-length: ${contentLength}\r\n\r\n${sent}`);
+  return {
+    socket,
+    /** The status line's code once the server answered, after the connection closed. */
+    status: async () => {
+      await closed;
+      return Number(/^HTTP\/1\.1 (\d+)/.exec(answer)?.[1] ?? 0);
+    },
+    answer: () => answer,
+  };
+}
+
+const driver = sandboxDrivers()[0]!;
+
+describe(`slow request bodies do not hold a function's slots (${driver})`, () => {
+  let a: Aether;
+  before(async () => {
+    a = await startAether({
+      isolation: driver,
+      env: { AETHER_BODY_TIMEOUT_MS: '3000', AETHER_BODY_IDLE_TIMEOUT_MS: '1500', AETHER_BODY_BUFFER_KB: '4' },
+    });
+    const limits = { concurrency: 4, max_instances: 2, memory_mb: 96 };
+    await a.deploy({ name: 'server-echo', ...limits }, { 'handler.js': SERVER_ECHO });
+    await a.deploy({ name: 'handler-echo', ...limits }, { 'handler.js': HANDLER_ECHO });
+  });
+  after(() => a?.stop());
+
+  for (const fn of ['server-echo', 'handler-echo']) {
+    test(`${fn}: twenty clients dripping their bodies leave a normal request served`, { timeout: 30_000 }, async () => {
+      assert.equal(await (await a.invoke(fn, '/', { method: 'POST', body: 'warm' })).text(), '4');
+      const slow = Array.from({ length: 20 }, () => slowClient(a.url, `/functions/${fn}/`, 100, 'x', 250));
+      await new Promise((r) => setTimeout(r, 300)); // all twenty are waiting for their bodies now
+      const t0 = Date.now();
+      const res = await a.invoke(fn, '/', { method: 'POST', body: 'hello', signal: AbortSignal.timeout(5000) });
+      assert.equal(await res.text(), '5');
+      assert.ok(Date.now() - t0 < 1500, `normal request took ${Date.now() - t0} ms`);
+      // The slow ones are told why, once their body timeout passes.
+      const statuses = await Promise.all(slow.map((c) => c.status()));
+      assert.deepEqual(new Set(statuses), new Set([408]));
+      assert.match(slow[0]!.answer(), /"code":"body_timeout"/);
+    });
+
+    test(`${fn}: a large body that stalls is cut off when idle; a flowing one arrives whole`, { timeout: 30_000 }, async () => {
+      const stalled = slowClient(a.url, `/functions/${fn}/`, 64 * 1024, 'y'.repeat(8 * 1024));
+      const t0 = Date.now();
+      assert.equal(await stalled.status(), 408);
+      assert.ok(Date.now() - t0 < 5000, `stalled body cut after ${Date.now() - t0} ms`);
+      const big = 'z'.repeat(64 * 1024);
+      assert.equal(await (await a.invoke(fn, '/', { method: 'POST', body: big })).text(), String(big.length));
+    });
+  }
+});

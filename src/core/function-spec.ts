@@ -6,6 +6,7 @@ import { randomUUID } from 'node:crypto';
 import { z } from 'zod';
 import { badRequest } from './errors.js';
 import type { FunctionRecord } from './types.js';
+import { validate } from './validate.js';
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 /** Names Aether sets itself inside an instance; a function may not override them. */
@@ -73,23 +74,13 @@ const patchSchema = z.strictObject({ name: NAME, ...configShape }).partial();
 
 type Config = Omit<FunctionRecord, 'id' | 'version' | 'code_hash' | 'code_size' | 'created_at' | 'updated_at'>;
 
-function parse<T>(schema: z.ZodType<T>, body: unknown): T {
-  const result = schema.safeParse(body);
-  if (!result.success) {
-    const issue = result.error.issues[0]!;
-    const where = issue.path.length ? `${issue.path.join('.')}: ` : '';
-    throw badRequest(`${where}${issue.message}`, 'validation_failed');
-  }
-  return result.data;
-}
-
 function checkScaling(c: Config): Config {
   if (c.min_instances > c.max_instances) throw badRequest('min_instances must not exceed max_instances', 'validation_failed');
   return c;
 }
 
 export function newFunction(body: unknown, now = new Date()): FunctionRecord {
-  const input = parse(createSchema, body);
+  const input = validate(createSchema, body);
   const config = checkScaling({ ...FUNCTION_DEFAULTS, ...input } as Config);
   const ts = now.toISOString();
   return { id: randomUUID(), ...config, version: 0, code_hash: null, code_size: null, created_at: ts, updated_at: ts };
@@ -97,7 +88,7 @@ export function newFunction(body: unknown, now = new Date()): FunctionRecord {
 
 /** Applies a PUT (replace) or PATCH (merge) body; the result is a new version when the config changed. */
 export function changeFunction(fn: FunctionRecord, body: unknown, mode: 'replace' | 'patch', now = new Date()): FunctionRecord {
-  const input = mode === 'replace' ? parse(replaceSchema, body) : parse(patchSchema, body);
+  const input = mode === 'replace' ? validate(replaceSchema, body) : validate(patchSchema, body);
   const base = mode === 'replace' ? { ...FUNCTION_DEFAULTS, name: fn.name } : fn;
   const next = checkScaling({ ...base, ...input } as Config);
   const changed = (Object.keys(next) as (keyof Config)[]).some((k) => JSON.stringify(next[k]) !== JSON.stringify(fn[k]));

@@ -4,6 +4,7 @@
  */
 import { changeFunction, newFunction } from './function-spec.js';
 import { notFound } from './errors.js';
+import type { InvocationQuery } from './invocations.js';
 import type { ArchiveFormat, CodeStore, FunctionStore, InvocationLog, Placement } from './ports.js';
 import type { FunctionRecord, InstanceInfo, InvocationRecord } from './types.js';
 
@@ -43,6 +44,7 @@ export class FunctionService {
   async delete(idOrName: string): Promise<void> {
     const fn = await this.get(idOrName);
     await this.store.delete(fn.id);
+    this.invocationLog.forget(fn.id);
     await this.placement.removed(fn.id);
     if (fn.code_hash && !(await this.store.list()).some((f) => f.code_hash === fn.code_hash)) await this.code.remove(fn.code_hash);
   }
@@ -68,7 +70,7 @@ export class FunctionService {
     return this.placement.instances((await this.get(idOrName)).id);
   }
 
-  async invocations(idOrName: string, limit = 100): Promise<InvocationRecord[]> {
-    return this.invocationLog.latest((await this.get(idOrName)).id, limit);
+  async invocations(idOrName: string, query: InvocationQuery): Promise<InvocationRecord[]> {
+    return this.invocationLog.query((await this.get(idOrName)).id, query);
   }
 }

@@ -5,7 +5,7 @@
  * the IsolationDriver port and never touches HTTP.
  */
 import { randomUUID } from 'node:crypto';
-import { type AetherError, badGateway, conflict, errorMessage, notFound, timedOut, unavailable } from './errors.js';
+import { type AetherError, badGateway, conflict, errorMessage, involving, notFound, timedOut, unavailable } from './errors.js';
 import type { ExitInfo, InstanceHandle, IsolationDriver, Logger } from './ports.js';
 import type { FunctionRecord, InstanceInfo, InstanceState } from './types.js';
 
@@ -38,6 +38,8 @@ class Instance {
   inFlight = 0;
   served = 0;
   lastActive: number;
+  /** When it became ready (pool event order): a request that started waiting before then waited for it (a cold start). */
+  readyAt = Number.POSITIVE_INFINITY;
   constructor(
     readonly version: number,
     now: number,
@@ -63,8 +65,12 @@ export interface Lease {
 /** An instance that dies within this long of starting continues a crash streak. */
 const CRASH_WINDOW_MS = 60_000;
 const MAX_RESTART_DELAY_MS = 30_000;
+/** How long a request that lost its instance waits to learn why (the reason goes to the client and the record). */
+const EXIT_REASON_WAIT_MS = 2000;
 
 interface Waiter {
+  /** When it started waiting, in pool event order. */
+  since: number;
   resolve(lease: Lease): void;
   reject(err: AetherError): void;
   timer: NodeJS.Timeout;
@@ -76,6 +82,8 @@ export class FunctionPool {
   private closed = false;
   private readonly now: () => number;
   private crashStreak = 0;
+  /** Orders waiting against instances becoming ready (timestamps could tie). */
+  private events = 0;
   private restartTimer?: NodeJS.Timeout;
 
   constructor(
@@ -104,6 +112,7 @@ export class FunctionPool {
     }
     return new Promise<Lease>((resolve, reject) => {
       const waiter: Waiter = {
+        since: ++this.events,
         resolve,
         reject,
         timer: setTimeout(
@@ -112,7 +121,9 @@ export class FunctionPool {
             const starting = this.current().some((i) => i.state === 'starting');
             reject(
               starting
-                ? timedOut(`function ${this.fn.name} did not start within its timeout of ${this.fn.timeout_ms} ms`)
+                ? involving(timedOut(`function ${this.fn.name} did not start within its timeout of ${this.fn.timeout_ms} ms`), {
+                    coldStart: true,
+                  })
                 : unavailable(
                     `function ${this.fn.name} has no free capacity (max_instances ${this.fn.max_instances}, concurrency ${this.fn.concurrency})`,
                   ),
@@ -221,8 +232,9 @@ export class FunctionPool {
       handle,
       coldStart,
       exitReason: async () => {
-        // A crash is usually seen by the request a moment before the process exit is reaped.
-        const exit = await Promise.race([handle.exited, new Promise<undefined>((r) => setTimeout(r, 500))]);
+        // A crash is usually seen by the request a moment before the exit is reaped and explained (its
+        // cgroup read for an OOM kill), which can take over half a second on a busy host.
+        const exit = await Promise.race([handle.exited, new Promise<undefined>((r) => setTimeout(r, EXIT_REASON_WAIT_MS))]);
         return exit ? describeExit(exit) : undefined;
       },
       recycle: () => {
@@ -248,7 +260,7 @@ export class FunctionPool {
       if (!inst) return;
       const waiter = this.waiters.shift()!;
       clearTimeout(waiter.timer);
-      waiter.resolve(this.lease(inst, inst === fresh));
+      waiter.resolve(this.lease(inst, inst.readyAt > waiter.since));
     }
   }
 
@@ -297,23 +309,26 @@ export class FunctionPool {
       }
       inst.state = 'ready';
       inst.lastActive = this.now();
+      inst.readyAt = ++this.events;
       this.deps.onInstanceReady?.(fn, inst.id);
       this.dispatch(inst);
     } catch (err) {
       this.instances.delete(inst.id);
       const message = errorMessage(err);
       this.deps.log.error({ function: fn.name, instance: inst.id, err: message }, 'instance failed to start');
-      this.failWaitersIfHopeless(message);
+      this.failWaitersIfHopeless(message, inst.id);
       if (rethrow) throw badGateway(`function ${fn.name} failed to start: ${message}`, 'start_failed');
     }
   }
 
   /** With nothing ready or starting, waiting requests would only time out: tell them why now. */
-  private failWaitersIfHopeless(reason: string): void {
+  private failWaitersIfHopeless(reason: string, instanceId: string): void {
     if (this.current().length > 0) return;
     for (const w of this.waiters.splice(0)) {
       clearTimeout(w.timer);
-      w.reject(badGateway(`function ${this.fn.name} failed to start: ${reason}`, 'start_failed'));
+      w.reject(
+        involving(badGateway(`function ${this.fn.name} failed to start: ${reason}`, 'start_failed'), { instanceId, coldStart: true }),
+      );
     }
   }
 

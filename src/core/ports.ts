@@ -3,6 +3,7 @@
  * later etcd/Redis/S3/QEMU/Firecracker) implement them; the core never imports an adapter.
  */
 import type { Socket } from 'node:net';
+import type { InvocationQuery } from './invocations.js';
 import type { FunctionRecord, InstanceInfo, InvocationRecord } from './types.js';
 
 /** Async so that shared stores (etcd) fit as well as the embedded one (SQLite). */
@@ -17,8 +18,10 @@ export interface FunctionStore {
 export interface InvocationLog {
   /** Fire and forget: recording must never slow down or fail an invocation. */
   record(inv: InvocationRecord): void;
-  /** Newest first. */
-  latest(functionId: string, limit: number): Promise<InvocationRecord[]>;
+  /** Newest first (by id, i.e. by start time), filtered and paged as the query says. */
+  query(functionId: string, q: InvocationQuery): Promise<InvocationRecord[]>;
+  /** Drops a deleted function's records (fire and forget too). */
+  forget(functionId: string): void;
 }
 
 export interface StoredCode {

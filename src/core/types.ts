@@ -24,13 +24,19 @@ export interface FunctionRecord {
 export type Runtime = 'node';
 
 export interface InvocationRecord {
+  /** Unique, and sorts by start time (a UUIDv7): pass the last one of a page as `before` for the next. */
   id: string;
+  /** The client's X-Request-Id if it was valid, else the same as `id`; also what the function saw. */
+  request_id: string;
   function_id: string;
   started_at: string;
   status: number;
   duration_ms: number;
+  /** The request waited for a new instance: the one that served it (or failed to start) was not ready when it arrived. */
   cold_start: boolean;
+  /** The instance that served it, failed, or failed to start; null when none was involved. */
   instance_id: string | null;
+  /** Why it failed (handler threw, crash, out of memory, timeout, start failure, no capacity...); null otherwise. */
   error: string | null;
 }
 

@@ -1,12 +1,28 @@
 /** The management API under /api: functions, their code, instances and invocation history. */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import multipart from '@fastify/multipart';
+import { z } from 'zod';
 import { badRequest, AetherError } from '../../core/errors.js';
 import { publicView } from '../../core/function-spec.js';
 import type { FunctionService } from '../../core/functions.js';
+import { INVOCATIONS_KEPT } from '../../core/invocations.js';
 import type { ArchiveFormat, WorkerInfo } from '../../core/ports.js';
+import { validate } from '../../core/validate.js';
 
 type IdParams = { Params: { id: string } };
+
+const flag = z.enum(['true', 'false'], { error: 'must be true or false' }).transform((v) => v === 'true');
+
+/** GET /api/functions/{id}/invocations: one page, newest first; `before` is the last id of the previous page. */
+export const invocationsQuery = z.strictObject({
+  limit: z.coerce.number().int().min(1).max(INVOCATIONS_KEPT).default(100),
+  before: z
+    .uuid({ error: 'must be the id of an invocation record (the last id of the previous page)' })
+    .transform((id) => id.toLowerCase())
+    .optional(),
+  status: z.enum(['ok', 'error'], { error: 'must be ok or error' }).optional(),
+  cold_start: flag.optional(),
+});
 
 export async function apiRoutes(
   app: FastifyInstance,
@@ -26,7 +42,11 @@ export async function apiRoutes(
     return reply.status(204).send();
   });
   app.get<IdParams>('/api/functions/:id/instances', async (req) => fns.instances(req.params.id));
-  app.get<IdParams>('/api/functions/:id/invocations', async (req) => fns.invocations(req.params.id));
+  app.get<IdParams>('/api/functions/:id/invocations', async (req) => {
+    const q = validate(invocationsQuery, req.query);
+    const failed = q.status === undefined ? undefined : q.status === 'error';
+    return fns.invocations(req.params.id, { limit: q.limit, before: q.before, failed, coldStart: q.cold_start });
+  });
 
   // Code upload: a multipart field "file" or the archive as the raw body; streamed, never buffered.
   await app.register(async (scope) => {

@@ -58,27 +58,46 @@ export interface ForwardOptions {
   connections: number; // at most this many connections to the target
   clientIp: string;
   extraHeaders?: Record<string, string>;
-  instanceId: string;
+  /** The instance the lease is on, when it is local (a gateway learns it from the worker's answer). */
+  instanceId: string | null;
+  /** Set on the answer, whatever the target sent: the request id, and what a worker tells its gateway. */
+  responseHeaders: Record<string, string>;
+  /** A worker answering a gateway passes Aether's own headers (AETHER_FACTS) on; facing a client they are removed. */
+  relay: boolean;
 }
 
+/** The request id as clients send and receive it. */
+export const CLIENT_REQUEST_ID_HEADER = 'x-request-id';
+/** The request id as Aether passes it on (to workers and instances; the agent reads this one). */
+export const REQUEST_ID_HEADER = 'x-aether-request-id';
 /** Which instance served the request: a worker names it in this header for the gateway's records. */
 export const INSTANCE_HEADER = 'x-aether-instance';
+/** Why the invocation failed (URI-encoded), from the agent (the handler threw) or a worker. */
+export const ERROR_HEADER = 'x-aether-error';
+/** From a worker: the request waited for a new instance there. */
+export const COLD_START_HEADER = 'x-aether-cold-start';
+/** What the party that ran the invocation tells the one that records it; not for clients. */
+const AETHER_FACTS = [ERROR_HEADER, COLD_START_HEADER];
+const MAX_ERROR_HEADER_CHARS = 2000;
+
+/** What Aether learnt about an invocation that got an answer. */
+export interface Forwarded {
+  status: number;
+  instanceId: string | null;
+  error: string | null;
+  coldStart: boolean;
+}
 
 /**
- * Resolves with the status sent to the client and the instance that served it; throws an
- * AetherError if nothing was sent yet (code `connection_refused`: the request never left).
+ * Resolves with the status sent to the client, the instance that served it, and what the target
+ * reported about it; throws an AetherError if nothing was sent yet (code `connection_refused`: the
+ * request never left).
  */
-export async function forward(
-  req: IncomingMessage,
-  res: ServerResponse,
-  lease: Lease,
-  opts: ForwardOptions,
-): Promise<{ status: number; instanceId: string }> {
+export async function forward(req: IncomingMessage, res: ServerResponse, lease: Lease, opts: ForwardOptions): Promise<Forwarded> {
   const { body } = opts;
   const headers = forwardedHeaders(req.headers, opts);
   if (Buffer.isBuffer(body)) headers['content-length'] = String(body.length); // a chunked body, read whole, has a length now
-  let status = 0;
-  let instanceId = opts.instanceId;
+  const out: Forwarded = { status: 0, instanceId: opts.instanceId, error: null, coldStart: false };
   try {
     // stream() writes the body straight into the client's response: no intermediate Readable.
     await poolFor(lease.handle, opts.connections).stream(
@@ -90,9 +109,15 @@ export async function forward(
         headersTimeout: Math.max(1, opts.deadline - Date.now()),
       },
       ({ statusCode, headers: upstreamHeaders }) => {
-        status = statusCode;
-        instanceId = (upstreamHeaders[INSTANCE_HEADER] as string | undefined) ?? instanceId;
-        res.writeHead(statusCode, { ...withoutHopByHop(upstreamHeaders as IncomingHttpHeaders), [INSTANCE_HEADER]: instanceId });
+        const upstream = upstreamHeaders as IncomingHttpHeaders;
+        out.status = statusCode;
+        out.instanceId = single(upstream[INSTANCE_HEADER]) ?? out.instanceId;
+        out.error = decodeError(single(upstream[ERROR_HEADER]));
+        out.coldStart = upstream[COLD_START_HEADER] === '1';
+        const answer = withoutHopByHop(upstream);
+        if (!opts.relay) for (const name of AETHER_FACTS) delete answer[name];
+        if (out.instanceId) answer[INSTANCE_HEADER] = out.instanceId;
+        res.writeHead(statusCode, Object.assign(answer, opts.responseHeaders));
         return res;
       },
     );
@@ -100,7 +125,25 @@ export async function forward(
     if (!res.headersSent) throw await explain(err, lease, body);
     res.destroy(); // the client sees a truncated response rather than a silently short one
   }
-  return { status, instanceId };
+  return out;
+}
+
+/** An error message as a header value: URI-encoded (headers are latin1 without controls), and bounded. */
+export function encodeError(message: string): string {
+  return encodeURIComponent(message.slice(0, MAX_ERROR_HEADER_CHARS));
+}
+
+function decodeError(value: string | undefined): string | null {
+  if (value === undefined) return null;
+  try {
+    return decodeURIComponent(value);
+  } catch {
+    return value;
+  }
+}
+
+function single(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value[0] : value;
 }
 
 async function explain(err: unknown, lease: Lease, body: RequestBody): Promise<AetherError> {
@@ -123,7 +166,8 @@ function forwardedHeaders(incoming: IncomingHttpHeaders, opts: ForwardOptions): 
   const out = withoutHopByHop(incoming);
   const prior = incoming['x-forwarded-for'];
   out['x-forwarded-for'] = prior ? `${prior}, ${opts.clientIp}` : opts.clientIp;
-  out['x-aether-request-id'] = opts.requestId;
+  out[REQUEST_ID_HEADER] = opts.requestId;
+  out[CLIENT_REQUEST_ID_HEADER] = opts.requestId; // what the function sees, valid or generated
   out['x-aether-deadline'] = String(opts.deadline);
   return Object.assign(out, opts.extraHeaders);
 }

@@ -6,10 +6,12 @@
  */
 import Database from 'better-sqlite3';
 import { conflict } from '../../core/errors.js';
+import { INVOCATIONS_KEPT, isFailure, newInvocationId, type InvocationQuery } from '../../core/invocations.js';
 import type { FunctionStore, InvocationLog } from '../../core/ports.js';
 import type { FunctionRecord, InvocationRecord } from '../../core/types.js';
 
-const KEEP_INVOCATIONS = 1000; // per function
+/** Sorts after every record id (UUIDs are lowercase hex and dashes): "no `before`". */
+const AFTER_ALL_IDS = '~';
 
 export class SqliteStore implements FunctionStore, InvocationLog {
   private readonly db: Database.Database;
@@ -29,13 +31,8 @@ export class SqliteStore implements FunctionStore, InvocationLog {
         name TEXT NOT NULL UNIQUE,
         record TEXT NOT NULL
       );
-      CREATE TABLE IF NOT EXISTS invocations (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        function_id TEXT NOT NULL,
-        record TEXT NOT NULL
-      );
-      CREATE INDEX IF NOT EXISTS invocations_by_function ON invocations (function_id, seq);
     `);
+    migrateInvocations(this.db);
     this.sql = {
       insertFn: this.db.prepare('INSERT INTO functions (id, name, record) VALUES (?, ?, ?)'),
       getFn: this.db.prepare('SELECT record FROM functions WHERE id = ? OR name = ?'),
@@ -43,10 +40,15 @@ export class SqliteStore implements FunctionStore, InvocationLog {
       updateFn: this.db.prepare('UPDATE functions SET name = ?, record = ? WHERE id = ?'),
       deleteFn: this.db.prepare('DELETE FROM functions WHERE id = ?'),
       deleteInvocations: this.db.prepare('DELETE FROM invocations WHERE function_id = ?'),
-      latest: this.db.prepare('SELECT record FROM invocations WHERE function_id = ? ORDER BY seq DESC LIMIT ?'),
-      insertInvocation: this.db.prepare('INSERT INTO invocations (function_id, record) VALUES (?, ?)'),
+      // A NULL filter parameter means "either".
+      queryInvocations: this.db.prepare(
+        `SELECT record FROM invocations WHERE function_id = @fn AND id < @before
+           AND (@failed IS NULL OR failed = @failed) AND (@cold IS NULL OR cold_start = @cold)
+         ORDER BY id DESC LIMIT @limit`,
+      ),
+      insertInvocation: this.db.prepare(INSERT_INVOCATION),
       trimInvocations: this.db.prepare(
-        'DELETE FROM invocations WHERE function_id = ? AND seq <= (SELECT seq FROM invocations WHERE function_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)',
+        'DELETE FROM invocations WHERE function_id = ? AND id <= (SELECT id FROM invocations WHERE function_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)',
       ),
     };
     this.flushTimer = setInterval(() => this.flush(), flushMs);
@@ -80,21 +82,28 @@ export class SqliteStore implements FunctionStore, InvocationLog {
   }
 
   async delete(id: string): Promise<boolean> {
-    const tx = this.db.transaction(() => {
-      this.sql.deleteInvocations.run(id);
-      return this.sql.deleteFn.run(id).changes > 0;
-    });
-    this.pending = this.pending.filter((r) => r.function_id !== id);
-    return tx();
+    return this.sql.deleteFn.run(id).changes > 0;
   }
 
   record(inv: InvocationRecord): void {
     this.pending.push(inv);
   }
 
-  async latest(functionId: string, limit: number): Promise<InvocationRecord[]> {
+  forget(functionId: string): void {
+    this.pending = this.pending.filter((r) => r.function_id !== functionId);
+    this.sql.deleteInvocations.run(functionId);
+  }
+
+  async query(functionId: string, q: InvocationQuery): Promise<InvocationRecord[]> {
     this.flush();
-    const rows = this.sql.latest.all(functionId, limit) as { record: string }[];
+    const flag = (v: boolean | undefined) => (v === undefined ? null : Number(v));
+    const rows = this.sql.queryInvocations.all({
+      fn: functionId,
+      before: q.before ?? AFTER_ALL_IDS,
+      failed: flag(q.failed),
+      cold: flag(q.coldStart),
+      limit: q.limit,
+    }) as { record: string }[];
     return rows.map((r) => JSON.parse(r.record) as InvocationRecord);
   }
 
@@ -104,8 +113,8 @@ export class SqliteStore implements FunctionStore, InvocationLog {
     const batch = this.pending;
     this.pending = [];
     this.db.transaction(() => {
-      for (const inv of batch) this.sql.insertInvocation.run(inv.function_id, JSON.stringify(inv));
-      for (const id of new Set(batch.map((b) => b.function_id))) this.sql.trimInvocations.run(id, id, KEEP_INVOCATIONS);
+      for (const inv of batch) this.sql.insertInvocation.run(invocationRow(inv));
+      for (const id of new Set(batch.map((b) => b.function_id))) this.sql.trimInvocations.run(id, id, INVOCATIONS_KEPT);
     })();
   }
 
@@ -114,6 +123,52 @@ export class SqliteStore implements FunctionStore, InvocationLog {
     this.flush();
     this.db.close();
   }
+}
+
+const INSERT_INVOCATION =
+  'INSERT OR REPLACE INTO invocations (function_id, id, failed, cold_start, record) VALUES (@function_id, @id, @failed, @cold_start, @record)';
+
+/** The filter columns next to the record as the API shows it. */
+function invocationRow(inv: InvocationRecord) {
+  return {
+    function_id: inv.function_id,
+    id: inv.id,
+    failed: Number(isFailure(inv)),
+    cold_start: Number(inv.cold_start),
+    record: JSON.stringify(inv),
+  };
+}
+
+/**
+ * Schema 1: records keyed by (function, UUIDv7 id) with filter columns. Schema 0 kept them in insertion
+ * order with random ids; they are carried over with new ids from their start times (the old id
+ * becomes the request id, which it was).
+ */
+function migrateInvocations(db: Database.Database): void {
+  if ((db.pragma('user_version', { simple: true }) as number) >= 1) return;
+  db.transaction(() => {
+    const old = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'invocations'").get() !== undefined;
+    if (old) db.exec('ALTER TABLE invocations RENAME TO invocations_v0; DROP INDEX IF EXISTS invocations_by_function;');
+    db.exec(`
+      CREATE TABLE invocations (
+        function_id TEXT NOT NULL,
+        id TEXT NOT NULL,
+        failed INTEGER NOT NULL,
+        cold_start INTEGER NOT NULL,
+        record TEXT NOT NULL,
+        PRIMARY KEY (function_id, id)
+      ) WITHOUT ROWID;
+    `);
+    if (old) {
+      const insert = db.prepare(INSERT_INVOCATION);
+      for (const row of db.prepare('SELECT record FROM invocations_v0').all() as { record: string }[]) {
+        const v0 = JSON.parse(row.record) as Omit<InvocationRecord, 'request_id'>;
+        insert.run(invocationRow({ ...v0, id: newInvocationId(Date.parse(v0.started_at)), request_id: v0.id }));
+      }
+      db.exec('DROP TABLE invocations_v0');
+    }
+    db.pragma('user_version = 1');
+  })();
 }
 
 function uniqueViolation(err: unknown, name: string): Error | undefined {

@@ -1,0 +1,122 @@
+/**
+ * Request ids, invocation records and failing functions through a real cluster: 2 gateways and 2
+ * workers (bubblewrap) on real etcd, Redis and S3. Workers run the invocations; the gateway that
+ * took the request records it (in Redis) from what the worker tells it.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { startAether, type Aether } from './helpers/aether.ts';
+import { startServices, type Services } from './helpers/services.ts';
+import { until } from './helpers/wait.ts';
+import { PROBE } from './helpers/probe.ts';
+
+describe('invocations in a cluster', () => {
+  let services: Services;
+  const gateways: Aether[] = [];
+  const workers: Aether[] = [];
+  const workerDirs: string[] = [];
+
+  before(async () => {
+    services = await startServices();
+    const env = { ...services.env, AETHER_LEASE_TTL_S: '3' };
+    for (let i = 0; i < 2; i++) {
+      workerDirs.push(fs.mkdtempSync(path.join(os.tmpdir(), `aether-invw${i}-`)));
+      workers.push(
+        await startAether({
+          role: 'worker',
+          isolation: 'bwrap',
+          dataDir: workerDirs[i],
+          env: { ...env, WORKER_IP: '127.0.0.1', AETHER_WORKER_ID: `iw${i}` },
+        }),
+      );
+    }
+    for (let i = 0; i < 2; i++) gateways.push(await startAether({ role: 'gateway', env }));
+    await until(async () => (await gateways[1]!.api('GET', '/api/workers')).body.length === 2, 10_000, 'both workers to register');
+  });
+  after(async () => {
+    await Promise.all([...gateways, ...workers].map((a) => a.stop()));
+    for (const d of workerDirs) fs.rmSync(d, { recursive: true, force: true });
+    await services.stop();
+  });
+
+  const [g0, g1] = [() => gateways[0]!, () => gateways[1]!];
+  const records = async (g: Aether, fn: string, query = '') => {
+    const res = await g.api('GET', `/api/functions/${fn}/invocations${query}`);
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    return res.body as any[];
+  };
+  const recordOf = async (fn: string, requestId: string) => {
+    let found: any;
+    await until(
+      async () => (found = (await records(g1(), fn)).find((r) => r.request_id === requestId)) !== undefined,
+      5000,
+      `the record of ${requestId}`,
+    );
+    return found;
+  };
+  const call = async (g: Aether, fn: string, p: string, rid: string) => {
+    const res = await g.invoke(fn, p, { headers: { 'x-request-id': rid } });
+    const body = await res.text();
+    assert.equal(res.headers.get('x-request-id'), rid, 'the request id comes back');
+    for (const internal of ['x-aether-error', 'x-aether-cold-start']) assert.equal(res.headers.get(internal), null, internal);
+    return { status: res.status, body, rec: await recordOf(fn, rid) };
+  };
+
+  test('the request id reaches the function on a worker and comes back; records are shared by the gateways', async () => {
+    await g0().deploy({ name: 'probe', memory_mb: 96, timeout_ms: 1500 }, { 'handler.js': PROBE });
+    const first = await call(g0(), 'probe', '/', 'cl-1');
+    assert.equal(first.status, 200);
+    assert.deepEqual(JSON.parse(first.body), { context: 'cl-1', event: 'cl-1', header: 'cl-1' });
+    assert.equal(first.rec.cold_start, true);
+    const instances = (await g0().api('GET', '/api/functions/probe/instances')).body;
+    assert.equal(instances.length, 1);
+    assert.equal(first.rec.instance_id, instances[0].id);
+
+    const warm = await call(g1(), 'probe', '/', 'cl-2');
+    assert.equal(warm.rec.cold_start, false);
+    assert.equal(warm.rec.instance_id, instances[0].id);
+
+    const generated = await g1().invoke('probe', '/', { headers: { 'x-request-id': 'not valid!' } });
+    const rid = generated.headers.get('x-request-id')!;
+    assert.equal(JSON.parse(await generated.text()).context, rid);
+    assert.equal((await recordOf('probe', rid)).id, rid);
+  });
+
+  test('failures on a worker are recorded by the gateway with their message, instance and cold start', async () => {
+    const crash = await call(g0(), 'probe', '/crash', 'cl-crash');
+    assert.equal(crash.status, 502);
+    assert.match(crash.rec.error, /crashed.*code 3/);
+    assert.ok(crash.rec.instance_id);
+    assert.equal(crash.rec.cold_start, false);
+
+    // The worker starts the replacement itself: the gateway learns it was a cold start from the worker.
+    const next = await call(g1(), 'probe', '/', 'cl-after-crash');
+    assert.equal(next.status, 200);
+    assert.equal(next.rec.cold_start, true);
+    assert.notEqual(next.rec.instance_id, crash.rec.instance_id);
+
+    const oom = await call(g0(), 'probe', '/oom', 'cl-oom');
+    assert.equal(oom.status, 502);
+    assert.match(oom.rec.error, /memory limit of 96 MB exceeded|out of memory/i);
+    assert.equal(oom.rec.instance_id, next.rec.instance_id);
+
+    const hang = await call(g1(), 'probe', '/hang', 'cl-hang');
+    assert.equal(hang.status, 504);
+    assert.match(hang.rec.error, /timeout/);
+    assert.ok(hang.rec.instance_id);
+
+    assert.deepEqual(
+      (await records(g0(), 'probe', '?status=error')).map((r) => r.request_id),
+      ['cl-hang', 'cl-oom', 'cl-crash'],
+    );
+    const page = await records(g0(), 'probe', '?limit=2');
+    const rest = await records(g1(), 'probe', `?limit=10&before=${page.at(-1).id}`);
+    assert.deepEqual(
+      [...page, ...rest].map((r) => r.request_id).filter((id) => id.startsWith('cl-')),
+      ['cl-hang', 'cl-oom', 'cl-after-crash', 'cl-crash', 'cl-2', 'cl-1'],
+    );
+  });
+});

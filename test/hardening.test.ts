@@ -1,6 +1,7 @@
 /**
  * What a hostile client or tenant must not be able to do to others, through the public API of a real
- * server with real sandboxes: hold a function's slots with slow request bodies.
+ * server with real sandboxes: hold a function's slots with slow request bodies, or have requests routed to
+ * an instance the host has killed.
  */
 import assert from 'node:assert/strict';
 import net from 'node:net';
@@ -76,3 +77,46 @@ describe(`slow request bodies do not hold a function's slots (${driver})`, () =>
     });
   }
 });
+
+/** On /arm, probes the metadata service with a wrong token a moment later: the host kills the instance for it. */
+const PROBER = `const probe = () => new Promise((resolve) => {
+  const headers = { authorization: 'Bearer replayed' };
+  const req = require('http').get({ socketPath: '/run/aether/mmds.sock', path: '/v1/config', headers }, (res) => { res.resume(); res.on('end', resolve); });
+  req.on('error', resolve);
+});
+exports.handler = async (event) => {
+  if (event.path === '/arm') { setTimeout(probe, 300); return 'armed'; }
+  if (event.path === '/wait') { await new Promise((r) => setTimeout(r, 10_000)); return 'survived'; }
+  return 'ok';
+};`;
+
+for (const driver of sandboxDrivers()) {
+  describe(`an instance the host kills takes no more requests (${driver})`, () => {
+    let a: Aether;
+    before(async () => {
+      a = await startAether({ isolation: driver });
+      await a.deploy({ name: 'prober', memory_mb: 96, concurrency: 4, max_instances: 1 }, { 'handler.js': PROBER });
+    });
+    after(() => a?.stop());
+
+    test('requests after the kill go to a new instance; the one it killed says why', { timeout: 30_000 }, async () => {
+      assert.equal(await (await a.invoke('prober', '/')).text(), 'ok');
+      const inFlight = a.invoke('prober', '/wait');
+      assert.equal(await (await a.invoke('prober', '/arm')).text(), 'armed');
+      const failures: string[] = [];
+      let served = 0;
+      for (const end = Date.now() + 2500; Date.now() < end; ) {
+        const res = await a.invoke('prober', '/');
+        if (res.status === 200) served++;
+        else failures.push(`${res.status} ${await res.text()}`);
+      }
+      const killed = await inFlight;
+      assert.equal(killed.status, 502);
+      assert.match((await killed.json()).error.message, /metadata request refused: wrong token/);
+      // At most the one request that was in flight at the moment of the kill fails, and it says why.
+      assert.ok(failures.length <= 1, failures.join('\n'));
+      for (const f of failures) assert.match(f, /^502 .*metadata request refused: wrong token/);
+      assert.ok(served > 0);
+    });
+  });
+}

@@ -188,6 +188,7 @@ export class ClusterRouter implements Router, Placement {
     const handle: InstanceHandle = {
       id: worker.id,
       connect: () => this.deps.connect(worker),
+      condemned: exited.then((exit) => exit.reason!),
       exited,
       stop: async () => stop(),
     };

@@ -40,6 +40,8 @@ class Instance {
   lastActive: number;
   /** When it became ready (pool event order): a request that started waiting before then waited for it (a cold start). */
   readyAt = Number.POSITIVE_INFINITY;
+  /** Why the instance is ending, once it is known to be (before its exit is). */
+  condemned?: string;
   constructor(
     readonly version: number,
     now: number,
@@ -209,7 +211,7 @@ export class FunctionPool {
   }
 
   private current(): Instance[] {
-    return [...this.instances.values()].filter((i) => i.version === this.fn.version && i.state !== 'draining');
+    return [...this.instances.values()].filter((i) => i.version === this.fn.version && (i.state === 'starting' || i.state === 'ready'));
   }
 
   /** The least loaded ready instance of the current version with a free slot. */
@@ -233,9 +235,10 @@ export class FunctionPool {
       coldStart,
       exitReason: async () => {
         // A crash is usually seen by the request a moment before the exit is reaped and explained (its
-        // cgroup read for an OOM kill), which can take over half a second on a busy host.
+        // cgroup read for an OOM kill), which can take over half a second on a busy host; a slower
+        // teardown (gVisor's) must not hide the cause the host already knows.
         const exit = await Promise.race([handle.exited, new Promise<undefined>((r) => setTimeout(r, EXIT_REASON_WAIT_MS))]);
-        return exit ? describeExit(exit) : undefined;
+        return exit ? describeExit(exit) : inst.condemned;
       },
       recycle: () => {
         this.deps.log.warn({ function: this.fn.name, instance: inst.id }, 'recycling stuck instance');
@@ -301,6 +304,7 @@ export class FunctionPool {
         onLog: (stream, line) => this.deps.onInstanceLog(fn, inst.id, stream, line),
       });
       inst.handle = handle;
+      void handle.condemned.then((reason) => this.onCondemned(inst, reason));
       void handle.exited.then((exit) => this.onExit(inst, exit));
       this.deps.log.info({ function: fn.name, instance: inst.id, version: inst.version, ms: this.now() - started }, 'instance ready');
       if (inst.state === 'draining' || this.closed) {
@@ -332,6 +336,15 @@ export class FunctionPool {
     }
   }
 
+  /** The instance is ending (killed, crashed): route nothing more to it, and start its replacement now. */
+  private onCondemned(inst: Instance, reason: string): void {
+    inst.condemned = reason;
+    if (inst.state !== 'ready' && inst.state !== 'starting') return; // the pool is stopping it
+    inst.state = 'stopping';
+    this.deps.log.warn({ function: this.fn.name, instance: inst.id, reason }, 'instance is ending: no more requests to it');
+    this.scaleUp();
+  }
+
   private onExit(inst: Instance, exit: ExitInfo): void {
     const expected = inst.state === 'draining' || inst.state === 'stopped';
     inst.state = 'stopped';
@@ -352,13 +365,13 @@ export class FunctionPool {
   }
 
   private drain(inst: Instance): void {
-    if (inst.state === 'stopped') return;
+    if (inst.state === 'stopped' || inst.state === 'stopping') return;
     inst.state = 'draining';
     if (inst.inFlight === 0 && inst.handle) void this.stop(inst);
   }
 
   private async stop(inst: Instance): Promise<void> {
-    inst.state = inst.state === 'stopped' ? 'stopped' : 'draining';
+    if (inst.state !== 'stopped' && inst.state !== 'stopping') inst.state = 'draining';
     await inst.handle?.stop(this.deps.settings.stopGraceMs);
     inst.state = 'stopped';
     this.forget(inst);

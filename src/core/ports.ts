@@ -70,6 +70,11 @@ export interface InstanceHandle {
   readonly id: string;
   /** Opens a new HTTP/1.1 connection to the instance (TCP, Unix socket or a dialed-in channel). */
   connect(): Promise<Socket>;
+  /**
+   * Settles as soon as the instance is known to be ending (the host killed it or is stopping it, or it
+   * exited), with why; nothing may be routed to it from then on. `exited` follows after teardown.
+   */
+  readonly condemned: Promise<string>;
   /** Settles once when the instance has ended, for whatever reason. */
   readonly exited: Promise<ExitInfo>;
   /** Stops the instance: asks politely, then kills after graceMs. Idempotent. */

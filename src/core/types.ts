@@ -40,7 +40,8 @@ export interface InvocationRecord {
   error: string | null;
 }
 
-export type InstanceState = 'starting' | 'ready' | 'draining' | 'stopped';
+/** `stopping`: killed by the host or crashed, not yet torn down; `draining`: finishing its requests before a stop. */
+export type InstanceState = 'starting' | 'ready' | 'draining' | 'stopping' | 'stopped';
 
 export interface InstanceInfo {
   id: string;

@@ -62,6 +62,8 @@ export async function launchProcessInstance(launch: ProcessLaunch): Promise<Inst
 class ProcessInstance implements InstanceHandle {
   readonly id: string;
   readonly exited: Promise<ExitInfo>;
+  readonly condemned: Promise<string>;
+  private condemn!: (reason: string) => void;
   private readonly child: ChildProcess;
   private readonly ended: Promise<ProcessExit>;
   private readonly stderrTail: string[] = [];
@@ -73,6 +75,7 @@ class ProcessInstance implements InstanceHandle {
   constructor(private readonly launch: ProcessLaunch) {
     const { spec } = launch;
     this.id = spec.instanceId;
+    this.condemned = new Promise((resolve) => (this.condemn = resolve));
     // detached: its own process group, so that signals reach everything it started.
     this.child = spawn(launch.command, launch.args, { env: launch.env, stdio: 'pipe', detached: true });
     this.child.stdin!.on('error', () => {}); // EPIPE when it dies early: the exit path reports that
@@ -84,6 +87,7 @@ class ProcessInstance implements InstanceHandle {
     });
     this.ended = processExit(this.child).then((exit) => {
       this.hasEnded = true;
+      this.condemn(this.cause ?? describeExit(exit));
       return exit;
     });
     this.exited = this.ended.then((exit) => this.teardown(exit));
@@ -137,6 +141,7 @@ class ProcessInstance implements InstanceHandle {
     this.stopping ??= (async () => {
       if (!this.hasEnded) {
         this.cause ??= 'stopped';
+        this.condemn(this.cause);
         this.signal('SIGTERM');
         if (!(await settlesWithin(this.ended, graceMs))) this.signal('SIGKILL');
       }
@@ -156,6 +161,7 @@ class ProcessInstance implements InstanceHandle {
     void this.launch.channel.authFailure.then((reason) => {
       if (this.hasEnded) return;
       this.cause ??= reason;
+      this.condemn(this.cause);
       this.signal('SIGKILL');
     });
   }

@@ -35,6 +35,8 @@ export interface FirecrackerLaunch {
 export class FirecrackerInstance implements InstanceHandle {
   readonly id: string;
   readonly exited: Promise<ExitInfo>;
+  readonly condemned: Promise<string>;
+  private condemn!: (reason: string) => void;
   readonly vmm: Vmm;
   private readonly logServers: Server[] = [];
   private guestStatus?: number;
@@ -43,10 +45,12 @@ export class FirecrackerInstance implements InstanceHandle {
 
   private constructor(private readonly launch: FirecrackerLaunch) {
     this.id = launch.spec.instanceId;
+    this.condemned = new Promise((resolve) => (this.condemn = resolve));
     this.vmm = new Vmm(launch.placement, (line) => {
       const exit = CONSOLE.exited.exec(line);
       if (exit) this.guestStatus = Number(exit[1]);
     });
+    void this.vmm.ended.then((exit) => this.condemn(this.cause ?? this.describe(exit)));
     this.exited = this.vmm.ended.then((exit) => this.teardown(exit));
   }
 
@@ -117,6 +121,7 @@ export class FirecrackerInstance implements InstanceHandle {
     this.stopping ??= (async () => {
       if (!this.vmm.hasEnded) {
         this.cause ??= 'stopped';
+        this.condemn(this.cause);
         const timer = setTimeout(() => this.kill('stopped'), graceMs);
         await this.vmm.api.put('/actions', { action_type: 'SendCtrlAltDel' }).catch(() => this.kill('stopped'));
         await this.vmm.ended;
@@ -130,6 +135,7 @@ export class FirecrackerInstance implements InstanceHandle {
   private kill(reason: string): void {
     if (this.vmm.hasEnded) return;
     this.cause ??= reason;
+    this.condemn(this.cause);
     this.vmm.kill();
   }
 

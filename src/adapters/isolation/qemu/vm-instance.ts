@@ -53,6 +53,8 @@ export async function launchVm(launch: VmLaunch): Promise<VmInstance> {
 export class VmInstance implements InstanceHandle {
   readonly id: string;
   readonly exited: Promise<ExitInfo>;
+  readonly condemned: Promise<string>;
+  private condemn!: (reason: string) => void;
   /** Set once the VM is ready. */
   boot?: BootTimings;
   private readonly child: ChildProcess;
@@ -71,6 +73,7 @@ export class VmInstance implements InstanceHandle {
   constructor(private readonly launch: VmLaunch) {
     const { spec } = launch;
     this.id = spec.instanceId;
+    this.condemned = new Promise((resolve) => (this.condemn = resolve));
     // detached: QEMU gets its own process group, so no terminal signal meant for the host reaches it.
     this.child = spawn(launch.qemu, launch.args, { stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe'], detached: true });
     const stdio = this.child.stdio as unknown as Duplex[]; // fds 3-5 are socketpairs: readable and writable
@@ -88,7 +91,10 @@ export class VmInstance implements InstanceHandle {
     lines(this.child.stdout!, (line) => this.onConsole(line));
     lines(this.child.stderr!, (line) => this.onConsole(`qemu: ${line}`));
     this.ended = vmmEnded(this.child, (message) => this.keep(`qemu: ${message}`));
-    void this.ended.then(() => (this.hasEnded = true));
+    void this.ended.then((exit) => {
+      this.hasEnded = true;
+      this.condemn(this.cause ?? this.describe(this.status(exit)));
+    });
     this.exited = this.ended.then((exit) => this.teardown(exit));
   }
 
@@ -130,6 +136,7 @@ export class VmInstance implements InstanceHandle {
     this.stopping ??= (async () => {
       if (!this.hasEnded) {
         this.cause ??= 'stopped';
+        this.condemn(this.cause);
         this.ctl.write('stop\n');
         const timer = setTimeout(() => this.kill('stopped'), graceMs);
         await this.ended;
@@ -143,6 +150,7 @@ export class VmInstance implements InstanceHandle {
   private kill(reason: string): void {
     if (this.hasEnded) return;
     this.cause ??= reason;
+    this.condemn(this.cause);
     this.child.kill('SIGKILL');
   }
 

@@ -3,9 +3,12 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 
+/** Where the all-in-one server keeps its generated token; the CLI on the same machine reads it from there. */
+export const tokenFile = (dataDir: string) => path.join(dataDir, 'api-token');
+
 export function loadOrCreateToken(dataDir: string, fromEnv?: string): { token: string; created: boolean; file?: string } {
   if (fromEnv) return { token: fromEnv, created: false };
-  const file = path.join(dataDir, 'api-token');
+  const file = tokenFile(dataDir);
   try {
     return { token: fs.readFileSync(file, 'utf8').trim(), created: false, file };
   } catch (err) {

@@ -2,16 +2,20 @@
  * Configuration from environment variables (flags of `aether serve` override them).
  * Invalid values fail at start with one line naming the setting.
  */
+import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
 
 const MB = 1024 * 1024;
+/** Where `aether serve` keeps its data and listens unless told otherwise (the CLI looks for it there too). */
+const DEFAULT_DATA_DIR = './.aether';
+const DEFAULT_PORT = 8080;
 const int = (min: number, max: number) => z.coerce.number().int().min(min).max(max);
 
 const schema = z.object({
-  PORT: int(0, 65535).default(8080),
+  PORT: int(0, 65535).default(DEFAULT_PORT),
   HOST: z.string().min(1).default('0.0.0.0'),
-  AETHER_DATA_DIR: z.string().min(1).default('./.aether'),
+  AETHER_DATA_DIR: z.string().min(1).default(DEFAULT_DATA_DIR),
   AETHER_API_TOKEN: z.string().min(16, 'must be at least 16 characters').optional(),
   AETHER_ISOLATION: z.enum(['auto', 'firecracker', 'qemu', 'gvisor', 'bwrap', 'none']).default('auto'),
   AETHER_VM_CACHE: z.string().min(1).optional(),
@@ -164,4 +168,34 @@ export function loadClusterConfig(env: NodeJS.ProcessEnv = process.env): Cluster
 export function loadWorkerConfig(env: NodeJS.ProcessEnv = process.env): WorkerConfig {
   const w = parseOrThrow(workerSchema, env);
   return { ...loadClusterConfig(env), workerIp: w.WORKER_IP, workerId: w.AETHER_WORKER_ID, maxInstances: w.AETHER_WORKER_MAX_INSTANCES };
+}
+
+/** The client commands (`aether deploy`, `aether ls`, ...): which Aether, which token. Their flags override these. */
+const clientSchema = z.object({
+  AETHER_URL: z.url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL, e.g. http://127.0.0.1:8080' }).optional(),
+  AETHER_TOKEN: z.string().min(1).optional(),
+  AETHER_DATA_DIR: z.string().min(1).default(DEFAULT_DATA_DIR),
+  AETHER_API_TOKEN: z.string().min(1).optional(),
+  XDG_CONFIG_HOME: z.string().optional(),
+});
+
+export interface ClientConfig {
+  url?: string;
+  token?: string;
+  /** Where `aether login` keeps the URL and token: $XDG_CONFIG_HOME/aether/config.json, else ~/.config/aether/config.json. */
+  loginFile: string;
+  /** An `aether serve` on this machine with default settings: its URL, and its token (AETHER_API_TOKEN, else the file in its data dir). */
+  local: { url: string; token?: string; dataDir: string };
+}
+
+export function loadClientConfig(env: NodeJS.ProcessEnv = process.env): ClientConfig {
+  const c = parseOrThrow(clientSchema, env);
+  // The XDG base directory spec: a relative XDG_CONFIG_HOME is invalid and ignored.
+  const configHome = c.XDG_CONFIG_HOME && path.isAbsolute(c.XDG_CONFIG_HOME) ? c.XDG_CONFIG_HOME : path.join(os.homedir(), '.config');
+  return {
+    url: c.AETHER_URL,
+    token: c.AETHER_TOKEN,
+    loginFile: path.join(configHome, 'aether', 'config.json'),
+    local: { url: `http://127.0.0.1:${DEFAULT_PORT}`, token: c.AETHER_API_TOKEN, dataDir: path.resolve(c.AETHER_DATA_DIR) },
+  };
 }

@@ -1,17 +1,35 @@
 #!/usr/bin/env node
 /**
- * The `aether` command. `serve` runs the all-in-one server; later roles (`gateway`, `worker`) and
- * client commands (`deploy`, `invoke`, ...) are further subcommands of this same program.
+ * The `aether` command. The server roles (`serve`, `gateway`, `worker`, `image build`) and the client
+ * commands (`deploy`, `invoke`, `logs`, ..., in ./commands, talking to any Aether over its HTTP API)
+ * are subcommands of this same program.
  */
-import { Command } from 'commander';
+import fs from 'node:fs';
+import { Command, type CommanderError } from 'commander';
 import { loadClusterConfig, loadConfig, loadWorkerConfig } from '../config.js';
 import { errorMessage } from '../core/errors.js';
-import { startGateway } from '../gateway.js';
-import { buildImage } from '../image/build-image.js';
-import { startServer } from '../server.js';
-import { startWorker } from '../worker.js';
+import { clientCommands } from './commands/index.js';
+import { CliError, EXIT } from './exit.js';
 
-const program = new Command('aether').description('Serverless functions in isolated sandboxes and microVMs');
+const { version } = JSON.parse(fs.readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+
+const program = new Command('aether')
+  .description('Serverless functions in isolated sandboxes and microVMs')
+  .version(version, '-V, --version')
+  // Bad flags and arguments exit with 2 (usage), as documented for scripts; --help and --version with 0.
+  .exitOverride((err: CommanderError) => process.exit(err.exitCode === 0 ? 0 : EXIT.usage))
+  // Commander's own errors (unknown option, missing argument) in the same one-line form as ours.
+  .configureOutput({ outputError: (text, write) => write(`aether: ${text.trim().replace(/^error: /, '')} (--help shows the usage)\n`) })
+  .addHelpText(
+    'after',
+    `
+Exit codes: 0 ok, 1 the server or the function answered with an error, 2 usage or configuration,
+3 no such function, 4 no token or a rejected one, 5 server unreachable, 6 deployed but not starting.`,
+  );
+
+program.commandsGroup('Functions (talk to any Aether over its HTTP API):');
+clientCommands(program);
+program.commandsGroup('Run Aether:');
 
 program
   .command('serve')
@@ -24,6 +42,7 @@ program
     if (opts.port) env.PORT = opts.port;
     if (opts.dataDir) env.AETHER_DATA_DIR = opts.dataDir;
     if (opts.isolation) env.AETHER_ISOLATION = opts.isolation;
+    const { startServer } = await import('../server.js'); // the roles load their engines only when run: client commands start fast
     untilSignal(await startServer(loadConfig(env)));
   });
 
@@ -33,6 +52,7 @@ program
   .option('-p, --port <port>', 'listen port (PORT)')
   .action(async (opts: { port?: string }) => {
     const env = { ...process.env, ...(opts.port ? { PORT: opts.port } : {}) };
+    const { startGateway } = await import('../gateway.js');
     untilSignal(await startGateway(loadClusterConfig(env)));
   });
 
@@ -47,6 +67,7 @@ program
       ...(opts.port ? { PORT: opts.port } : {}),
       ...(opts.isolation ? { AETHER_ISOLATION: opts.isolation } : {}),
     };
+    const { startWorker } = await import('../worker.js');
     untilSignal(await startWorker(loadWorkerConfig(env)));
   });
 
@@ -60,6 +81,7 @@ program
   .action(async (opts: { cacheDir?: string; kernel?: string }) => {
     const env = { ...process.env, ...(opts.cacheDir ? { AETHER_VM_CACHE: opts.cacheDir } : {}) };
     const { vmCacheDir } = loadConfig(env);
+    const { buildImage } = await import('../image/build-image.js');
     const image = await buildImage({ cacheDir: vmCacheDir, kernelPath: opts.kernel, onProgress: (m) => process.stderr.write(`${m}\n`) });
     process.stdout.write(`${JSON.stringify(image, null, 2)}\n`);
   });
@@ -77,7 +99,8 @@ function untilSignal(server: { close(): Promise<void> }): void {
 }
 
 program.parseAsync().catch((err: unknown) => {
-  // Configuration and start-up errors: one clear line, no stack.
+  // Client errors carry their exit code; configuration and start-up errors are usage errors (2).
+  // Either way: one clear line, no stack.
   process.stderr.write(`aether: ${errorMessage(err)}\n`);
-  process.exit(2);
+  process.exit(err instanceof CliError ? err.exitCode : EXIT.usage);
 });

@@ -3,7 +3,6 @@
  * `aether serve` (bwrap sandboxes) that generated its own token, as a person would use them.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
@@ -11,14 +10,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { freePort } from '../src/adapters/free-port.ts';
 import { type AetherProcess, launchAether, ROOT } from '../tools/aether-process.ts';
-
-const CLI = path.join(ROOT, 'dist/cli/main.js');
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
+import { type CliOptions, cliAsserts, runCli } from './helpers/cli.ts';
 
 /** The function the tests deploy (server mode): it reports what it was sent, what it sees and its code's files. */
 const FUNCTION = (version: number) => `
@@ -47,40 +39,19 @@ describe('aether CLI against a running server', () => {
   let app: string;
 
   /** Runs the CLI the way a person on the server's machine would: no token given, found in the data dir. */
-  const cli = (args: string[], opts: { env?: Record<string, string | undefined>; input?: string } = {}): Promise<Run> =>
-    new Promise((resolve, reject) => {
-      const child = spawn(process.execPath, [CLI, ...args], {
-        cwd: work,
-        env: {
-          PATH: process.env.PATH,
-          HOME: work,
-          XDG_CONFIG_HOME: path.join(work, 'config'),
-          AETHER_URL: server.url,
-          AETHER_DATA_DIR: dataDir,
-          ...opts.env,
-        },
-      });
-      let stdout = '';
-      let stderr = '';
-      child.stdout.on('data', (c) => (stdout += c));
-      child.stderr.on('data', (c) => (stderr += c));
-      child.on('error', reject);
-      child.on('close', (code) => resolve({ code, stdout, stderr }));
-      child.stdin.end(opts.input ?? '');
+  const cli = (args: string[], opts: Partial<CliOptions> = {}) =>
+    runCli(args, {
+      cwd: work,
+      input: opts.input,
+      env: {
+        HOME: work,
+        XDG_CONFIG_HOME: path.join(work, 'config'),
+        AETHER_URL: server.url,
+        AETHER_DATA_DIR: dataDir,
+        ...opts.env,
+      },
     });
-  const ok = async (args: string[], opts?: Parameters<typeof cli>[1]) => {
-    const r = await cli(args, opts);
-    assert.equal(r.code, 0, `aether ${args.join(' ')} failed: ${r.stderr}`);
-    return r;
-  };
-  /** A failure: its exit code, and its message as one line on stderr. */
-  const fails = async (code: number, args: string[], opts?: Parameters<typeof cli>[1]) => {
-    const r = await cli(args, opts);
-    assert.equal(r.code, code, `aether ${args.join(' ')}: exit ${r.code}, stderr ${r.stderr}`);
-    const lines = r.stderr.trim().split('\n');
-    assert.match(lines.at(-1)!, /^aether: /);
-    return { ...r, message: lines.at(-1)! };
-  };
+  const { ok, fails } = cliAsserts(cli);
   const invokeJson = async (...args: string[]) => JSON.parse((await ok(['invoke', 'my-app', ...args])).stdout);
 
   before(async () => {

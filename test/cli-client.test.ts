@@ -3,6 +3,7 @@
  * `aether serve` (bwrap sandboxes) that generated its own token, as a person would use them.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
@@ -202,6 +203,24 @@ describe('aether CLI against a running server', () => {
     ]) {
       assert.doesNotMatch((await ok(args)).stdout, /secret-region-value/);
     }
+  });
+
+  test('on a terminal, the upload shows a progress bar', async () => {
+    fs.writeFileSync(path.join(app, 'lib/data.bin'), Buffer.alloc(256 * 1024, 7));
+    // script(1) runs the CLI on a pseudo-terminal, as a person's shell would.
+    const command = [process.execPath, path.join(ROOT, 'dist/cli/main.js'), 'deploy', app, '--no-wait'].map((a) => `'${a}'`).join(' ');
+    const r = await new Promise<{ code: number | null; out: string }>((resolve, reject) => {
+      const child = spawn('script', ['-qec', command, '/dev/null'], {
+        cwd: work,
+        env: { PATH: process.env.PATH, HOME: work, TERM: 'xterm', AETHER_URL: server.url, AETHER_DATA_DIR: dataDir },
+      });
+      let out = '';
+      child.stdout.on('data', (c) => (out += c));
+      child.on('error', reject);
+      child.on('close', (code) => resolve({ code, out }));
+    });
+    assert.equal(r.code, 0, r.out);
+    assert.match(r.out, /Uploading \[=+\] 100% [\d.]+ kB of [\d.]+ kB/);
   });
 
   test('a function that cannot start: deploy says so with its error and exits 6', async () => {

@@ -46,6 +46,7 @@ export function poolSettings(config: Config): PoolSettings {
     scaleDownGraceMs: config.scaleDownGraceMs,
     startTimeoutMs: config.startTimeoutMs,
     stopGraceMs: config.stopGraceMs,
+    startBackoff: config.startBackoff,
   };
 }
 

@@ -9,6 +9,7 @@ import { pino, type Logger } from 'pino';
 import { request } from 'undici';
 import { EtcdDiscovery } from './adapters/etcd/discovery.js';
 import { EtcdFunctionStore } from './adapters/etcd/function-store.js';
+import { EtcdStartFailures } from './adapters/etcd/start-failures.js';
 import { buildApp } from './adapters/http/app.js';
 import { CLUSTER_TOKEN_HEADER } from './adapters/http/auth.js';
 import { connectRedis } from './adapters/redis/connection.js';
@@ -31,6 +32,7 @@ export async function startGateway(config: ClusterConfig, logger: Logger = pino(
   const redis = await connectRedis(config.redisUrl);
   const invocations = new RedisInvocationLog(redis, logger);
   const workerHeaders = { [CLUSTER_TOKEN_HEADER]: config.apiToken };
+  const startFailures = new EtcdStartFailures(config.etcdEndpoints, { log: logger });
 
   const router = new ClusterRouter({
     directory: discovery,
@@ -46,9 +48,10 @@ export async function startGateway(config: ClusterConfig, logger: Logger = pino(
       return (await res.body.json()) as InstanceInfo[];
     },
     workerHeaders,
+    startFailures,
     log: logger,
   });
-  const functions = new FunctionService(store, code, invocations, router);
+  const functions = new FunctionService(store, code, invocations, router, startFailures);
 
   const app = await buildApp({
     logger,
@@ -67,6 +70,7 @@ export async function startGateway(config: ClusterConfig, logger: Logger = pino(
     close: async () => {
       await app.close();
       await discovery.close();
+      startFailures.close();
       store.close();
       code.close();
       redis.disconnect();

@@ -12,6 +12,7 @@ import { loadOrCreateToken } from './api-token.js';
 import type { Config } from './config.js';
 import { FunctionService } from './core/functions.js';
 import { Scheduler } from './core/scheduler.js';
+import { LocalStartFailures } from './core/start-failures.js';
 import { instanceLogger, poolSettings, prepareDataDir, startIsolation, type RunningServer } from './compose.js';
 
 export async function startServer(config: Config, logger: Logger = pino({ level: config.logLevel })): Promise<RunningServer> {
@@ -28,14 +29,16 @@ export async function startServer(config: Config, logger: Logger = pino({ level:
 
   const store = new SqliteStore(path.join(config.dataDir, 'aether.db'));
   const code = new LocalCodeStore(path.join(config.dataDir, 'code'), config.limits);
+  const startFailures = new LocalStartFailures();
   const scheduler = new Scheduler({
     driver,
+    startFailures,
     codeDir: (hash) => code.dir(hash),
     log: logger,
     settings: poolSettings(config),
     onInstanceLog: instanceLogger(logger),
   });
-  const functions = new FunctionService(store, code, store, scheduler);
+  const functions = new FunctionService(store, code, store, scheduler, startFailures);
   for (const fn of await store.list()) scheduler.updated(fn); // warm min_instances after a restart
 
   const app = await buildApp({

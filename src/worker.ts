@@ -10,6 +10,7 @@ import path from 'node:path';
 import { pino, type Logger } from 'pino';
 import { EtcdDiscovery } from './adapters/etcd/discovery.js';
 import { EtcdFunctionStore } from './adapters/etcd/function-store.js';
+import { EtcdStartFailures } from './adapters/etcd/start-failures.js';
 import { buildApp } from './adapters/http/app.js';
 import { connectRedis } from './adapters/redis/connection.js';
 import { ProvisionQueue } from './adapters/redis/provision-queue.js';
@@ -42,8 +43,10 @@ export async function startWorker(config: WorkerConfig, logger: Logger = pino({ 
     info = { ...info, instances: scheduler.instanceCount() };
     discovery.updateWorker(info).catch((err: Error) => log.warn({ err: err.message }, 'could not update the worker registration'));
   };
+  const startFailures = new EtcdStartFailures(config.etcdEndpoints, { log });
   const scheduler = new Scheduler({
     driver,
+    startFailures,
     codeDir: (hash) => code.dir(hash),
     log,
     settings: poolSettings(config),
@@ -127,6 +130,7 @@ export async function startWorker(config: WorkerConfig, logger: Logger = pino({ 
       await app.close();
       await scheduler.shutdown();
       await discovery.close();
+      startFailures.close();
       functions.close();
       code.close();
       redis.disconnect();

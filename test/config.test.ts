@@ -21,6 +21,12 @@ test('single node: defaults', () => {
   assert.equal(c.limits.maxEntries, 10_000);
   assert.deepEqual(c.body, { bufferBytes: 1024 * 1024, timeoutMs: 30_000, idleTimeoutMs: 10_000 });
   assert.equal(c.apiToken, undefined);
+  assert.deepEqual(c.startBackoff, { initialMs: 1000, maxMs: 60_000 });
+  // The cap is never below the first delay.
+  assert.deepEqual(loadConfig({ AETHER_START_BACKOFF_MS: '5000', AETHER_START_BACKOFF_MAX_MS: '100' }).startBackoff, {
+    initialMs: 5000,
+    maxMs: 5000,
+  });
 });
 
 test('invalid values name the setting', () => {

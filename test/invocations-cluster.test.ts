@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { startAether, type Aether } from './helpers/aether.ts';
+import { HANDLER_CJS, startAether, type Aether } from './helpers/aether.ts';
 import { startServices, type Services } from './helpers/services.ts';
 import { until } from './helpers/wait.ts';
 import { PROBE } from './helpers/probe.ts';
@@ -21,7 +21,7 @@ describe('invocations in a cluster', () => {
 
   before(async () => {
     services = await startServices();
-    const env = { ...services.env, AETHER_LEASE_TTL_S: '3' };
+    const env = { ...services.env, AETHER_LEASE_TTL_S: '3', AETHER_START_BACKOFF_MS: '1500' };
     for (let i = 0; i < 2; i++) {
       workerDirs.push(fs.mkdtempSync(path.join(os.tmpdir(), `aether-invw${i}-`)));
       workers.push(
@@ -118,5 +118,51 @@ describe('invocations in a cluster', () => {
       [...page, ...rest].map((r) => r.request_id).filter((id) => id.startsWith('cl-')),
       ['cl-hang', 'cl-oom', 'cl-after-crash', 'cl-crash', 'cl-2', 'cl-1'],
     );
+  });
+
+  test('a function that cannot start: the gateways hear it from the worker, back off together, and a deploy resets it', async () => {
+    await g0().deploy({ name: 'throws' }, { 'handler.js': `throw new Error('boom at import');` });
+    const failedStarts = () =>
+      workers.flatMap((w) => w.logs).filter((l) => l.includes('"instance failed to start"') && l.includes('"function":"throws"')).length;
+
+    const t0 = Date.now();
+    const first = await g0().invoke('throws', '/', { headers: { 'x-request-id': 'cl-start-1' } });
+    const firstBody = await first.json();
+    assert.equal(first.status, 502);
+    assert.equal(firstBody.error.code, 'start_failed');
+    assert.match(firstBody.error.message, /boom at import/);
+    assert.ok(Date.now() - t0 < 5000, 'the gateway hears of the failure, it does not wait for its deadline');
+    const rec = await recordOf('throws', 'cl-start-1');
+    assert.match(rec.error, /boom at import/);
+    assert.ok(rec.instance_id);
+    assert.equal(rec.cold_start, true);
+
+    // Both gateways see the state, and neither asks a worker for another sandbox during the backoff.
+    await until(async () => (await g1().api('GET', '/api/functions/throws')).body.status === 'failing', 5000, 'g1 to see it failing');
+    const view = (await g1().api('GET', '/api/functions/throws')).body;
+    assert.match(view.last_error, /boom at import/);
+    assert.ok(view.failing_since);
+    for (const g of [g0(), g1(), g0(), g1()]) {
+      const res = await g.invoke('throws');
+      assert.equal(res.status, 503);
+      const body = await res.json();
+      assert.equal(body.error.code, 'function_failing');
+      assert.match(body.error.message, /boom at import/);
+    }
+
+    // After the backoff one probe, through whichever gateway: it fails again, the delay doubles.
+    await until(async () => (await g1().invoke('throws')).status === 502, 8000, 'the probe after the backoff');
+    // Output arrives through a pipe: wait for the log line, then check that the 503s started nothing.
+    await until(async () => failedStarts() >= 2, 5000, 'the log of the second failed start');
+    assert.equal(failedStarts(), 2, 'one start, one probe: none for the requests in between');
+    const again = await g0().invoke('throws');
+    assert.equal(again.status, 503);
+    assert.match((await again.json()).error.message, /its last 2 starts failed/);
+
+    // A deploy through the other gateway: a new version, not failing, served.
+    assert.equal((await g1().upload('throws', { 'handler.js': HANDLER_CJS })).status, 200);
+    await until(async () => (await g0().api('GET', '/api/functions/throws')).body.status === 'ok', 5000, 'g0 to see the new version');
+    assert.equal((await g0().invoke('throws')).status, 200);
+    await until(async () => (await g1().api('GET', '/api/functions/throws')).body.last_error === null, 5000, 'the failure to be cleared');
   });
 });

@@ -4,7 +4,7 @@
  * provisioning queue and waits for the instance to appear. Knows nothing of etcd or Redis.
  */
 import type { Socket } from 'node:net';
-import { timedOut, unavailable } from './errors.js';
+import { AetherError, badGateway, involving, timedOut, unavailable } from './errors.js';
 import type { Lease } from './pool.js';
 import type {
   ExitInfo,
@@ -17,6 +17,7 @@ import type {
   WorkerInfo,
 } from './ports.js';
 import type { Router } from './scheduler.js';
+import { failing, failingError, type SharedStartFailures, type StartFailure, startsAllowed } from './start-failures.js';
 import type { FunctionRecord, InstanceInfo } from './types.js';
 
 export interface ClusterRouterDeps {
@@ -28,6 +29,8 @@ export interface ClusterRouterDeps {
   workerInstances(worker: WorkerInfo, functionId: string): Promise<InstanceInfo[]>;
   /** Headers that authenticate a gateway to workers. */
   workerHeaders: Record<string, string>;
+  /** Written by workers whose instances fail to start: no cold start is asked for during the backoff. */
+  startFailures: SharedStartFailures;
   log: Logger;
   now?: () => number;
 }
@@ -57,6 +60,8 @@ export class ClusterRouter implements Router, Placement {
     let targets = this.targets(fn);
     let cold = false;
     if (targets.length === 0) {
+      const blocked = this.backingOff(fn);
+      if (blocked) throw failingError(fn.name, blocked, this.now());
       await this.coldStart(fn, 0, deadline);
       cold = true;
       targets = this.targets(fn);
@@ -64,7 +69,7 @@ export class ClusterRouter implements Router, Placement {
     }
     const best = targets.reduce((a, b) => (b.load < a.load ? b : a));
     const instances = targets.reduce((n, t) => n + t.instances, 0);
-    if (best.load >= fn.concurrency && instances < fn.max_instances) {
+    if (best.load >= fn.concurrency && instances < fn.max_instances && !this.backingOff(fn)) {
       // Every known instance is busy: add one on another worker while this request queues on the best.
       this.coldStart(fn, instances, deadline).catch((err: Error) =>
         this.deps.log.warn({ function: fn.name, err: err.message }, 'scale-out failed'),
@@ -91,6 +96,12 @@ export class ClusterRouter implements Router, Placement {
       }),
     );
     return lists.flat();
+  }
+
+  /** The function's start failure while it forbids new instances (one probe follows the backoff: coldStart shares it). */
+  private backingOff(fn: FunctionRecord): StartFailure | undefined {
+    const state = this.deps.startFailures.get(fn.id);
+    return startsAllowed(state, fn.version, this.now(), 0) === 0 ? failing(state, fn.version) : undefined;
   }
 
   /** Workers with a ready instance of the function's current version, least loaded first. */
@@ -128,12 +139,27 @@ export class ClusterRouter implements Router, Placement {
     const target = this.placement(fn);
     if (!target) throw unavailable('no live worker can take a new instance', 'no_capacity');
     const req: ProvisionRequest = { functionId: fn.id, version: fn.version, slot, targetWorker: target.id, deadline };
-    const { jobId, enqueued } = await this.deps.provision.request(req);
+    // A worker that fails to start the instance records it (etcd): no need to wait for the deadline then.
+    let stopListening = () => {};
+    const failed = new Promise<never>((_, reject) => {
+      stopListening = this.deps.startFailures.onRecorded(fn.id, (state) => {
+        if (state.version !== fn.version) return;
+        const err = badGateway(`function ${fn.name} failed to start: ${state.lastError}`, 'start_failed');
+        reject(involving(err, { instanceId: state.instanceId, coldStart: true }));
+      });
+    });
+    failed.catch(() => {}); // it may reject before the race below is set up; the race still sees it
     try {
-      await this.deps.directory.waitForInstance(fn.id, fn.version, deadline);
-    } catch {
-      if (enqueued) await this.deps.provision.cancel(jobId, req).catch(() => {});
-      throw timedOut(`function ${fn.name} did not start in time`);
+      const { jobId, enqueued } = await this.deps.provision.request(req);
+      try {
+        await Promise.race([this.deps.directory.waitForInstance(fn.id, fn.version, deadline), failed]);
+      } catch (err) {
+        if (enqueued) await this.deps.provision.cancel(jobId, req).catch(() => {});
+        if (err instanceof AetherError && err.code === 'start_failed') throw err;
+        throw involving(timedOut(`function ${fn.name} did not start in time`), { coldStart: true });
+      }
+    } finally {
+      stopListening();
     }
   }
 

@@ -2,11 +2,12 @@
  * Function management use cases: what the API does, in terms of the ports. Every change is
  * stored first, then announced to the scheduler, so a crash in between loses nothing acknowledged.
  */
-import { changeFunction, newFunction } from './function-spec.js';
+import { changeFunction, newFunction, publicView } from './function-spec.js';
 import { notFound } from './errors.js';
 import type { InvocationQuery } from './invocations.js';
 import type { ArchiveFormat, CodeStore, FunctionStore, InvocationLog, Placement } from './ports.js';
-import type { FunctionRecord, InstanceInfo, InvocationRecord } from './types.js';
+import { functionStatus, type StartFailures } from './start-failures.js';
+import type { FunctionRecord, FunctionView, InstanceInfo, InvocationRecord } from './types.js';
 
 export class FunctionService {
   constructor(
@@ -14,7 +15,13 @@ export class FunctionService {
     private readonly code: CodeStore,
     private readonly invocationLog: InvocationLog,
     private readonly placement: Placement,
+    private readonly startFailures: StartFailures,
   ) {}
+
+  /** The record as the API shows it: env var values masked, and whether the function is failing to start. */
+  view(fn: FunctionRecord): FunctionView {
+    return { ...publicView(fn), ...functionStatus(this.startFailures.get(fn.id), fn.version) };
+  }
 
   async create(body: unknown): Promise<FunctionRecord> {
     const fn = newFunction(body);
@@ -45,6 +52,7 @@ export class FunctionService {
     const fn = await this.get(idOrName);
     await this.store.delete(fn.id);
     this.invocationLog.forget(fn.id);
+    this.startFailures.clear(fn.id, Number.POSITIVE_INFINITY);
     await this.placement.removed(fn.id);
     if (fn.code_hash && !(await this.store.list()).some((f) => f.code_hash === fn.code_hash)) await this.code.remove(fn.code_hash);
   }

@@ -7,6 +7,15 @@
 import { randomUUID } from 'node:crypto';
 import { type AetherError, badGateway, conflict, errorMessage, involving, notFound, timedOut, unavailable } from './errors.js';
 import type { ExitInfo, InstanceHandle, IsolationDriver, Logger } from './ports.js';
+import {
+  afterStartFailure,
+  type BackoffPolicy,
+  failing,
+  failingError,
+  type StartFailure,
+  type StartFailures,
+  startsAllowed,
+} from './start-failures.js';
 import type { FunctionRecord, InstanceInfo, InstanceState } from './types.js';
 
 export interface PoolSettings {
@@ -16,6 +25,8 @@ export interface PoolSettings {
   scaleDownGraceMs: number;
   startTimeoutMs: number;
   stopGraceMs: number;
+  /** Between start attempts of a function whose instances fail to start. */
+  startBackoff: BackoffPolicy;
 }
 
 export interface PoolDeps {
@@ -23,6 +34,8 @@ export interface PoolDeps {
   codeDir(hash: string): Promise<string>;
   log: Logger;
   settings: PoolSettings;
+  /** Shared with the API (and in a cluster with every worker and gateway). */
+  startFailures: StartFailures;
   onInstanceLog(fn: FunctionRecord, instanceId: string, stream: 'stdout' | 'stderr', line: string): void;
   /** Instance lifecycle, e.g. for a cluster worker to announce its instances in discovery. */
   onInstanceReady?(fn: FunctionRecord, instanceId: string): void;
@@ -107,6 +120,8 @@ export class FunctionPool {
       return Promise.reject(conflict(`function ${this.fn.name} has no code yet: upload it with POST /api/functions/${this.fn.id}/code`));
     const inst = this.freeInstance();
     if (inst && this.waiters.length === 0) return Promise.resolve(this.lease(inst, false));
+    const blocked = this.blockedBy();
+    if (blocked) return Promise.reject(failingError(this.fn.name, blocked, this.now()));
     if (this.waiters.length >= this.deps.settings.maxQueue + this.slotsComing()) {
       return Promise.reject(
         unavailable(`function ${this.fn.name} is at capacity and its queue is full (${this.deps.settings.maxQueue} waiting)`, 'queue_full'),
@@ -275,12 +290,37 @@ export class FunctionPool {
     const demand = this.waiters.length + busy;
     const missing = Math.ceil(demand / this.fn.concurrency) - live.length;
     const room = this.fn.max_instances - live.length;
-    for (let n = Math.min(missing, room); n > 0; n--) void this.coldStart();
+    for (let n = Math.min(missing, room, this.startable()); n > 0; n--) void this.coldStart();
   }
 
   private keepMinimum(): void {
     if (this.closed || !this.fn.code_hash) return;
-    for (let n = this.fn.min_instances - this.current().length; n > 0; n--) void this.coldStart();
+    for (let n = Math.min(this.fn.min_instances - this.current().length, this.startable()); n > 0; n--) void this.coldStart();
+  }
+
+  /** How many instances may start now: a function failing to start backs off (start-failures.ts). */
+  private startable(): number {
+    const starting = this.current().filter((i) => i.state === 'starting').length;
+    return startsAllowed(this.deps.startFailures.get(this.fn.id), this.fn.version, this.now(), starting);
+  }
+
+  /** The start failure that leaves a request nothing to wait for: no instance, and none may start yet. */
+  private blockedBy(): StartFailure | undefined {
+    if (this.current().length > 0 || this.startable() > 0) return undefined;
+    return failing(this.deps.startFailures.get(this.fn.id), this.fn.version);
+  }
+
+  /** Records the failure (which sets the backoff) and brings min_instances back once it is over. */
+  private startFailed(fn: FunctionRecord, error: string, instanceId: string): void {
+    const { startFailures, settings, log } = this.deps;
+    const now = this.now();
+    const state = afterStartFailure(startFailures.get(fn.id), fn, { error, instanceId }, now, settings.startBackoff);
+    startFailures.record(state);
+    log.warn({ function: fn.name, version: fn.version, failures: state.failures, retry_in_ms: state.retryAt - now }, 'function is failing');
+    if (fn.min_instances === 0) return;
+    clearTimeout(this.restartTimer);
+    this.restartTimer = setTimeout(() => this.keepMinimum(), state.retryAt - now);
+    this.restartTimer.unref();
   }
 
   /** A cold start: a new instance of the current version, through the isolation driver. */
@@ -314,12 +354,14 @@ export class FunctionPool {
       inst.state = 'ready';
       inst.lastActive = this.now();
       inst.readyAt = ++this.events;
+      if (this.deps.startFailures.get(fn.id)) this.deps.startFailures.clear(fn.id, fn.version);
       this.deps.onInstanceReady?.(fn, inst.id);
       this.dispatch(inst);
     } catch (err) {
       this.instances.delete(inst.id);
       const message = errorMessage(err);
       this.deps.log.error({ function: fn.name, instance: inst.id, err: message }, 'instance failed to start');
+      if (!this.closed && fn.version === this.fn.version) this.startFailed(fn, message, inst.id);
       this.failWaitersIfHopeless(message, inst.id);
       if (rethrow) throw badGateway(`function ${fn.name} failed to start: ${message}`, 'start_failed');
     }

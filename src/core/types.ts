@@ -23,6 +23,16 @@ export interface FunctionRecord {
 
 export type Runtime = 'node';
 
+/** A function's health as the API shows it next to its record. */
+export interface FunctionStatus {
+  /** `failing`: its instances fail to start (see last_error); new starts back off exponentially. */
+  status: 'ok' | 'failing';
+  last_error: string | null;
+  failing_since: string | null;
+}
+
+export type FunctionView = FunctionRecord & FunctionStatus;
+
 export interface InvocationRecord {
   /** Unique, and sorts by start time (a UUIDv7): pass the last one of a page as `before` for the next. */
   id: string;

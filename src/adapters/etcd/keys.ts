@@ -2,6 +2,8 @@
 export const FUNCTIONS_PREFIX = '/aether/functions/';
 export const NAMES_PREFIX = '/aether/names/';
 export const WORKERS_PREFIX = '/workers/';
+/** Functions whose instances fail to start: `/aether/failing/{functionId}` (see core/start-failures.ts). */
+export const FAILING_PREFIX = '/aether/failing/';
 /** Instance routes live under `/functions/{functionId}/instances/{instanceId}`. */
 export const ROUTES_PREFIX = '/functions/';
 
@@ -9,3 +11,4 @@ export const functionKey = (id: string) => FUNCTIONS_PREFIX + id;
 export const nameKey = (name: string) => NAMES_PREFIX + name;
 export const workerKey = (id: string) => WORKERS_PREFIX + id;
 export const instanceKey = (functionId: string, instanceId: string) => `${ROUTES_PREFIX}${functionId}/instances/${instanceId}`;
+export const failingKey = (functionId: string) => FAILING_PREFIX + functionId;

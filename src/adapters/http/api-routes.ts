@@ -3,7 +3,6 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import multipart from '@fastify/multipart';
 import { z } from 'zod';
 import { badRequest, AetherError } from '../../core/errors.js';
-import { publicView } from '../../core/function-spec.js';
 import type { FunctionService } from '../../core/functions.js';
 import { INVOCATIONS_KEPT } from '../../core/invocations.js';
 import type { ArchiveFormat, WorkerInfo } from '../../core/ports.js';
@@ -32,11 +31,11 @@ export async function apiRoutes(
   const workers = opts.workers;
   if (workers) app.get('/api/workers', async () => workers());
 
-  app.post('/api/functions', async (req, reply) => reply.status(201).send(publicView(await fns.create(req.body))));
-  app.get('/api/functions', async () => (await fns.list()).map(publicView));
-  app.get<IdParams>('/api/functions/:id', async (req) => publicView(await fns.get(req.params.id)));
-  app.put<IdParams>('/api/functions/:id', async (req) => publicView(await fns.change(req.params.id, req.body, 'replace')));
-  app.patch<IdParams>('/api/functions/:id', async (req) => publicView(await fns.change(req.params.id, req.body, 'patch')));
+  app.post('/api/functions', async (req, reply) => reply.status(201).send(fns.view(await fns.create(req.body))));
+  app.get('/api/functions', async () => (await fns.list()).map((fn) => fns.view(fn)));
+  app.get<IdParams>('/api/functions/:id', async (req) => fns.view(await fns.get(req.params.id)));
+  app.put<IdParams>('/api/functions/:id', async (req) => fns.view(await fns.change(req.params.id, req.body, 'replace')));
+  app.patch<IdParams>('/api/functions/:id', async (req) => fns.view(await fns.change(req.params.id, req.body, 'patch')));
   app.delete<IdParams>('/api/functions/:id', async (req, reply) => {
     await fns.delete(req.params.id);
     return reply.status(204).send();

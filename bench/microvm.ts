@@ -12,8 +12,8 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { QemuDriver } from '../src/adapters/isolation/qemu/driver.js';
-import type { VmInstance } from '../src/adapters/isolation/qemu/vm-instance.js';
+import { QemuDriver } from '../src/adapters/isolation/microvm/qemu/driver.js';
+import type { VmInstance } from '../src/adapters/isolation/microvm/qemu/vm.js';
 import { functionFiles, type Mode } from './functions.js';
 import { summarize, type Summary } from './stats.js';
 
@@ -101,7 +101,7 @@ interface Sample {
 async function sample(driver: QemuDriver, codeDir: string, i: number): Promise<Sample> {
   const logs: string[] = [];
   const t0 = performance.now();
-  const instance = (await driver.start({
+  const instance = await driver.start({
     instanceId: `bench-vm-${i}-${Date.now().toString(36)}`,
     functionId: 'bench-vm',
     codeDir,
@@ -112,7 +112,7 @@ async function sample(driver: QemuDriver, codeDir: string, i: number): Promise<S
     concurrency: 1,
     startTimeoutMs: START_TIMEOUT_MS,
     onLog: (stream, line) => logs.push(`${stream}: ${line}`),
-  })) as VmInstance;
+  });
   try {
     const readyAt = performance.now();
     const { status, firstAt } = await firstResponse(instance);

@@ -15,10 +15,12 @@ import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Client } from 'undici';
 import { freePort } from '../src/adapters/free-port.js';
-import { agentDir, agentNodeArgs } from '../src/adapters/isolation/agent-path.js';
 import { agentConfig, openChannel, type InstanceChannel } from '../src/adapters/isolation/channel.js';
-import { NoIsolationDriver } from '../src/adapters/isolation/none.js';
-import { launchProcessInstance, type ProcessHooks } from '../src/adapters/isolation/process-instance.js';
+import { launchInstance, type InstancePlan } from '../src/adapters/isolation/instance/instance.js';
+import { agentProcess } from '../src/adapters/isolation/sandbox/host.js';
+import { NoIsolationDriver } from '../src/adapters/isolation/sandbox/none.js';
+import { agentDir, agentNodeArgs } from '../src/guest/agent-files.js';
+import { AGENT_ENV } from '../src/guest/agent/protocol.mjs';
 import type { AetherError } from '../src/core/errors.js';
 import type { InstanceHandle, InstanceSpec } from '../src/core/ports.js';
 
@@ -40,7 +42,7 @@ after(async () => {
 
 /** The tests run the compiled agent: refuse to test a build older than its sources. */
 async function assertAgentBuilt(): Promise<void> {
-  const src = new URL('../src/agent/', import.meta.url);
+  const src = new URL('../src/guest/agent/', import.meta.url);
   const dist = agentDir();
   for (const file of (await readdir(src)).filter((name) => name.endsWith('.mts'))) {
     const built = join(dist, file.replace(/\.mts$/, '.mjs'));
@@ -81,16 +83,14 @@ function specFor(codeDir: string, overrides: Partial<InstanceSpec> = {}, logs: A
   };
 }
 
-/** What a sandbox driver does, without a sandbox: the same launch the `none` driver makes. */
-function launchAgent(spec: InstanceSpec, channel: InstanceChannel, hooks?: ProcessHooks) {
-  return launchProcessInstance({
-    spec,
-    channel,
+/** What a sandbox driver does, without a sandbox: the plan the `none` driver launches, as the test changes it. */
+function launchAgent(spec: InstanceSpec, channel: InstanceChannel, change: (plan: InstancePlan) => InstancePlan = (plan) => plan) {
+  const plan = agentProcess(spec, channel, {
     command: process.execPath,
     args: agentNodeArgs(spec.memoryMb, agentDir()),
-    env: { AETHER_RUN_DIR: channel.dir, AETHER_CODE_DIR: spec.codeDir },
-    hooks,
+    env: { [AGENT_ENV.runDir]: channel.dir, [AGENT_ENV.codeDir]: spec.codeDir },
   });
+  return launchInstance(change(plan));
 }
 
 /** Starts an instance that the test stops when it ends. */
@@ -558,20 +558,22 @@ describe('environment and token', () => {
   });
 });
 
-describe('driver hooks', () => {
-  test('afterSpawn runs before any function code; explainExit and cleanup run once at the end', async () => {
+describe('the lifecycle and its plan', () => {
+  test('no function code runs before the start hands over the token; explainExit and cleanup run once at the end', async () => {
     const marker = join(root, `loaded-${randomUUID()}`);
     const spec = specFor(
       await code({ 'handler.js': `require('fs').writeFileSync(${JSON.stringify(marker)}, 'x'); exports.handler = async () => 'ok';` }),
     );
     const channel = await openChannel({ runDir, instanceId: spec.instanceId, config: agentConfig(spec) });
     const calls: string[] = [];
-    const handle = await launchAgent(spec, channel, {
-      afterSpawn: async (pid) => {
-        assert.ok(pid > 0);
+    const handle = await launchAgent(spec, channel, (plan) => ({
+      ...plan,
+      start: async (child, output, agentExited) => {
+        assert.ok(child.pid! > 0);
         await sleep(300);
-        await assert.rejects(stat(marker), 'no function code ran before afterSpawn finished');
-        calls.push('afterSpawn');
+        await assert.rejects(stat(marker), 'no function code ran before the token was handed over');
+        calls.push('start');
+        return plan.start(child, output, agentExited);
       },
       explainExit: async (exit) => {
         calls.push(`explainExit ${exit.signal}`);
@@ -582,26 +584,27 @@ describe('driver hooks', () => {
         calls.push('cleanup');
         assert.ok(!(await readdir(runDir)).includes(spec.instanceId), 'cleanup runs after the channel is removed');
       },
-    });
+    }));
     assert.equal((await send(handle)).body.toString(), 'ok');
     await handle.stop(1000);
     await handle.stop(1000);
     assert.deepEqual(await handle.exited, { code: null, signal: 'SIGTERM', oom: true, reason: 'memory limit of 128 MB exceeded' });
-    assert.deepEqual(calls, ['afterSpawn', 'explainExit SIGTERM', 'cleanup']);
+    assert.deepEqual(calls, ['start', 'explainExit SIGTERM', 'cleanup']);
   });
 
-  test('a failing afterSpawn fails the start, kills the process and still cleans up', async () => {
+  test('a failing start step fails the start, kills the process and still cleans up', async () => {
     const spec = specFor(await code({ 'handler.js': LAMBDA_CJS }));
     const channel = await openChannel({ runDir, instanceId: spec.instanceId, config: agentConfig(spec) });
     let pid = 0;
     let cleaned = 0;
-    const start = launchAgent(spec, channel, {
-      afterSpawn: async (p) => {
-        pid = p;
+    const start = launchAgent(spec, channel, (plan) => ({
+      ...plan,
+      start: async (child) => {
+        pid = child.pid!;
         throw new Error('cgroup unavailable');
       },
       cleanup: async () => void cleaned++,
-    });
+    }));
     await assert.rejects(start, {
       code: 'start_failed',
       message: new RegExp(`instance ${spec.instanceId} failed to start: cgroup unavailable`),

@@ -13,9 +13,9 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { AetherError } from '../src/core/errors.js';
 import type { InstanceHandle, InstanceSpec } from '../src/core/ports.js';
-import { FirecrackerApi, FirecrackerFault } from '../src/adapters/isolation/firecracker/api.js';
-import { FirecrackerDriver } from '../src/adapters/isolation/firecracker/driver.js';
-import { jailerCommand, vmCgroups } from '../src/adapters/isolation/firecracker/jailer.js';
+import { FirecrackerApi, FirecrackerFault } from '../src/adapters/isolation/microvm/firecracker/api.js';
+import { FirecrackerDriver } from '../src/adapters/isolation/microvm/firecracker/driver.js';
+import { jailerCommand, vmCgroups } from '../src/adapters/isolation/microvm/firecracker/jailer.js';
 import {
   bridgePlan,
   DEFAULT_NETWORK,
@@ -24,7 +24,7 @@ import {
   nftRuleset,
   tapPlan,
   type Command,
-} from '../src/adapters/isolation/firecracker/network.js';
+} from '../src/adapters/isolation/microvm/firecracker/network.js';
 import { FirecrackerDouble, REQUIRED } from './helpers/firecracker-double.js';
 
 const SPEC_FILE = path.resolve('../shared/reference/firecracker-api.yaml');

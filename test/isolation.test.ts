@@ -14,9 +14,9 @@ import path from 'node:path';
 import { once } from 'node:events';
 import { after, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CgroupTree, InstanceCgroup } from '../src/adapters/isolation/cgroup.js';
+import { CgroupTree, InstanceCgroup } from '../src/adapters/isolation/sandbox/cgroup.js';
+import { UidPool } from '../src/adapters/isolation/sandbox/uid-pool.js';
 import { selectDriver, type SelectOptions } from '../src/adapters/isolation/select.js';
-import { UidPool } from '../src/adapters/isolation/uid-pool.js';
 import type { ExitInfo, InstanceHandle, InstanceSpec, IsolationDriver } from '../src/core/ports.js';
 import { freePort } from '../src/adapters/free-port.js';
 

@@ -14,13 +14,13 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
-import { probeAccel } from '../src/adapters/isolation/qemu/accel.js';
-import { QemuDriver } from '../src/adapters/isolation/qemu/driver.js';
-import type { BootTimings, VmInstance } from '../src/adapters/isolation/qemu/vm-instance.js';
+import { probeAccel } from '../src/adapters/isolation/microvm/qemu/accel.js';
+import { QemuDriver } from '../src/adapters/isolation/microvm/qemu/driver.js';
+import type { BootTimings, VmInstance } from '../src/adapters/isolation/microvm/qemu/vm.js';
 import type { AetherError } from '../src/core/errors.js';
 import type { InstanceHandle, InstanceSpec } from '../src/core/ports.js';
-import { buildImage, GUEST_MODULES, type GuestImage } from '../src/image/build-image.js';
-import { newcArchive, type CpioEntry } from '../src/image/newc.js';
+import { buildImage, GUEST_MODULES, type GuestImage } from '../src/guest/image/build-image.js';
+import { newcArchive, type CpioEntry } from '../src/guest/image/newc.js';
 
 const run = promisify(execFile);
 const QEMU = 'qemu-system-x86_64';
@@ -86,7 +86,7 @@ function spec(id: string, code: string, logs: Logs, extra: Partial<InstanceSpec>
 }
 
 async function start(s: InstanceSpec): Promise<VmInstance> {
-  const instance = (await driver.start(s)) as VmInstance;
+  const instance = await driver.start(s);
   live.add(instance);
   void instance.exited.then(() => live.delete(instance));
   return instance;

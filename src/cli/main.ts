@@ -81,7 +81,7 @@ program
   .action(async (opts: { cacheDir?: string; kernel?: string }) => {
     const env = { ...process.env, ...(opts.cacheDir ? { AETHER_VM_CACHE: opts.cacheDir } : {}) };
     const { vmCacheDir } = loadConfig(env);
-    const { buildImage } = await import('../image/build-image.js');
+    const { buildImage } = await import('../guest/image/build-image.js');
     const image = await buildImage({ cacheDir: vmCacheDir, kernelPath: opts.kernel, onProgress: (m) => process.stderr.write(`${m}\n`) });
     process.stdout.write(`${JSON.stringify(image, null, 2)}\n`);
   });

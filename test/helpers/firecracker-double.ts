@@ -19,10 +19,16 @@ import { connect } from 'node:net';
 import { constants } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { AGENT_SOCKET, MMDS_SOCKET } from '../../src/agent/protocol.mjs';
-import { agentDir } from '../../src/adapters/isolation/agent-path.js';
-import { CONSOLE, VSOCK_PORTS } from '../../src/adapters/isolation/firecracker/vmm.js';
-import { INIT_LOG_PREFIX } from '../../src/image/init-script.js';
+import { agentDir } from '../../src/guest/agent-files.js';
+import {
+  AGENT_ENV,
+  AGENT_MODULES,
+  AGENT_SOCKET,
+  FIRECRACKER_VSOCK,
+  INIT_EVENTS,
+  INIT_LOG_PREFIX,
+  MMDS_SOCKET,
+} from '../../src/guest/agent/protocol.mjs';
 
 /** The fields the double requires per call: each list must equal the spec's `required`. */
 export const REQUIRED: Record<string, { definition?: string; fields: string[] }> = {
@@ -322,7 +328,7 @@ class SimulatedGuest {
     const args = String(vmm.vm.bootSource?.boot_args ?? '').split(' ');
     if (cold) this.log('start');
     if (cold && args.includes('aether.probe=1')) {
-      this.opts.console(`${CONSOLE.probeOk} up=${this.up()}`);
+      this.log(INIT_EVENTS.probeOk);
       this.end();
       return;
     }
@@ -358,25 +364,25 @@ class SimulatedGuest {
     // The guest mounts the code disk; here its files are copied out of the ext4 image the driver attached.
     await run('debugfs', ['-R', `rdump / ${code}`, this.vmm.host(this.vmm.vm.drives.code?.path_on_host)]);
     const vsock = this.vmm.host(this.vmm.vm.vsock?.uds_path);
-    symlinkSync(`${vsock}_${VSOCK_PORTS.agent}`, path.join(runDir, AGENT_SOCKET));
-    symlinkSync(`${vsock}_${VSOCK_PORTS.mmds}`, path.join(runDir, MMDS_SOCKET));
+    symlinkSync(`${vsock}_${FIRECRACKER_VSOCK.agent}`, path.join(runDir, AGENT_SOCKET));
+    symlinkSync(`${vsock}_${FIRECRACKER_VSOCK.mmds}`, path.join(runDir, MMDS_SOCKET));
     this.log('agent-started');
-    const agent = spawn(process.execPath, [path.join(agentDir(), 'main.mjs')], {
-      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', AETHER_RUN_DIR: runDir, AETHER_CODE_DIR: code },
+    const agent = spawn(process.execPath, [path.join(agentDir(), AGENT_MODULES.main)], {
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', [AGENT_ENV.runDir]: runDir, [AGENT_ENV.codeDir]: code },
       stdio: ['pipe', 'pipe', 'pipe'],
     });
     this.agent = agent;
     agent.stdin.end(`${instance.token}\n`);
     for (const [stream, port] of [
-      [agent.stdout, VSOCK_PORTS.stdout],
-      [agent.stderr, VSOCK_PORTS.stderr],
+      [agent.stdout, FIRECRACKER_VSOCK.stdout],
+      [agent.stderr, FIRECRACKER_VSOCK.stderr],
     ] as const) {
       const socket = connect(`${vsock}_${port}`);
       socket.on('error', () => {});
       stream.pipe(socket);
     }
     agent.once('close', (status, signal) => {
-      this.log(`agent exited status=${signal ? 128 + constants.signals[signal] : status}`);
+      this.log(`${INIT_EVENTS.agentExited}${signal ? 128 + constants.signals[signal] : status}`);
       this.end();
     });
   }

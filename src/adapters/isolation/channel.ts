@@ -1,5 +1,5 @@
 /**
- * The host side of an instance's channel (notes/agent-protocol.md): a private directory holding the
+ * The host side of an instance's channel (docs/agent-protocol.md): a private directory holding the
  * metadata service (mmds.sock) and the request channel (agent.sock). The host listens on both; the
  * agent inside the sandbox dials out, which works for every sandbox (gVisor cannot expose a socket
  * it listens on to the host).
@@ -10,7 +10,7 @@ import { chown, mkdir, rm } from 'node:fs/promises';
 import { createServer as createHttpServer, type ServerResponse } from 'node:http';
 import { createServer as createNetServer, type Server, type Socket } from 'node:net';
 import { join, resolve } from 'node:path';
-import { AGENT_SOCKET, CONFIG_PATH, MMDS_SOCKET, type AgentConfig } from '../../agent/protocol.mjs';
+import { AGENT_SOCKET, CONFIG_PATH, MMDS_SOCKET, type AgentConfig } from '../../guest/agent/protocol.mjs';
 import { unavailable } from '../../core/errors.js';
 import type { InstanceSpec } from '../../core/ports.js';
 

@@ -10,16 +10,16 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
 import type { IsolationDriver } from '../../core/ports.js';
-import { BwrapDriver } from './bwrap.js';
-import { CgroupTree } from './cgroup.js';
-import { GvisorDriver, RUNSC_PLATFORM } from './gvisor.js';
-import { NoIsolationDriver } from './none.js';
-import { FirecrackerDriver } from './firecracker/driver.js';
-import { QemuDriver } from './qemu/driver.js';
-import { mkdirTraversable } from './sandbox-root.js';
-import { cleanLeftovers, prepareSandboxHost, type SandboxHost } from './sandboxed-instance.js';
-import { UidPool } from './uid-pool.js';
 import { errorMessage } from '../../core/errors.js';
+import { FirecrackerDriver } from './microvm/firecracker/driver.js';
+import { QemuDriver } from './microvm/qemu/driver.js';
+import { BwrapDriver } from './sandbox/bwrap.js';
+import { CgroupTree } from './sandbox/cgroup.js';
+import { GvisorDriver, RUNSC_PLATFORM } from './sandbox/gvisor.js';
+import { cleanLeftovers, prepareSandboxHost, type SandboxHost } from './sandbox/host.js';
+import { NoIsolationDriver } from './sandbox/none.js';
+import { mkdirTraversable } from './sandbox/rootfs.js';
+import { UidPool } from './sandbox/uid-pool.js';
 
 const run = promisify(execFile);
 

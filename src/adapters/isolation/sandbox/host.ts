@@ -1,0 +1,129 @@
+/**
+ * What the sandbox drivers share: an instance is a host process running the agent (its stdout and
+ * stderr are the function's, its token goes in on stdin), and for bwrap and gVisor also a uid of its
+ * own, cgroups with its limits and its channel, all undone once the sandbox is gone (or failed to start).
+ */
+import { readdir, realpath, rm } from 'node:fs/promises';
+import path from 'node:path';
+import type { InstanceHandle, InstanceSpec } from '../../../core/ports.js';
+import { agentDir } from '../../../guest/agent-files.js';
+import { agentConfig, openChannel, type InstanceChannel } from '../channel.js';
+import { launchInstance, type InstancePlan } from '../instance/instance.js';
+import type { CgroupTree, InstanceCgroup } from './cgroup.js';
+import { prepareSandboxRoot, type SandboxRoot } from './rootfs.js';
+import type { UidPool } from './uid-pool.js';
+
+export interface SandboxOptions {
+  /** Where the per-instance channel directories are created. */
+  runDir: string;
+  /** The drivers' own files: the root skeleton, gVisor's state and bundles. */
+  stateDir: string;
+  pidsLimit: number;
+  /** Size of each instance's writable /tmp. */
+  tmpMb: number;
+  cgroups: CgroupTree;
+  uids: UidPool;
+}
+
+/** Everything a sandbox driver needs, checked once when the driver is created. */
+export interface SandboxHost extends SandboxOptions {
+  root: SandboxRoot;
+  /** Host path of the built agent, mounted read-only in every instance. */
+  agentDir: string;
+  /** The node binary, found inside through the read-only runtime mounts. */
+  nodePath: string;
+  /** PATH for the host-side commands (sh, setpriv, bwrap, runsc); the sandbox never sees it. */
+  hostPath: string;
+}
+
+export async function prepareSandboxHost(opts: SandboxOptions): Promise<SandboxHost> {
+  const root = await prepareSandboxRoot(opts.stateDir);
+  const nodePath = await realpath(process.execPath);
+  if (!root.runtimeBinds.some((dir) => nodePath.startsWith(`${dir}/`))) {
+    throw new Error(`node (${nodePath}) is outside the directories mounted into sandboxes (${root.runtimeBinds.join(', ')})`);
+  }
+  return { ...opts, root, agentDir: agentDir(), nodePath, hostPath: process.env.PATH || '/usr/sbin:/usr/bin:/sbin:/bin' };
+}
+
+export interface Sandbox {
+  uid: number;
+  cgroup: InstanceCgroup;
+  channel: InstanceChannel;
+}
+
+export interface SandboxCommand {
+  command: string;
+  args: string[];
+  /** The whole environment of the process (nothing is inherited from the host). */
+  env: Record<string, string>;
+  /** Driver-specific teardown (e.g. runsc state), run after the process is gone, before the cgroup goes. */
+  cleanup?(): Promise<void>;
+}
+
+/** An instance that is a host process running the agent: the plan every sandbox driver launches. */
+export function agentProcess(spec: InstanceSpec, channel: InstanceChannel, command: SandboxCommand): InstancePlan {
+  return {
+    id: spec.instanceId,
+    startTimeoutMs: spec.startTimeoutMs,
+    onLog: spec.onLog,
+    command: command.command,
+    args: command.args,
+    env: command.env,
+    channel,
+    start: async (child, output) => {
+      output.function('stdout', child.stdout!);
+      output.function('stderr', child.stderr!);
+      // The agent blocks on stdin until this, and fetches its config with the token.
+      child.stdin!.end(`${channel.token}\n`);
+      await channel.ready;
+    },
+    cleanup: command.cleanup,
+  };
+}
+
+export async function launchSandboxed(
+  host: SandboxHost,
+  spec: InstanceSpec,
+  build: (sandbox: Sandbox) => Promise<SandboxCommand>,
+): Promise<InstanceHandle> {
+  const uid = host.uids.acquire();
+  let cgroup: InstanceCgroup | undefined;
+  let channel: InstanceChannel | undefined;
+  let command: SandboxCommand;
+  try {
+    cgroup = await host.cgroups.create(spec.instanceId, { memoryMb: spec.memoryMb, vcpu: spec.vcpu, pids: host.pidsLimit });
+    channel = await openChannel({ runDir: host.runDir, instanceId: spec.instanceId, uid, config: agentConfig(spec) });
+    command = await build({ uid, cgroup, channel });
+  } catch (err) {
+    await channel?.close();
+    await cgroup?.remove();
+    host.uids.release(uid);
+    throw err;
+  }
+  const group = cgroup;
+  return launchInstance({
+    ...agentProcess(spec, channel, command),
+    explainExit: (exit) => group.exitCause(exit),
+    cleanup: async () => {
+      try {
+        await command.cleanup?.();
+      } finally {
+        await group.remove();
+        // Only now: if removing the group failed, something may still run as this uid.
+        host.uids.release(uid);
+      }
+    },
+  });
+}
+
+/**
+ * After a crash of Aether its sandboxes died with it (die-with-parent / pdeathsig), but their
+ * cgroups, channel dirs and gVisor state remain: remove them before starting anything new.
+ */
+export async function cleanLeftovers(host: SandboxHost): Promise<number> {
+  const groups = await host.cgroups.sweep();
+  const channels = await readdir(host.runDir).catch(() => []);
+  await Promise.all(channels.map((name) => rm(path.join(host.runDir, name), { recursive: true, force: true })));
+  for (const dir of ['bundles', 'runsc']) await rm(path.join(host.stateDir, dir), { recursive: true, force: true });
+  return Math.max(groups, channels.length);
+}

@@ -1,0 +1,57 @@
+/**
+ * The guest agent: runs inside an instance as `node main.mjs`, fetches its config with the token it
+ * reads from stdin, loads the function in this same process and dials the host's request channel.
+ * Cold start is a headline metric: nothing on this path may wait for anything it does not need.
+ */
+import { join, relative } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { fetchConfig, readToken, replaceEnv } from './config.mjs';
+import { detectMode, resolveEntry, type Mode } from './entry.mjs';
+import { fetchResponder } from './fetch-mode.mjs';
+import { serveConnections } from './http-mode.mjs';
+import { lambdaResponder } from './lambda.mjs';
+import { errorMessage, fail, log } from './log.mjs';
+import { AGENT_ENV, AGENT_SOCKET, EXIT_CONFIG, GUEST_PATHS, type AgentConfig } from './protocol.mjs';
+import { proxyConnections, waitForPort } from './server-mode.mjs';
+import { Spares } from './spares.mjs';
+
+const runDir = process.env[AGENT_ENV.runDir] || GUEST_PATHS.run;
+const codeDir = process.env[AGENT_ENV.codeDir] || GUEST_PATHS.code;
+
+let config: AgentConfig;
+let entry: string;
+try {
+  config = await fetchConfig(runDir, readToken());
+  replaceEnv(config);
+  process.chdir(codeDir);
+  entry = resolveEntry(codeDir, config.entrypoint);
+} catch (err) {
+  fail(errorMessage(err), EXIT_CONFIG);
+}
+
+let mod: Parameters<typeof detectMode>[0];
+try {
+  mod = await import(pathToFileURL(entry).href);
+} catch (err) {
+  log(`entry module ${relative(codeDir, entry)} failed to load: ${errorMessage(err)}`);
+  console.error(err);
+  process.exit(1);
+}
+
+const mode: Mode = detectMode(mod);
+if (mode.kind === 'server') await waitForPort(config.port);
+
+const spares = new Spares(join(runDir, AGENT_SOCKET));
+spares.start(connectionHandler(mode));
+
+function connectionHandler(mode: Mode) {
+  const onFirstUse = spares.used.bind(spares);
+  switch (mode.kind) {
+    case 'server':
+      return proxyConnections(config.port, onFirstUse);
+    case 'lambda':
+      return serveConnections(lambdaResponder(mode.handler, config), onFirstUse);
+    case 'fetch':
+      return serveConnections(fetchResponder(mode.target), onFirstUse);
+  }
+}

@@ -1,0 +1,112 @@
+/**
+ * The contract between the host and the guest side of every instance: each name, path, port, line
+ * and exit code that both sides rely on is defined here, once. The guest agent carries this module
+ * (it is built into dist/guest/agent, which every instance mounts), so it holds only types and
+ * constants and imports nothing. The drivers, the channel and the microVM image import it from here.
+ * docs/agent-protocol.md and docs/microvm.md describe the protocol these names make up.
+ */
+
+// ---- Inside every instance
+
+/** Where an instance sees its code, the agent and its channel (sandbox mounts; the microVM root image). */
+export const GUEST_PATHS = { code: '/code', agent: '/opt/aether/agent', run: '/run/aether' } as const;
+
+/** Modules in the agent directory: the agent, and the helpers microVM guests run around it. */
+export const AGENT_MODULES = {
+  main: 'main.mjs',
+  /** QEMU guests: preloaded; relays the channel over hostfwd and a virtio-serial port. */
+  listenMode: 'listen-mode.mjs',
+  /** Firecracker guests: preloaded; drops to AGENT_ENV.uid before the agent runs. */
+  dropPrivileges: 'drop-privileges.mjs',
+  /** Firecracker guests: run once by init to read the instance from MMDS. */
+  mmdsFetch: 'mmds-fetch.mjs',
+} as const;
+
+/** Environment the agent reads, set by the driver or the VM's init (the function never sees it). */
+export const AGENT_ENV = {
+  runDir: 'AETHER_RUN_DIR',
+  codeDir: 'AETHER_CODE_DIR',
+  listenPort: 'AETHER_LISTEN_PORT',
+  mmdsPort: 'AETHER_MMDS_PORT',
+  uid: 'AETHER_UID',
+} as const;
+
+/** Lines the agent writes itself start with this: the host quotes them first when a start fails. */
+export const AGENT_LOG_PREFIX = '[aether-agent]';
+
+/** Exit code of an agent that refused to start (no valid token, no config, no entry module): EX_CONFIG. */
+export const EXIT_CONFIG = 78;
+
+// ---- The channel: a directory the host listens in and the agent dials (GUEST_PATHS.run inside)
+
+export const MMDS_SOCKET = 'mmds.sock';
+export const AGENT_SOCKET = 'agent.sock';
+/** What the metadata service serves, once, to the holder of the token. */
+export const CONFIG_PATH = '/v1/config';
+
+/** What the per-instance metadata service (mmds.sock) serves at CONFIG_PATH, once. */
+export interface AgentConfig {
+  instance_id: string;
+  function_id: string;
+  entrypoint: string | null;
+  port: number;
+  env: Record<string, string>;
+  concurrency: number;
+}
+
+export const REQUEST_ID_HEADER = 'x-aether-request-id';
+export const DEADLINE_HEADER = 'x-aether-deadline';
+
+// ---- microVMs: the guest's init (guest/image/init-script.ts) and the VMM drivers
+
+/** Every line init writes to the console starts with this and ends with ` up=<seconds since boot>`. */
+export const INIT_LOG_PREFIX = '[aether-init]';
+/** What init says after the prefix: boot phases (timings), and the events the drivers wait for. */
+export const INIT_EVENTS = {
+  start: 'start',
+  agentStarted: 'agent-started',
+  probeOk: 'probe-ok',
+  /** A Firecracker template booted and polls MMDS: the moment to snapshot it. */
+  awaitingConfig: 'awaiting-config',
+  /** Followed by the agent's status (a shell's: 128+n for signal n). */
+  agentExited: 'agent exited status=',
+  fatal: 'fatal:',
+} as const;
+
+/** Kernel command line parameters the drivers pass and init reads. */
+export const KERNEL_PARAMS = {
+  ip: 'aether.ip',
+  gateway: 'aether.gw',
+  listenPort: 'aether.listen',
+  /** node's arguments, comma-separated. */
+  nodeArgs: 'aether.node',
+  /** `=1`: say probe-ok and power off at once. */
+  probe: 'aether.probe',
+  /** `=firecracker`: init's Firecracker mode. */
+  vmm: 'aether.vmm',
+} as const;
+
+/** The unprivileged uid the agent and the function run as inside a guest. */
+export const GUEST_UID = 1000;
+
+/** QEMU: serial numbers of the virtio-blk disks and names of the virtio-serial ports. */
+export const DISK_SERIAL = { root: 'aether-root', code: 'aether-code' } as const;
+export const PORT_NAME = { ctl: 'aether.ctl', mmds: 'aether.mmds', stdout: 'aether.stdout', stderr: 'aether.stderr' } as const;
+/** QEMU: lines on the control port. Host to guest: the token, then `stop`; guest to host: `ready`, `exit <status>`. */
+export const CONTROL = { stop: 'stop', ready: 'ready', exit: 'exit' } as const;
+/** QEMU: the descriptor on which listen mode tells init that the agent is ready. */
+export const LISTEN_READY_FD = 4;
+
+/** Firecracker: vsock ports the guest dials on the host's CID (each arrives at the host's `<uds_path>_<port>`). */
+export const FIRECRACKER_VSOCK = { hostCid: 2, agent: 1024, mmds: 1025, stdout: 1026, stderr: 1027 } as const;
+/** Firecracker: where in MMDS (V2) init finds its instance. */
+export const MMDS_KEY = 'aether';
+export const MMDS_ADDRESS = '169.254.169.254';
+
+/** Firecracker: what init reads from MMDS at /MMDS_KEY. */
+export interface MmdsInstance {
+  token: string;
+  config: AgentConfig;
+  /** The address to use: a restored guest still has the one of the VM that was snapshotted. */
+  network: { ip: string; gateway: string };
+}

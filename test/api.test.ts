@@ -165,6 +165,29 @@ describe('management API', () => {
     assert.equal(after.body.version, 2);
   });
 
+  test('an archive whose entry point cannot resolve is a 400 naming what it contains; the old code keeps serving', async () => {
+    await a.api('POST', '/api/functions', { name: 'pack', runtime: 'node' });
+    const none = await a.upload('pack', { 'app/handler.js': HANDLER_CJS });
+    assert.equal(none.status, 400);
+    assert.equal(none.body.error.code, 'no_entry_point');
+    assert.match(none.body.error.message, /the archive contains app\/.*zip -r .*"entrypoint" to app\/handler\.js/);
+    assert.equal((await a.api('GET', '/api/functions/pack')).body.code_hash, null, 'a function without code still has none');
+
+    assert.equal((await a.upload('pack', { 'handler.js': HANDLER_CJS })).status, 200);
+    const v1 = (await a.api('GET', '/api/functions/pack')).body;
+    const bad = await a.upload('pack', { 'lib/util.js': '', 'README.md': '' });
+    assert.equal(bad.status, 400);
+    assert.match(bad.body.error.message, /the archive contains README\.md, lib\//);
+    const after = (await a.api('GET', '/api/functions/pack')).body;
+    assert.deepEqual([after.code_hash, after.version], [v1.code_hash, v1.version]);
+    assert.equal((await (await a.invoke('pack', '/still')).json()).path, '/still');
+
+    // The check follows the function's entrypoint.
+    assert.equal((await a.api('PATCH', '/api/functions/pack', { entrypoint: 'app/handler.js' })).status, 200);
+    assert.equal((await a.upload('pack', { 'app/handler.js': HANDLER_CJS })).status, 200);
+    assert.equal((await a.invoke('pack', '/nested')).status, 200);
+  });
+
   test('delete stops instances, removes the function and answers 204', async () => {
     await a.api('POST', '/api/functions', { name: 'del', runtime: 'node' });
     await a.upload('del', { 'handler.js': HANDLER_CJS });

@@ -76,13 +76,12 @@ for (const driver of sandboxDrivers()) {
       });
     }
 
-    test('a missing entry point fails the start with a clear 502', async () => {
-      await a.deploy({ name: 'noentry' }, { 'other.js': 'module.exports = 1' });
-      const res = await a.invoke('noentry');
-      assert.equal(res.status, 502);
-      const err = (await res.json()).error;
-      assert.equal(err.code, 'start_failed');
-      assert.match(err.message, /entry/i);
+    test('code without an entry point is refused at upload with a clear 400', async () => {
+      await a.api('POST', '/api/functions', { name: 'noentry', runtime: 'node' });
+      const up = await a.upload('noentry', { 'other.js': 'module.exports = 1' });
+      assert.equal(up.status, 400);
+      assert.equal(up.body.error.code, 'no_entry_point');
+      assert.match(up.body.error.message, /no entry point.*the archive contains other\.js/);
     });
   });
 }

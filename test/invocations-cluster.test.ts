@@ -165,4 +165,15 @@ describe('invocations in a cluster', () => {
     assert.equal((await g0().invoke('throws')).status, 200);
     await until(async () => (await g1().api('GET', '/api/functions/throws')).body.last_error === null, 5000, 'the failure to be cleared');
   });
+
+  test('a packaging mistake is refused at the gateway; the old code keeps serving everywhere', async () => {
+    await g0().deploy({ name: 'packed' }, { 'handler.js': HANDLER_CJS });
+    assert.equal((await g1().invoke('packed', '/v1')).status, 200);
+    const bad = await g1().upload('packed', { 'app/handler.js': HANDLER_CJS.replace('event.path', '"v2"') });
+    assert.equal(bad.status, 400);
+    assert.equal(bad.body.error.code, 'no_entry_point');
+    assert.match(bad.body.error.message, /the code sits in the folder app\//);
+    assert.equal((await g0().api('GET', '/api/functions/packed')).body.version, 1);
+    for (const g of [g0(), g1()]) assert.equal((await (await g.invoke('packed', '/old')).json()).path, '/old');
+  });
 });

@@ -57,10 +57,13 @@ export class FunctionService {
     if (fn.code_hash && !(await this.store.list()).some((f) => f.code_hash === fn.code_hash)) await this.code.remove(fn.code_hash);
   }
 
-  /** Stores and validates the archive before anything changes: a rejected upload leaves the old code serving. */
+  /**
+   * Stores and validates the archive (safe to unpack, and the function's entry point resolves in it)
+   * before anything changes: a rejected upload leaves the old code serving.
+   */
   async uploadCode(idOrName: string, archive: NodeJS.ReadableStream, format: ArchiveFormat): Promise<FunctionRecord> {
-    await this.get(idOrName);
-    const stored = await this.code.put(archive, format);
+    const { entrypoint } = await this.get(idOrName);
+    const stored = await this.code.put(archive, format, { check: { entrypoint } });
     const fn = await this.get(idOrName); // re-read: the function may have changed or gone during the upload
     const next: FunctionRecord = {
       ...fn,

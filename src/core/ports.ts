@@ -34,13 +34,18 @@ export interface CodeStore {
    * Validates and unpacks an archive stream, storing it by content hash. Nothing becomes visible
    * unless the whole archive was valid (throws a 400/413 AetherError otherwise).
    */
-  put(archive: NodeJS.ReadableStream, format: ArchiveFormat): Promise<StoredCode>;
+  put(archive: NodeJS.ReadableStream, format: ArchiveFormat, opts?: PutOptions): Promise<StoredCode>;
   /** Host path of the unpacked, read-only tree for a hash. */
   dir(hash: string): Promise<string>;
   remove(hash: string): Promise<void>;
 }
 
 export type ArchiveFormat = 'zip' | 'tar.gz';
+
+export interface PutOptions {
+  /** Reject (400 `no_entry_point`) code in which a function with this entrypoint (null: the defaults) finds no module. */
+  check?: { entrypoint: string | null };
+}
 
 /** What a driver needs to start one instance. Nothing here is specific to a sandbox technology. */
 export interface InstanceSpec {

@@ -4,8 +4,9 @@ import { rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { badGateway, notFound, tooLarge } from '../../core/errors.js';
-import type { ArchiveFormat, CodeStore, StoredCode } from '../../core/ports.js';
+import type { ArchiveFormat, CodeStore, PutOptions, StoredCode } from '../../core/ports.js';
 import { extractArchive } from './archive.js';
+import { checkEntry } from './entry-check.js';
 import { DEFAULT_ARCHIVE_LIMITS, formatBytes, type ArchiveLimits } from './archive-limits.js';
 import { fsyncPath, fsyncTree } from './fsync-tree.js';
 
@@ -39,8 +40,10 @@ export class LocalCodeStore implements CodeStore {
   /**
    * `expectedHash` is for archives fetched from elsewhere by hash (object storage): when the bytes
    * do not hash to it, the source served something else (502 `code_corrupt`) and nothing is stored.
+   * A failed `check` stores nothing either.
    */
-  async put(archive: NodeJS.ReadableStream, format: ArchiveFormat, expectedHash?: string): Promise<StoredCode> {
+  async put(archive: NodeJS.ReadableStream, format: ArchiveFormat, opts: PutOptions & { expectedHash?: string } = {}): Promise<StoredCode> {
+    const { check, expectedHash } = opts;
     const upload = this.tmpPath();
     const unpacked = this.tmpPath();
     try {
@@ -49,8 +52,11 @@ export class LocalCodeStore implements CodeStore {
         throw badGateway(`code archive has sha256 ${stored.hash}, expected ${expectedHash}`, 'code_corrupt');
       }
       const dir = join(this.root, stored.hash);
-      if (!(await isDirectory(dir))) {
+      if (await isDirectory(dir)) {
+        if (check) checkEntry(dir, check.entrypoint); // the same code, maybe for a function with another entrypoint
+      } else {
         await extractArchive(upload, format, unpacked, this.limits);
+        if (check) checkEntry(unpacked, check.entrypoint);
         await fsyncTree(unpacked);
         await rename(upload, join(this.root, `${stored.hash}.${format}`));
         await commitDir(unpacked, dir);

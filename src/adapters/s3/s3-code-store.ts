@@ -11,7 +11,7 @@ import {
   type S3Client,
 } from '@aws-sdk/client-s3';
 import { AetherError, conflict, notFound, unavailable } from '../../core/errors.js';
-import type { ArchiveFormat, CodeStore, StoredCode } from '../../core/ports.js';
+import type { ArchiveFormat, CodeStore, PutOptions, StoredCode } from '../../core/ports.js';
 import { DEFAULT_ARCHIVE_LIMITS, type ArchiveLimits } from '../code/archive-limits.js';
 import { checkHash, LocalCodeStore } from '../code/local-code-store.js';
 import { createS3Client, DEFAULT_REGION, type S3Config } from './s3-config.js';
@@ -59,8 +59,8 @@ export class S3CodeStore implements CodeStore {
   }
 
   /** Resolves only once the archive is in S3: until then the caller keeps serving the previous code. */
-  async put(archive: NodeJS.ReadableStream, format: ArchiveFormat): Promise<StoredCode> {
-    const stored = await this.local.put(archive, format);
+  async put(archive: NodeJS.ReadableStream, format: ArchiveFormat, opts?: PutOptions): Promise<StoredCode> {
+    const stored = await this.local.put(archive, format, opts);
     const file = await this.local.archive(stored.hash);
     if (!file) throw conflict(`code ${stored.hash} was removed while it was being uploaded`);
     await this.ensureBucket();
@@ -122,7 +122,7 @@ export class S3CodeStore implements CodeStore {
       body.once('error', () => (broken = true));
       try {
         // Hashed and size-limited as it streams; unpacked only if the sha256 matches.
-        await this.local.put(body, format, hash);
+        await this.local.put(body, format, { expectedHash: hash });
       } catch (err) {
         throw broken && !(err instanceof AetherError) ? storageUnavailable(err) : err;
       }

@@ -1,43 +1,56 @@
-import { statSync } from 'node:fs';
+/**
+ * Which module of a function's code to load, and how it serves. The one home of these rules: the
+ * agent applies them in every instance, and the host checks uploads with the same module (so it
+ * must stay free of side effects and of anything beyond node's builtins).
+ */
+import { readFileSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join, relative, resolve, sep } from 'node:path';
 
-const DEFAULT_ENTRIES = ['handler.js', 'index.js', 'index.mjs', 'handler.mjs'];
+/** Tried in this order at the top of the code when no entrypoint is configured; then package.json "main". */
+export const DEFAULT_ENTRIES = ['handler.js', 'index.js', 'index.mjs', 'handler.mjs'] as const;
 
 /**
  * The module to import: the configured entrypoint, else the first default file that exists, else
- * package.json "main". Paths resolve like require() does (extension and directory index optional).
+ * package.json "main". Paths resolve like require() does (extension and directory index optional)
+ * and must stay inside the code. Throws an Error saying what is missing.
  */
 export function resolveEntry(codeDir: string, entrypoint: string | null): string {
   const require = createRequire(join(codeDir, 'package.json'));
-  if (entrypoint) {
-    const path = resolve(codeDir, entrypoint);
-    const rel = relative(codeDir, path);
-    if (rel === '..' || rel.startsWith(`..${sep}`)) {
-      throw new Error(`entrypoint ${entrypoint} is outside the code directory`);
-    }
-    return resolveFile(require, path, `entry module not found: ${entrypoint}`);
-  }
+  if (entrypoint) return resolveInside(require, codeDir, entrypoint, `entrypoint ${entrypoint}`, entrypoint);
   for (const name of DEFAULT_ENTRIES) {
     const path = join(codeDir, name);
     if (statSync(path, { throwIfNoEntry: false })?.isFile()) return path;
   }
-  const main = packageMain(require);
-  if (main) return resolveFile(require, resolve(codeDir, main), `entry module not found: package.json main ${main}`);
+  const main = packageMain(codeDir);
+  if (main) return resolveInside(require, codeDir, main, `package.json main ${main}`, `package.json main ${main}`);
   throw new Error(`entry module not found: none of ${DEFAULT_ENTRIES.join(', ')} or a package.json "main" in the code`);
 }
 
-function resolveFile(require: NodeJS.Require, path: string, notFound: string): string {
+/** `what` names the target in "is outside" errors, `missing` in "not found" ones. */
+function resolveInside(require: NodeJS.Require, codeDir: string, target: string, what: string, missing: string): string {
+  const outside = () => new Error(`${what} is outside the code directory`);
+  const path = resolve(codeDir, target);
+  if (!inside(codeDir, path)) throw outside();
+  let resolved: string;
   try {
-    return require.resolve(path);
+    resolved = require.resolve(path);
   } catch {
-    throw new Error(notFound);
+    throw new Error(`entry module not found: ${missing}`);
   }
+  if (!inside(codeDir, resolved)) throw outside();
+  return resolved;
 }
 
-function packageMain(require: NodeJS.Require): string | undefined {
+function inside(dir: string, path: string): boolean {
+  const rel = relative(dir, path);
+  return rel !== '..' && !rel.startsWith(`..${sep}`) && !rel.startsWith(sep);
+}
+
+/** Read, not require()d: a host checking an upload must not keep the file in its module cache. */
+function packageMain(codeDir: string): string | undefined {
   try {
-    const main = (require('./package.json') as { main?: unknown }).main;
+    const main = (JSON.parse(readFileSync(join(codeDir, 'package.json'), 'utf8')) as { main?: unknown }).main;
     return typeof main === 'string' && main ? main : undefined;
   } catch {
     return undefined;

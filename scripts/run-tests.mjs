@@ -16,7 +16,10 @@ const files = fs
   .sort();
 // Lint and format (Biome), then type errors in source, tests and benchmark, fail the run before anything
 // starts (tsx only strips types).
-const lint = spawnSync(process.execPath, [path.join(root, 'node_modules/@biomejs/biome/bin/biome'), 'check', '.'], { cwd: root, stdio: 'inherit' });
+const lint = spawnSync(process.execPath, [path.join(root, 'node_modules/@biomejs/biome/bin/biome'), 'check', '.'], {
+  cwd: root,
+  stdio: 'inherit',
+});
 if (lint.status !== 0) {
   console.error('lint or format problems: `npm run format` fixes the formatting and the safe lint fixes');
   process.exit(lint.status ?? 1);

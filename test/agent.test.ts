@@ -316,6 +316,7 @@ describe('handler mode', () => {
     const reply = await send(handle, { path: '/throw', headers: { 'x-aether-request-id': 'req-boom' } });
     assert.equal(reply.status, 502);
     assert.deepEqual(json(reply), { error: { code: 'handler_error', message: 'kaput in handler' } });
+    assert.equal(reply.headers['x-aether-error'], 'kaput%20in%20handler', 'for the invocation record');
     assert.doesNotMatch(reply.body.toString(), /handler\.js/);
     const stderr = logs
       .filter(([s]) => s === 'stderr')

@@ -69,7 +69,7 @@ describe('invocations in a cluster', () => {
     await g0().deploy({ name: 'probe', memory_mb: 96, timeout_ms: 1500 }, { 'handler.js': PROBE });
     const first = await call(g0(), 'probe', '/', 'cl-1');
     assert.equal(first.status, 200);
-    assert.deepEqual(JSON.parse(first.body), { context: 'cl-1', event: 'cl-1', header: 'cl-1' });
+    assert.deepEqual(JSON.parse(first.body), { context: 'cl-1', aws: 'cl-1', event: 'cl-1', header: 'cl-1' });
     assert.equal(first.rec.cold_start, true);
     const instances = (await g0().api('GET', '/api/functions/probe/instances')).body;
     assert.equal(instances.length, 1);
@@ -86,6 +86,11 @@ describe('invocations in a cluster', () => {
   });
 
   test('failures on a worker are recorded by the gateway with their message, instance and cold start', async () => {
+    const threw = await call(g1(), 'probe', '/throw', 'cl-throw');
+    assert.equal(threw.status, 502);
+    assert.equal(threw.rec.error, 'kaput in handler', 'from the agent, through the worker');
+    assert.ok(threw.rec.instance_id);
+
     const crash = await call(g0(), 'probe', '/crash', 'cl-crash');
     assert.equal(crash.status, 502);
     assert.match(crash.rec.error, /crashed.*code 3/);
@@ -110,13 +115,13 @@ describe('invocations in a cluster', () => {
 
     assert.deepEqual(
       (await records(g0(), 'probe', '?status=error')).map((r) => r.request_id),
-      ['cl-hang', 'cl-oom', 'cl-crash'],
+      ['cl-hang', 'cl-oom', 'cl-crash', 'cl-throw'],
     );
     const page = await records(g0(), 'probe', '?limit=2');
     const rest = await records(g1(), 'probe', `?limit=10&before=${page.at(-1).id}`);
     assert.deepEqual(
       [...page, ...rest].map((r) => r.request_id).filter((id) => id.startsWith('cl-')),
-      ['cl-hang', 'cl-oom', 'cl-after-crash', 'cl-crash', 'cl-2', 'cl-1'],
+      ['cl-hang', 'cl-oom', 'cl-after-crash', 'cl-crash', 'cl-throw', 'cl-2', 'cl-1'],
     );
   });
 

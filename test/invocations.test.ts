@@ -44,7 +44,7 @@ describe('invocation records and request ids', () => {
     const res = await a.invoke('probe', '/', { headers: { 'x-request-id': rid } });
     assert.equal(res.status, 200);
     assert.equal(res.headers.get('x-request-id'), rid);
-    assert.deepEqual(await res.json(), { context: rid, event: rid, header: rid });
+    assert.deepEqual(await res.json(), { context: rid, aws: rid, event: rid, header: rid });
     const rec = await recordOf('probe', rid);
     assert.match(rec.id, UUID);
     assert.equal(rec.status, 200);
@@ -95,6 +95,14 @@ describe('invocation records and request ids', () => {
     assert.equal(warm.rec.cold_start, false);
     const instance = warm.rec.instance_id;
     assert.ok(instance);
+
+    const threw = await a.invoke('probe', '/throw', { headers: { 'x-request-id': 'throw-1' } });
+    assert.equal(threw.status, 502);
+    assert.equal(threw.headers.get('x-aether-error'), null, 'the agent tells Aether, not the client');
+    assert.deepEqual((await threw.json()).error, { code: 'handler_error', message: 'kaput in handler' });
+    const thrown = await recordOf('probe', 'throw-1');
+    assert.equal(thrown.error, 'kaput in handler');
+    assert.equal(thrown.instance_id, instance, 'the instance survives a handler that throws');
 
     const crash = await call('/crash', 'crash-1');
     assert.equal(crash.status, 502);

@@ -9,6 +9,7 @@ import { AetherError, badGateway, timedOut } from '../../core/errors.js';
 import { CLUSTER_TOKEN_HEADER } from './auth.js';
 import type { Lease } from '../../core/pool.js';
 import type { InstanceHandle } from '../../core/ports.js';
+import { DEADLINE_HEADER, ERROR_HEADER, ERROR_HEADER_MAX_CHARS, REQUEST_ID_HEADER } from '../../guest/agent/protocol.mjs';
 import type { RequestBody } from './request-body.js';
 
 const HOP_BY_HOP = new Set([
@@ -66,19 +67,14 @@ export interface ForwardOptions {
   relay: boolean;
 }
 
-/** The request id as clients send and receive it. */
+/** The request id as clients send and receive it; the function sees it too (REQUEST_ID_HEADER is Aether's own hop). */
 export const CLIENT_REQUEST_ID_HEADER = 'x-request-id';
-/** The request id as Aether passes it on (to workers and instances; the agent reads this one). */
-export const REQUEST_ID_HEADER = 'x-aether-request-id';
 /** Which instance served the request: a worker names it in this header for the gateway's records. */
 export const INSTANCE_HEADER = 'x-aether-instance';
-/** Why the invocation failed (URI-encoded), from the agent (the handler threw) or a worker. */
-export const ERROR_HEADER = 'x-aether-error';
 /** From a worker: the request waited for a new instance there. */
 export const COLD_START_HEADER = 'x-aether-cold-start';
-/** What the party that ran the invocation tells the one that records it; not for clients. */
+/** What the party that ran the invocation tells the one that records it (ERROR_HEADER: the agent or a worker); not for clients. */
 const AETHER_FACTS = [ERROR_HEADER, COLD_START_HEADER];
-const MAX_ERROR_HEADER_CHARS = 2000;
 
 /** What Aether learnt about an invocation that got an answer. */
 export interface Forwarded {
@@ -128,9 +124,9 @@ export async function forward(req: IncomingMessage, res: ServerResponse, lease: 
   return out;
 }
 
-/** An error message as a header value: URI-encoded (headers are latin1 without controls), and bounded. */
+/** An error message as ERROR_HEADER carries it (as the agent writes it too): cut, then URI-encoded. */
 export function encodeError(message: string): string {
-  return encodeURIComponent(message.slice(0, MAX_ERROR_HEADER_CHARS));
+  return encodeURIComponent(message.slice(0, ERROR_HEADER_MAX_CHARS));
 }
 
 function decodeError(value: string | undefined): string | null {
@@ -168,7 +164,7 @@ function forwardedHeaders(incoming: IncomingHttpHeaders, opts: ForwardOptions): 
   out['x-forwarded-for'] = prior ? `${prior}, ${opts.clientIp}` : opts.clientIp;
   out[REQUEST_ID_HEADER] = opts.requestId;
   out[CLIENT_REQUEST_ID_HEADER] = opts.requestId; // what the function sees, valid or generated
-  out['x-aether-deadline'] = String(opts.deadline);
+  out[DEADLINE_HEADER] = String(opts.deadline);
   return Object.assign(out, opts.extraHeaders);
 }
 

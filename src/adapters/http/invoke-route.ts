@@ -13,16 +13,8 @@ import type { Router } from '../../core/scheduler.js';
 import type { FunctionRecord } from '../../core/types.js';
 import { clusterAuth } from './auth.js';
 import { toAetherError } from './errors.js';
-import {
-  CLIENT_REQUEST_ID_HEADER,
-  COLD_START_HEADER,
-  encodeError,
-  ERROR_HEADER,
-  forward,
-  type Forwarded,
-  INSTANCE_HEADER,
-  REQUEST_ID_HEADER,
-} from './forward.js';
+import { ERROR_HEADER, REQUEST_ID_HEADER } from '../../guest/agent/protocol.mjs';
+import { CLIENT_REQUEST_ID_HEADER, COLD_START_HEADER, encodeError, forward, type Forwarded, INSTANCE_HEADER } from './forward.js';
 import { type BodyLimits, readRequestBody } from './request-body.js';
 
 export interface InvokeDeps {

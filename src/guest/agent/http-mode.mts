@@ -1,7 +1,7 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { errorMessage, log } from './log.mjs';
-import { REQUEST_ID_HEADER } from './protocol.mjs';
+import { ERROR_HEADER, ERROR_HEADER_MAX_CHARS, REQUEST_ID_HEADER } from './protocol.mjs';
 
 export type Responder = (req: IncomingMessage, res: ServerResponse) => Promise<void>;
 
@@ -28,11 +28,13 @@ function handlerFailed(req: IncomingMessage, res: ServerResponse, err: unknown):
   sendError(res, 502, 'handler_error', errorMessage(err));
 }
 
+/** An answer of the agent's own; the host records its message as the invocation's error. */
 export function sendError(res: ServerResponse, status: number, code: string, message: string, close = false): void {
   const body = JSON.stringify({ error: { code, message } });
   res.writeHead(status, {
     'content-type': 'application/json',
     'content-length': Buffer.byteLength(body),
+    [ERROR_HEADER]: encodeURIComponent(message.slice(0, ERROR_HEADER_MAX_CHARS)),
     ...(close ? { connection: 'close' } : {}),
   });
   res.end(body);

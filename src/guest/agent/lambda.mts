@@ -23,6 +23,7 @@ export function lambdaResponder(handler: LambdaHandler, config: AgentConfig): Re
       functionId: config.function_id,
       instanceId: config.instance_id,
       requestId,
+      awsRequestId: requestId, // Lambda's name for it
       deadline,
       getRemainingTimeInMillis: () => Math.max(0, deadline - Date.now()),
     };

@@ -56,6 +56,13 @@ export interface AgentConfig {
 
 export const REQUEST_ID_HEADER = 'x-aether-request-id';
 export const DEADLINE_HEADER = 'x-aether-deadline';
+/**
+ * On an answer the agent made itself (the handler threw, the body was too large): why, for the
+ * invocation record. The message is cut to ERROR_HEADER_MAX_CHARS and URI-encoded (headers are
+ * latin1). A cluster worker passes it on to its gateway; clients never see it.
+ */
+export const ERROR_HEADER = 'x-aether-error';
+export const ERROR_HEADER_MAX_CHARS = 2000;
 
 // ---- microVMs: the guest's init (guest/image/init-script.ts) and the VMM drivers
 

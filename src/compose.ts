@@ -1,13 +1,15 @@
 /**
  * What the composition roots (serve, worker, gateway) share: the data dir, the isolation driver with
- * its start-up log line, the pool settings, and instance output in the log.
+ * its start-up log line, the pool settings, and instance output into the function logs.
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { selectDriver, type SelectedDriver } from './adapters/isolation/select.js';
-import type { Config } from './config.js';
-import type { PoolSettings } from './core/pool.js';
+import type { Config, FunctionLogSettings } from './config.js';
+import { LogWriter } from './core/log-writer.js';
+import type { PoolDeps, PoolSettings } from './core/pool.js';
+import type { LogSink } from './core/ports.js';
 import type { FunctionRecord } from './core/types.js';
 import { secretMasker } from './secret-mask.js';
 
@@ -50,12 +52,44 @@ export function poolSettings(config: Config): PoolSettings {
   };
 }
 
-/** Instance output goes to the log, tagged with function and instance, env var values masked. */
-export function instanceLogger(logger: Logger): (fn: FunctionRecord, instance: string, stream: 'stdout' | 'stderr', line: string) => void {
+/**
+ * Instance output and platform events go to the function logs (rate limited, env var values masked),
+ * and into the server's own log only at `echoLevel` (debug by default).
+ */
+export function functionLogs(
+  settings: FunctionLogSettings,
+  logger: Logger,
+  sink: LogSink,
+  opts: { onDropped?(fn: FunctionRecord, count: number): void } = {},
+): Pick<PoolDeps, 'onInstanceLog' | 'onInstanceEvent'> {
   const maskers = new WeakMap<FunctionRecord, (line: string) => string>();
-  return (fn, instance, stream, line) => {
-    let mask = maskers.get(fn);
-    if (!mask) maskers.set(fn, (mask = secretMasker(fn.env_vars)));
-    logger.info({ function: fn.name, instance, stream }, mask(line));
+  const level = settings.echoLevel;
+  const writer = new LogWriter({
+    sink,
+    limits: settings,
+    masker: (fn) => {
+      let mask = maskers.get(fn);
+      if (!mask) maskers.set(fn, (mask = secretMasker(fn.env_vars)));
+      return mask;
+    },
+    echo:
+      level !== 'silent' && logger.isLevelEnabled(level)
+        ? (e, fn) =>
+            logger[level](
+              {
+                function: fn.name,
+                instance: e.instance_id,
+                stream: e.stream,
+                request_id: e.request_id ?? undefined,
+                event: e.event ?? undefined,
+              },
+              e.message,
+            )
+        : undefined,
+    onDropped: opts.onDropped,
+  });
+  return {
+    onInstanceLog: (fn, instance, stream, line, requestId) => writer.line(fn, instance, stream, line, requestId),
+    onInstanceEvent: (fn, instance, event) => writer.event(fn, instance, event),
   };
 }

@@ -34,6 +34,12 @@ const schema = z.object({
   AETHER_STOP_GRACE_MS: int(0, 600_000).default(2_000),
   AETHER_PIDS_LIMIT: int(16, 100_000).default(128),
   AETHER_TMP_MB: int(1, 100_000).default(64),
+  AETHER_LOG_RETENTION_H: z.coerce.number().min(0.01).max(87_600).default(72),
+  AETHER_LOG_MAX_MB: int(1, 10_000_000).default(256),
+  AETHER_LOG_MAX_LINES: int(10, 100_000_000).default(50_000),
+  AETHER_LOG_LINES_PER_S: int(1, 10_000_000).default(1000),
+  AETHER_LOG_KB_PER_S: int(1, 10_000_000).default(1024),
+  AETHER_FUNCTION_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'silent']).default('debug'),
 });
 
 export interface Config {
@@ -56,6 +62,20 @@ export interface Config {
   stopGraceMs: number;
   pidsLimit: number;
   tmpMb: number;
+  functionLogs: FunctionLogSettings;
+}
+
+/** Function log lines: storage bounds, the per-function rate limit, echo into the server's own log. */
+export interface FunctionLogSettings {
+  retentionMs: number;
+  /** Single node: the log database's size cap. */
+  maxBytes: number;
+  /** Per function (single node and cluster: the Redis Stream's MAXLEN). */
+  maxLinesPerFunction: number;
+  linesPerSecond: number;
+  bytesPerSecond: number;
+  /** The server log level at which function lines are echoed ('silent': never). */
+  echoLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'silent';
 }
 
 export class ConfigError extends Error {}
@@ -87,6 +107,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     stopGraceMs: c.AETHER_STOP_GRACE_MS,
     pidsLimit: c.AETHER_PIDS_LIMIT,
     tmpMb: c.AETHER_TMP_MB,
+    functionLogs: {
+      retentionMs: Math.round(c.AETHER_LOG_RETENTION_H * 3_600_000),
+      maxBytes: c.AETHER_LOG_MAX_MB * MB,
+      maxLinesPerFunction: c.AETHER_LOG_MAX_LINES,
+      linesPerSecond: c.AETHER_LOG_LINES_PER_S,
+      bytesPerSecond: c.AETHER_LOG_KB_PER_S * 1024,
+      echoLevel: c.AETHER_FUNCTION_LOG_LEVEL,
+    },
   };
 }
 

@@ -14,6 +14,7 @@ import { buildApp } from './adapters/http/app.js';
 import { CLUSTER_TOKEN_HEADER } from './adapters/http/auth.js';
 import { connectRedis } from './adapters/redis/connection.js';
 import { RedisInvocationLog } from './adapters/redis/invocation-log.js';
+import { RedisLogStore } from './adapters/redis/log-stream.js';
 import { ProvisionQueue } from './adapters/redis/provision-queue.js';
 import { S3CodeStore } from './adapters/s3/s3-code-store.js';
 import type { ClusterConfig } from './config.js';
@@ -51,7 +52,9 @@ export async function startGateway(config: ClusterConfig, logger: Logger = pino(
     startFailures,
     log: logger,
   });
-  const functions = new FunctionService(store, code, invocations, router, startFailures);
+  // Gateways only read logs (workers write them), but deleting a function removes its stream here.
+  const logs = new RedisLogStore(redis, config.functionLogs, logger);
+  const functions = new FunctionService(store, code, invocations, router, startFailures, logs);
 
   const app = await buildApp({
     logger,

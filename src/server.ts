@@ -7,13 +7,14 @@ import path from 'node:path';
 import { pino, type Logger } from 'pino';
 import { LocalCodeStore } from './adapters/code/local-code-store.js';
 import { buildApp } from './adapters/http/app.js';
+import { SqliteLogStore } from './adapters/store/sqlite-log-store.js';
 import { SqliteStore } from './adapters/store/sqlite-store.js';
 import { loadOrCreateToken } from './api-token.js';
 import type { Config } from './config.js';
 import { FunctionService } from './core/functions.js';
 import { Scheduler } from './core/scheduler.js';
 import { LocalStartFailures } from './core/start-failures.js';
-import { instanceLogger, poolSettings, prepareDataDir, startIsolation, type RunningServer } from './compose.js';
+import { functionLogs, poolSettings, prepareDataDir, startIsolation, type RunningServer } from './compose.js';
 
 export async function startServer(config: Config, logger: Logger = pino({ level: config.logLevel })): Promise<RunningServer> {
   prepareDataDir(config.dataDir);
@@ -28,6 +29,7 @@ export async function startServer(config: Config, logger: Logger = pino({ level:
   );
 
   const store = new SqliteStore(path.join(config.dataDir, 'aether.db'));
+  const logs = new SqliteLogStore(path.join(config.dataDir, 'logs.db'), config.functionLogs, logger);
   const code = new LocalCodeStore(path.join(config.dataDir, 'code'), config.limits);
   const startFailures = new LocalStartFailures();
   const scheduler = new Scheduler({
@@ -36,9 +38,9 @@ export async function startServer(config: Config, logger: Logger = pino({ level:
     codeDir: (hash) => code.dir(hash),
     log: logger,
     settings: poolSettings(config),
-    onInstanceLog: instanceLogger(logger),
+    ...functionLogs(config.functionLogs, logger, logs),
   });
-  const functions = new FunctionService(store, code, store, scheduler, startFailures);
+  const functions = new FunctionService(store, code, store, scheduler, startFailures, logs);
   for (const fn of await store.list()) scheduler.updated(fn); // warm min_instances after a restart
 
   const app = await buildApp({
@@ -58,6 +60,7 @@ export async function startServer(config: Config, logger: Logger = pino({ level:
       await app.close();
       await scheduler.shutdown();
       store.close();
+      logs.close();
     },
   };
 }

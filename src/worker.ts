@@ -13,13 +13,14 @@ import { EtcdFunctionStore } from './adapters/etcd/function-store.js';
 import { EtcdStartFailures } from './adapters/etcd/start-failures.js';
 import { buildApp } from './adapters/http/app.js';
 import { connectRedis } from './adapters/redis/connection.js';
+import { RedisLogStore } from './adapters/redis/log-stream.js';
 import { ProvisionQueue } from './adapters/redis/provision-queue.js';
 import { S3CodeStore } from './adapters/s3/s3-code-store.js';
 import type { WorkerConfig } from './config.js';
 import { notFound } from './core/errors.js';
 import type { WorkerInfo } from './core/ports.js';
 import { Scheduler } from './core/scheduler.js';
-import { instanceLogger, poolSettings, prepareDataDir, startIsolation, type RunningServer } from './compose.js';
+import { functionLogs, poolSettings, prepareDataDir, startIsolation, type RunningServer } from './compose.js';
 
 const MB = 1024 * 1024;
 
@@ -37,6 +38,7 @@ export async function startWorker(config: WorkerConfig, logger: Logger = pino({ 
   const code = new S3CodeStore({ ...config.s3, cacheDir: path.join(config.dataDir, 'code'), limits: config.limits });
   const redis = await connectRedis(config.redisUrl);
   const queue = new ProvisionQueue(redis, log);
+  const logs = new RedisLogStore(redis, config.functionLogs, log);
 
   let info: WorkerInfo;
   const announce = () => {
@@ -50,7 +52,7 @@ export async function startWorker(config: WorkerConfig, logger: Logger = pino({ 
     codeDir: (hash) => code.dir(hash),
     log,
     settings: poolSettings(config),
-    onInstanceLog: instanceLogger(log),
+    ...functionLogs(config.functionLogs, log, logs),
     onInstanceReady: (fn, instanceId) => {
       const route = {
         function_id: fn.id,
@@ -72,7 +74,8 @@ export async function startWorker(config: WorkerConfig, logger: Logger = pino({ 
   // Code and config changes arrive through etcd: instances of old versions drain, deleted functions stop.
   functions.onChange((ev) => {
     if (ev.type === 'put') scheduler.updated(ev.fn);
-    else void scheduler.removed(ev.id);
+    // Its stopping instances still log: the stream goes once they are gone.
+    else void scheduler.removed(ev.id).then(() => logs.remove(ev.id));
   });
   await functions.ready();
 
@@ -129,6 +132,7 @@ export async function startWorker(config: WorkerConfig, logger: Logger = pino({ 
       await consumer.stop();
       await app.close();
       await scheduler.shutdown();
+      await logs.close();
       await discovery.close();
       startFailures.close();
       functions.close();

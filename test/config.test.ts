@@ -29,6 +29,20 @@ test('single node: defaults', () => {
   });
 });
 
+test('function logs: defaults and limits', () => {
+  assert.deepEqual(loadConfig({}).functionLogs, {
+    retentionMs: 72 * 3_600_000,
+    maxBytes: 256 * 1024 * 1024,
+    maxLinesPerFunction: 50_000,
+    linesPerSecond: 1000,
+    bytesPerSecond: 1024 * 1024,
+    echoLevel: 'debug',
+  });
+  assert.equal(loadConfig({ AETHER_LOG_RETENTION_H: '0.5' }).functionLogs.retentionMs, 1_800_000);
+  assert.throws(() => loadConfig({ AETHER_LOG_LINES_PER_S: '0' }), /AETHER_LOG_LINES_PER_S/);
+  assert.throws(() => loadConfig({ AETHER_FUNCTION_LOG_LEVEL: 'loud' }), /AETHER_FUNCTION_LOG_LEVEL/);
+});
+
 test('invalid values name the setting', () => {
   assert.throws(
     () => loadConfig({ PORT: '70000' }),

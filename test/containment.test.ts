@@ -2,6 +2,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { sandboxDrivers, startAether, type Aether } from './helpers/aether.ts';
+import { until } from './helpers/wait.ts';
 
 const PROBE = `
 const net = require('net');
@@ -50,6 +51,12 @@ for (const driver of sandboxDrivers()) {
       assert.equal(res.status, 502);
       const err = (await res.json()).error;
       assert.match(err.message, /memory limit of 96 MB exceeded|heap out of memory/i);
+      await until(
+        async () =>
+          (await a.api('GET', '/api/functions/probe/logs?stream=platform')).body.lines.some((l: any) => /oom|crashed/.test(l.event)),
+        5000,
+        'the OOM kill in the function log',
+      );
       const u = new URL(a.url);
       const gw = encodeURIComponent(JSON.stringify({ host: u.hostname, port: Number(u.port) }));
       assert.equal((await a.invoke('probe', `/?gw=${gw}&data=/`)).status, 200);
@@ -57,9 +64,17 @@ for (const driver of sandboxDrivers()) {
 
     test('env var values never reach the logs', async () => {
       assert.equal(await (await a.invoke('probe', '/log')).text(), 'logged');
-      await new Promise((r) => setTimeout(r, 200));
-      const all = a.logs.join('\n');
-      assert.match(all, /my secret is \*\*\*\*/);
+      let lines: any[] = [];
+      await until(
+        async () => {
+          lines = (await a.api('GET', '/api/functions/probe/logs?stream=stdout')).body.lines;
+          return lines.some((l) => l.message.startsWith('my secret is'));
+        },
+        5000,
+        'the line in the function log',
+      );
+      assert.ok(lines.some((l) => l.message === 'my secret is ****'));
+      const all = JSON.stringify(lines) + a.logs.join('\n');
       assert.ok(!all.includes('sk-live-1234567890'));
     });
   });

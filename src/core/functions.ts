@@ -5,7 +5,8 @@
 import { changeFunction, newFunction, publicView } from './function-spec.js';
 import { notFound } from './errors.js';
 import type { InvocationQuery } from './invocations.js';
-import type { ArchiveFormat, CodeStore, FunctionStore, InvocationLog, Placement } from './ports.js';
+import type { LogFilter, LogLine, LogPage, LogQuery } from './logs.js';
+import type { ArchiveFormat, CodeStore, FunctionStore, InvocationLog, LogReader, Placement } from './ports.js';
 import { functionStatus, type StartFailures } from './start-failures.js';
 import type { FunctionRecord, FunctionView, InstanceInfo, InvocationRecord } from './types.js';
 
@@ -16,6 +17,7 @@ export class FunctionService {
     private readonly invocationLog: InvocationLog,
     private readonly placement: Placement,
     private readonly startFailures: StartFailures,
+    private readonly logReader: LogReader,
   ) {}
 
   /** The record as the API shows it: env var values masked, and whether the function is failing to start. */
@@ -54,6 +56,7 @@ export class FunctionService {
     this.invocationLog.forget(fn.id);
     this.startFailures.clear(fn.id, Number.POSITIVE_INFINITY);
     await this.placement.removed(fn.id);
+    await this.logReader.remove(fn.id);
     if (fn.code_hash && !(await this.store.list()).some((f) => f.code_hash === fn.code_hash)) await this.code.remove(fn.code_hash);
   }
 
@@ -83,5 +86,24 @@ export class FunctionService {
 
   async invocations(idOrName: string, query: InvocationQuery): Promise<InvocationRecord[]> {
     return this.invocationLog.query((await this.get(idOrName)).id, query);
+  }
+
+  async logs(idOrName: string, q: LogQuery): Promise<LogPage> {
+    return this.logReader.query((await this.get(idOrName)).id, q);
+  }
+
+  /**
+   * New lines as they arrive, from every instance (those started later too): after the cursor
+   * `after` if given, else from `since`, else from now.
+   */
+  async followLogs(
+    idOrName: string,
+    filter: LogFilter,
+    from: { after?: string; since?: number },
+    signal: AbortSignal,
+  ): Promise<AsyncIterable<LogLine[]>> {
+    const { id } = await this.get(idOrName);
+    const after = from.after ?? (await this.logReader.cursorAt(id, from.since));
+    return this.logReader.follow(id, filter, after, signal);
   }
 }

@@ -6,6 +6,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { type AetherError, badGateway, conflict, errorMessage, involving, notFound, timedOut, unavailable } from './errors.js';
+import type { InstanceEvent } from './log-writer.js';
 import type { ExitInfo, InstanceHandle, IsolationDriver, Logger } from './ports.js';
 import {
   afterStartFailure,
@@ -36,10 +37,12 @@ export interface PoolDeps {
   settings: PoolSettings;
   /** Shared with the API (and in a cluster with every worker and gateway). */
   startFailures: StartFailures;
-  onInstanceLog(fn: FunctionRecord, instanceId: string, stream: 'stdout' | 'stderr', line: string): void;
+  onInstanceLog(fn: FunctionRecord, instanceId: string, stream: 'stdout' | 'stderr', line: string, requestId?: string): void;
   /** Instance lifecycle, e.g. for a cluster worker to announce its instances in discovery. */
   onInstanceReady?(fn: FunctionRecord, instanceId: string): void;
   onInstanceGone?(fn: FunctionRecord, instanceId: string): void;
+  /** Started, failed to start, exited, timed out: for the function's platform log lines. */
+  onInstanceEvent?(fn: FunctionRecord, instanceId: string, event: InstanceEvent): void;
   now?: () => number;
 }
 
@@ -55,10 +58,13 @@ class Instance {
   readyAt = Number.POSITIVE_INFINITY;
   /** Why the instance is ending, once it is known to be (before its exit is). */
   condemned?: string;
+  readonly version: number;
   constructor(
-    readonly version: number,
+    /** The function as this instance runs it. */
+    readonly fn: FunctionRecord,
     now: number,
   ) {
+    this.version = fn.version;
     this.lastActive = now;
   }
 }
@@ -72,8 +78,8 @@ export interface Lease {
   readonly remote?: { pathPrefix: string; headers: Record<string, string>; maxConnections: number };
   /** Why the instance ended, if it did (waits briefly for the exit to be known). */
   exitReason(): Promise<string | undefined>;
-  /** The instance is stuck (e.g. a request timed out): replace it. */
-  recycle(): void;
+  /** The instance is stuck (e.g. a request timed out, named here for its log): replace it. */
+  recycle(timedOutRequest?: string): void;
   release(): void;
 }
 
@@ -255,8 +261,9 @@ export class FunctionPool {
         const exit = await Promise.race([handle.exited, new Promise<undefined>((r) => setTimeout(r, EXIT_REASON_WAIT_MS))]);
         return exit ? describeExit(exit) : inst.condemned;
       },
-      recycle: () => {
+      recycle: (timedOutRequest) => {
         this.deps.log.warn({ function: this.fn.name, instance: inst.id }, 'recycling stuck instance');
+        if (timedOutRequest) this.deps.onInstanceEvent?.(inst.fn, inst.id, { type: 'timeout', request_id: timedOutRequest });
         void this.stop(inst);
       },
       release: () => {
@@ -326,7 +333,7 @@ export class FunctionPool {
   /** A cold start: a new instance of the current version, through the isolation driver. */
   private async coldStart(rethrow = false): Promise<void> {
     const fn = this.fn;
-    const inst = new Instance(fn.version, this.now());
+    const inst = new Instance(fn, this.now());
     this.instances.set(inst.id, inst);
     const started = this.now();
     try {
@@ -341,12 +348,18 @@ export class FunctionPool {
         vcpu: fn.vcpu,
         concurrency: fn.concurrency,
         startTimeoutMs: this.deps.settings.startTimeoutMs,
-        onLog: (stream, line) => this.deps.onInstanceLog(fn, inst.id, stream, line),
+        onLog: (stream, line, requestId) => this.deps.onInstanceLog(fn, inst.id, stream, line, requestId),
       });
       inst.handle = handle;
       void handle.condemned.then((reason) => this.onCondemned(inst, reason));
-      void handle.exited.then((exit) => this.onExit(inst, exit));
-      this.deps.log.info({ function: fn.name, instance: inst.id, version: inst.version, ms: this.now() - started }, 'instance ready');
+      void handle.exited.then((exit) => {
+        const expected = inst.state === 'draining' || inst.state === 'stopped';
+        this.deps.onInstanceEvent?.(fn, inst.id, { type: 'exited', exit, expected });
+        this.onExit(inst, exit);
+      });
+      const ms = this.now() - started;
+      this.deps.log.info({ function: fn.name, instance: inst.id, version: inst.version, ms }, 'instance ready');
+      this.deps.onInstanceEvent?.(fn, inst.id, { type: 'started', cold_start_ms: ms });
       if (inst.state === 'draining' || this.closed) {
         void this.stop(inst);
         return;
@@ -361,6 +374,7 @@ export class FunctionPool {
       this.instances.delete(inst.id);
       const message = errorMessage(err);
       this.deps.log.error({ function: fn.name, instance: inst.id, err: message }, 'instance failed to start');
+      this.deps.onInstanceEvent?.(fn, inst.id, { type: 'start_failed', error: message });
       if (!this.closed && fn.version === this.fn.version) this.startFailed(fn, message, inst.id);
       this.failWaitersIfHopeless(message, inst.id);
       if (rethrow) throw badGateway(`function ${fn.name} failed to start: ${message}`, 'start_failed');

@@ -4,6 +4,7 @@
  */
 import type { Socket } from 'node:net';
 import type { InvocationQuery } from './invocations.js';
+import type { LogEntry, LogFilter, LogPage, LogQuery, LogLine } from './logs.js';
 import type { FunctionRecord, InstanceInfo, InvocationRecord } from './types.js';
 
 /** Async so that shared stores (etcd) fit as well as the embedded one (SQLite). */
@@ -22,6 +23,27 @@ export interface InvocationLog {
   query(functionId: string, q: InvocationQuery): Promise<InvocationRecord[]>;
   /** Drops a deleted function's records (fire and forget too). */
   forget(functionId: string): void;
+}
+
+/** Where function log lines go (single node: SQLite; cluster workers: Redis Streams). */
+export interface LogSink {
+  /** Fire and forget, batched: writing must never slow down or fail the instance that printed. */
+  write(entry: LogEntry): void;
+}
+
+/** Reading function logs back (single node: SQLite; cluster gateways: Redis Streams of every worker). */
+export interface LogReader {
+  /** A page of lines, oldest first (see LogPage for the cursors). */
+  query(functionId: string, q: LogQuery): Promise<LogPage>;
+  /** The cursor just before the first line at or after `time`; without it the current end. */
+  cursorAt(functionId: string, time?: number): Promise<string>;
+  /**
+   * Lines after the cursor as they arrive, from every instance, in batches, until `signal` aborts.
+   * Pull-based: nothing is read ahead of a slow consumer.
+   */
+  follow(functionId: string, filter: LogFilter, after: string, signal: AbortSignal): AsyncIterable<LogLine[]>;
+  /** Forgets a deleted function's lines. */
+  remove(functionId: string): Promise<void>;
 }
 
 export interface StoredCode {
@@ -59,7 +81,8 @@ export interface InstanceSpec {
   vcpu: number;
   concurrency: number;
   startTimeoutMs: number;
-  onLog(stream: 'stdout' | 'stderr', line: string): void;
+  /** A line the instance wrote; handler mode names the invocation that wrote it. */
+  onLog(stream: 'stdout' | 'stderr', line: string, requestId?: string): void;
 }
 
 export interface ExitInfo {

@@ -10,6 +10,7 @@ import { apiRoutes } from './api-routes.js';
 import { bearerAuth, clusterAuth } from './auth.js';
 import { installErrorHandling } from './errors.js';
 import { invokeRoutes, type InvokeDeps } from './invoke-route.js';
+import { logRoutes } from './logs-route.js';
 
 export interface AppOptions {
   logger: FastifyBaseLogger;
@@ -39,6 +40,7 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     await app.register(async (scope) => {
       scope.addHook('onRequest', bearerAuth(api.token));
       await apiRoutes(scope, api);
+      await logRoutes(scope, api.functions);
     });
   }
   if (internal) {

@@ -118,7 +118,7 @@ export async function forward(req: IncomingMessage, res: ServerResponse, lease: 
       },
     );
   } catch (err) {
-    if (!res.headersSent) throw await explain(err, lease, body);
+    if (!res.headersSent) throw await explain(err, lease, body, opts.requestId);
     res.destroy(); // the client sees a truncated response rather than a silently short one
   }
   return out;
@@ -142,7 +142,7 @@ function single(value: string | string[] | undefined): string | undefined {
   return Array.isArray(value) ? value[0] : value;
 }
 
-async function explain(err: unknown, lease: Lease, body: RequestBody): Promise<AetherError> {
+async function explain(err: unknown, lease: Lease, body: RequestBody, requestId: string): Promise<AetherError> {
   const clientFault = body && !Buffer.isBuffer(body) ? body.stream.errored : undefined; // e.g. a stalled body
   if (clientFault instanceof AetherError) return clientFault;
   if (err instanceof AetherError) return err;
@@ -150,7 +150,7 @@ async function explain(err: unknown, lease: Lease, body: RequestBody): Promise<A
     return new AetherError(502, 'connection_refused', 'the target refused the connection');
   }
   if (err instanceof undiciErrors.HeadersTimeoutError) {
-    lease.recycle();
+    lease.recycle(requestId);
     return timedOut('the function did not respond within its timeout');
   }
   const reason = await lease.exitReason();

@@ -39,10 +39,10 @@ export function logsCommand(program: Command): void {
       .option('-f, --follow', 'keep streaming new lines until Ctrl-C')
       .option('--since <when>', 'from this long ago (10m, 2h, 1d) or this time (ISO 8601)')
       .option('--until <when>', 'up to this long ago or this time')
-      .option('-n, --limit <n>', 'at most this many lines (the latest)', integer(1, 100_000))
+      .option('-n, --limit <n>', 'at most this many lines (the latest)', integer(1, 1000))
       .option('--instance <id>', 'only this instance')
       .option('--request-id <id>', 'only lines written while handling this request')
-      .option('--stream <stream>', 'only stdout, stderr or system (the platform events)'),
+      .option('--stream <stream>', "only stdout, stderr or platform (the instances' events)"),
   )
     .addHelpText('after', '\nWith --json, one JSON object per line (NDJSON).')
     .action(async (name: string, opts: Opts) => {
@@ -57,7 +57,7 @@ export function logsCommand(program: Command): void {
       const client = clientFor(opts);
 
       if (!opts.follow) {
-        const lines = await client.json<LogLine[]>('GET', fnPath(name, `/logs?${query}`));
+        const { lines } = await client.json<{ lines: LogLine[] }>('GET', fnPath(name, `/logs?${query}`));
         lines.forEach(print);
         return;
       }

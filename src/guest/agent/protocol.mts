@@ -64,6 +64,13 @@ export const DEADLINE_HEADER = 'x-aether-deadline';
 export const ERROR_HEADER = 'x-aether-error';
 export const ERROR_HEADER_MAX_CHARS = 2000;
 
+/**
+ * Handler mode tags each line an invocation writes to stdout/stderr with its request id:
+ * LOG_FRAME_START + request id + LOG_FRAME_END + the line. Lines without the frame are plain output.
+ */
+export const LOG_FRAME_START = '\u001e';
+export const LOG_FRAME_END = '\u001f';
+
 // ---- microVMs: the guest's init (guest/image/init-script.ts) and the VMM drivers
 
 /** Every line init writes to the console starts with this and ends with ` up=<seconds since boot>`. */

@@ -1,10 +1,11 @@
 /**
  * An instance's output on its way to the function's log, the same for every driver: streams split
- * into lines of at most MAX_LINE_BYTES (longer ones arrive in pieces), and the last lines of stderr
- * and of the VMM's diagnostics kept for failure messages.
+ * into lines of at most MAX_LINE_BYTES (longer ones arrive in pieces), the request id the agent
+ * framed a line with split off, and the last lines of stderr and of the VMM's diagnostics kept for
+ * failure messages.
  */
 import type { Readable } from 'node:stream';
-import { AGENT_LOG_PREFIX } from '../../../guest/agent/protocol.mjs';
+import { AGENT_LOG_PREFIX, LOG_FRAME_END, LOG_FRAME_START } from '../../../guest/agent/protocol.mjs';
 
 export type OutputStream = 'stdout' | 'stderr';
 
@@ -14,14 +15,14 @@ const TAIL_LINES = 20;
 export class InstanceOutput {
   private readonly tail: string[] = [];
 
-  constructor(private readonly onLog: (stream: OutputStream, line: string) => void) {}
+  constructor(private readonly onLog: (stream: OutputStream, line: string, requestId?: string) => void) {}
 
   /** The function's own output. */
   function(stream: OutputStream, from: Readable): void {
     readLines(from, (bytes) => {
-      const line = bytes.toString();
-      if (stream === 'stderr') this.keep(line);
-      this.onLog(stream, line);
+      const { requestId, text } = unframe(bytes.toString());
+      if (stream === 'stderr') this.keep(text);
+      this.onLog(stream, text, requestId);
     });
   }
 
@@ -45,6 +46,18 @@ export class InstanceOutput {
     this.tail.push(line);
     if (this.tail.length > TAIL_LINES) this.tail.shift();
   }
+}
+
+/** A frame longer than this is not one: the line is taken as plain output. */
+const MAX_FRAME_ID = 200;
+const FRAME_START_CODE = LOG_FRAME_START.charCodeAt(0);
+
+/** Splits the agent's request-id frame off a line; plain lines come back unchanged. */
+export function unframe(line: string): { requestId?: string; text: string } {
+  if (line.charCodeAt(0) !== FRAME_START_CODE) return { text: line };
+  const end = line.indexOf(LOG_FRAME_END, 1);
+  if (end < 2 || end > MAX_FRAME_ID) return { text: line };
+  return { requestId: line.slice(1, end), text: line.slice(end + 1) };
 }
 
 /**

@@ -23,6 +23,7 @@ import { agentDir, agentNodeArgs } from '../src/guest/agent-files.js';
 import { AGENT_ENV } from '../src/guest/agent/protocol.mjs';
 import type { AetherError } from '../src/core/errors.js';
 import type { InstanceHandle, InstanceSpec } from '../src/core/ports.js';
+import { skipUnless } from './helpers/skip.ts';
 
 let root: string;
 let runDir: string;
@@ -511,7 +512,9 @@ describe('environment and token', () => {
     assert.equal(await get(`Bearer ${channel.token}`), 401);
   });
 
-  test('the channel is reachable by the instance uid only', { skip: process.getuid?.() !== 0 && 'needs root' }, async (t) => {
+  test('the channel is reachable by the instance uid only', {
+    skip: skipUnless(process.getuid?.() === 0, 'the channel uid test needs root'),
+  }, async (t) => {
     const uid = 65534;
     const config = agentConfig(specFor('/nowhere'));
     const channel = await openChannel({ runDir, instanceId: config.instance_id, uid, config });

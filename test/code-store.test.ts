@@ -12,6 +12,7 @@ import { create as tarCreate } from 'tar';
 import { AetherError } from '../src/core/errors.js';
 import { DEFAULT_ARCHIVE_LIMITS } from '../src/adapters/code/archive.js';
 import { LocalCodeStore } from '../src/adapters/code/local-code-store.js';
+import { skipUnless } from './helpers/skip.ts';
 
 let work: string;
 let seq = 0;
@@ -39,7 +40,7 @@ async function assertAetherError(promise: Promise<unknown>, status: number, code
   });
 }
 
-test('put stores the tree and the archive by sha256, readable by other uids', async () => {
+test('put stores the tree and the archive by sha256, with modes that let other uids read it', async () => {
   const root = newRoot();
   const store = new LocalCodeStore(root);
   const stored = await store.put(Readable.from([app]), 'zip');
@@ -53,8 +54,14 @@ test('put stores the tree and the archive by sha256, readable by other uids', as
   assert.equal(await mode(root), 0o711);
   assert.equal(await mode(dir), 0o755);
   assert.equal(await mode(join(dir, 'index.js')), 0o644);
+});
 
-  if (process.getuid?.() !== 0) return; // switching uids below needs root
+test('another uid reads code by hash but cannot list the store', {
+  skip: skipUnless(process.getuid?.() === 0, 'switching uids needs root'),
+}, async () => {
+  const root = newRoot();
+  const store = new LocalCodeStore(root);
+  const dir = await store.dir((await store.put(Readable.from([app]), 'zip')).hash);
   const asNobody = (file: string, ...args: string[]) => promisify(execFile)(file, args, { uid: 65534, gid: 65534 });
   assert.equal((await asNobody('cat', join(dir, 'node_modules/dep/index.js'))).stdout, 'module.exports = 2;\n');
   await assert.rejects(asNobody('ls', root), 'other uids may reach code by hash but not list the store');

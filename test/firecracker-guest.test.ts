@@ -24,6 +24,7 @@ import { agentDir, agentNodeArgs } from '../src/guest/agent-files.js';
 import { FIRECRACKER_VSOCK, GUEST_PATHS, INIT_LOG_PREFIX } from '../src/guest/agent/protocol.mjs';
 import { buildImage, GUEST_MODULES, GUEST_VSOCK_MODULES } from '../src/guest/image/build-image.js';
 import { initScript } from '../src/guest/image/init-script.js';
+import { skipUnless } from './helpers/skip.ts';
 
 const run = promisify(execFile);
 const script = initScript(GUEST_MODULES, GUEST_VSOCK_MODULES);
@@ -182,7 +183,7 @@ describe('mmds-fetch.mjs against an MMDS V2 server', () => {
   });
 });
 
-describe('drop-privileges.mjs', { skip: process.getuid?.() !== 0 && 'needs root' }, () => {
+describe('drop-privileges.mjs', { skip: skipUnless(process.getuid?.() === 0, 'drop-privileges.mjs tests need root') }, () => {
   const preload = () => path.join(agentDir(), 'drop-privileges.mjs');
   test('the agent runs as AETHER_UID, never root', async () => {
     const { stdout } = await run(
@@ -215,7 +216,9 @@ const hasQemu = await run(QEMU, ['--version']).then(
   () => false,
 );
 
-describe('the image in Firecracker mode, booted under QEMU/TCG', { skip: !hasQemu && `${QEMU} is not installed` }, () => {
+describe('the image in Firecracker mode, booted under QEMU/TCG', {
+  skip: skipUnless(hasQemu, `the Firecracker-mode boot needs ${QEMU}, which is not installed`),
+}, () => {
   const mmds = new MmdsV2();
   let work: string;
   let image: Awaited<ReturnType<typeof buildImage>>;

@@ -26,8 +26,12 @@ import {
   type Command,
 } from '../src/adapters/isolation/microvm/firecracker/network.js';
 import { FirecrackerDouble, REQUIRED } from './helpers/firecracker-double.js';
+import { findReference } from './helpers/reference.ts';
+import { requireOrSkip, skipUnless } from './helpers/skip.ts';
 
-const SPEC_FILE = path.resolve('../shared/reference/firecracker-api.yaml');
+const apiSpec = findReference('firecracker-api.yaml', 'AETHER_FIRECRACKER_SPEC');
+const SPEC_FILE = apiSpec.file ?? '';
+const noSpec = `Firecracker's API spec was not found (looked in ${apiSpec.looked.join(', ')}; AETHER_FIRECRACKER_SPEC names it)`;
 process.env.PATH = `${path.resolve('test/helpers/fake-bin')}:${process.env.PATH}`;
 
 let work: string;
@@ -160,7 +164,7 @@ function readSpec(text: string) {
   return { paths, defs };
 }
 
-describe('the double against the spec', { skip: !existsSync(SPEC_FILE) && `no spec at ${SPEC_FILE}` }, () => {
+describe('the double against the spec', { skip: skipUnless(apiSpec.file !== undefined, noSpec) }, () => {
   test('every call the double serves is in the spec, requiring exactly the fields the spec requires', async () => {
     const { paths, defs } = readSpec(await readFile(SPEC_FILE, 'utf8'));
     assert.ok(paths.size > 20 && defs.size > 30, `the reader found ${paths.size} paths and ${defs.size} definitions`);
@@ -338,9 +342,8 @@ describe('the driver against the double', () => {
     await instance.stop();
   });
 
-  test('every call the driver made exists in the spec, with only fields the spec defines', {
-    skip: !existsSync(SPEC_FILE) && 'no spec',
-  }, async () => {
+  test('every call the driver made exists in the spec, with only fields the spec defines', async (t) => {
+    if (!requireOrSkip(t, apiSpec.file !== undefined, noSpec)) return;
     const { paths, defs } = readSpec(await readFile(SPEC_FILE, 'utf8'));
     const seen = new Set<string>();
     for (const { key, body } of logged()) {

@@ -19,6 +19,7 @@ import { UidPool } from '../src/adapters/isolation/sandbox/uid-pool.js';
 import { selectDriver, type SelectOptions } from '../src/adapters/isolation/select.js';
 import type { ExitInfo, InstanceHandle, InstanceSpec, IsolationDriver } from '../src/core/ports.js';
 import { freePort } from '../src/adapters/free-port.js';
+import { skipUnless } from './helpers/skip.ts';
 
 const TMP_MB = 8;
 const PIDS_LIMIT = 128;
@@ -199,8 +200,7 @@ setInterval(() => {}, 1000);
 
 for (const [i, name] of ['bwrap', 'gvisor'].entries()) {
   const driver = drivers.get(name)!;
-  const skip = typeof driver === 'string' ? `${name} does not work on this host: ${driver}` : false;
-  describe(`${name} isolation`, { skip }, () => {
+  describe(`${name} isolation`, { skip: skipUnless(typeof driver !== 'string', `${name} does not work on this host: ${driver}`) }, () => {
     const d = driver as IsolationDriver;
 
     it('shows the function only its runtime, code, agent, channel, /tmp and env', async () => {

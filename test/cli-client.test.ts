@@ -163,7 +163,7 @@ describe('aether CLI against a running server', () => {
     const ls = await ok(['ls']);
     assert.match(
       ls.stdout,
-      /^NAME +STATUS +VERSION +CODE +MEMORY +TIMEOUT +UPDATED\nmy-app +deployed +\d+ +[\d.]+ [kB]+ +256 MB +5\.0 s +\d+ s ago\n$/,
+      /^NAME +STATE +INSTANCES +VERSION +CODE +MEMORY +TIMEOUT +UPDATED\nmy-app +ready +1 +\d+ +[\d.]+ [kB]+ +256 MB +5\.0 s +\d+ s ago\n$/,
     );
     assert.deepEqual(
       JSON.parse((await ok(['ls', '--json'])).stdout).map((f: { name: string }) => f.name),
@@ -232,6 +232,10 @@ describe('aether CLI against a running server', () => {
       r.message,
       /broken is deployed but its first instance did not answer \(HTTP 502: .*broken at import.*\): see `aether logs broken`$/,
     );
+    const described = await ok(['describe', 'broken']);
+    assert.match(described.stdout, /^state: +failing$/m);
+    assert.match(described.stdout, /^last error: +.*broken at import.* \(failing since \d{4}-/m);
+    assert.match((await ok(['ls'])).stdout, /^broken +failing +0 /m);
   });
 
   test('rm deletes the function; afterwards it is not found (exit 3)', async () => {

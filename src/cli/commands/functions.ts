@@ -1,26 +1,26 @@
-/** `aether ls`, `aether describe NAME`, `aether rm NAME`: the function records. */
+/** `aether ls`, `aether describe NAME`, `aether rm NAME`: the functions, their state and settings. */
 import type { Command } from 'commander';
-import type { FunctionRecord, InstanceInfo } from '../../core/types.js';
-import { fnPath } from '../client.js';
+import type { FunctionView, InstanceInfo } from '../../core/types.js';
+import { type Client, fnPath } from '../client.js';
 import { ago, bytes, duration, keyValues, out, printJson, table } from '../output.js';
-import { clientCommand, clientFor, type JsonOption, jsonOption } from './common.js';
 import type { TargetOptions } from '../target.js';
+import { clientCommand, clientFor, type JsonOption, jsonOption } from './common.js';
 
 type Opts = TargetOptions & JsonOption;
 
-/** Fields a newer server may add to a record (function status, issue 8); shown when present. */
-type Described = FunctionRecord & { status?: string; last_error?: string | null; failing_since?: string | null };
-
 export function functionCommands(program: Command): void {
-  jsonOption(clientCommand(program, 'ls', 'list the functions')).action(async (opts: Opts) => {
-    const fns = await clientFor(opts).json<Described[]>('GET', '/api/functions');
+  jsonOption(clientCommand(program, 'ls', 'list the functions: state, instances, version, settings')).action(async (opts: Opts) => {
+    const client = clientFor(opts);
+    const fns = await client.json<FunctionView[]>('GET', '/api/functions');
     if (opts.json) return printJson(fns);
+    const running = await Promise.all(fns.map((f) => instancesOf(client, f)));
     out(
       table(
-        ['NAME', 'STATUS', 'VERSION', 'CODE', 'MEMORY', 'TIMEOUT', 'UPDATED'],
-        fns.map((f) => [
+        ['NAME', 'STATE', 'INSTANCES', 'VERSION', 'CODE', 'MEMORY', 'TIMEOUT', 'UPDATED'],
+        fns.map((f, i) => [
           f.name,
-          statusOf(f),
+          stateOf(f, running[i]!),
+          running[i]!.length,
           f.version,
           bytes(f.code_size),
           `${f.memory_mb} MB`,
@@ -33,24 +33,23 @@ export function functionCommands(program: Command): void {
   });
 
   jsonOption(
-    clientCommand(program, 'describe', "a function's configuration, code and instances").argument('<name>', 'function name or id'),
+    clientCommand(program, 'describe', "a function's state, configuration, code and instances").argument('<name>', 'function name or id'),
   ).action(async (name: string, opts: Opts) => {
     const client = clientFor(opts);
-    const [fn, instances] = await Promise.all([
-      client.json<Described>('GET', fnPath(name)),
-      client.json<InstanceInfo[]>('GET', fnPath(name, '/instances')),
-    ]);
+    const fn = await client.json<FunctionView>('GET', fnPath(name));
     if (opts.json) return printJson(fn);
+    const instances = await instancesOf(client, fn);
     const envNames = Object.keys(fn.env_vars).sort();
     const byState = new Map<string, number>();
     for (const i of instances) byState.set(i.state, (byState.get(i.state) ?? 0) + 1);
-    const states = [...byState].map(([state, n]) => `${n} ${state}`);
+    const failing: [string, string][] =
+      fn.status === 'failing' ? [['last error', `${fn.last_error} (failing since ${fn.failing_since})`]] : [];
     out(
       keyValues([
         ['name', fn.name],
         ['id', fn.id],
-        ['status', statusOf(fn)],
-        ...(fn.last_error ? ([['last error', fn.last_error]] as [string, string][]) : []),
+        ['state', stateOf(fn, instances)],
+        ...failing,
         ['url', `${client.url}/functions/${fn.name}/`],
         ['runtime', fn.runtime],
         ['entrypoint', fn.entrypoint ?? '(found in the code)'],
@@ -60,9 +59,9 @@ export function functionCommands(program: Command): void {
         ['vcpu', fn.vcpu],
         ['timeout', duration(fn.timeout_ms)],
         ['concurrency', `${fn.concurrency} requests per instance`],
-        ['instances', `${fn.min_instances} to ${fn.max_instances}, idle ones stop after ${fn.idle_timeout_s} s`],
+        ['instances', `${fn.min_instances} to ${fn.max_instances}, the last one stops after ${fn.idle_timeout_s} s idle`],
+        ['running', instances.length ? [...byState].map(([state, n]) => `${n} ${state}`).join(', ') : 'none'],
         ['env vars', envNames.length ? `${envNames.join(', ')} (values hidden)` : 'none'],
-        ['running', instances.length ? states.join(', ') : 'no instances (scaled to zero)'],
         ['created', `${fn.created_at} (${ago(fn.created_at)})`],
         ['updated', `${fn.updated_at} (${ago(fn.updated_at)})`],
       ]),
@@ -77,7 +76,13 @@ export function functionCommands(program: Command): void {
     });
 }
 
-function statusOf(f: Described): string {
-  if (f.status) return f.status;
-  return f.code_hash ? 'deployed' : 'no code';
+const instancesOf = (client: Client, fn: FunctionView) => client.json<InstanceInfo[]>('GET', fnPath(fn.id, '/instances'));
+
+/** One word for people: no code, failing, ready, starting, or scaled to zero. */
+function stateOf(fn: FunctionView, instances: InstanceInfo[]): string {
+  if (!fn.code_hash) return 'no code';
+  if (fn.status === 'failing') return 'failing';
+  if (instances.some((i) => i.state === 'ready')) return 'ready';
+  if (instances.some((i) => i.state === 'starting')) return 'starting';
+  return 'scaled to zero';
 }

@@ -105,6 +105,15 @@ describe('function logs in a cluster (2 gateways, 2 workers)', () => {
     await until(async () => (await redisClients()) === clientsBefore, 5000, 'the follower to let go of its Redis connection');
   });
 
+  test('lines carry the request id of their invocation, whichever gateway took it and whichever reads', async () => {
+    assert.equal((await gateways[0]!.invoke('spread', '/?tag=tagged', { headers: { 'x-request-id': 'cluster-req-1' } })).status, 200);
+    const lines = await waitForLines(gateways[1]!, 'spread', (l) => l.length > 0, 'the tagged line', 'request_id=cluster-req-1');
+    assert.deepEqual(
+      lines.map((l) => [l.stream, l.message]),
+      [['stdout', 'tagged says ****']],
+    );
+  });
+
   test("each function's stream is capped (XADD MAXLEN ~ AETHER_LOG_MAX_LINES) and expires", async () => {
     const fn = await gateways[0]!.deploy({ name: 'chatty' }, { 'handler.js': ECHO });
     assert.equal((await gateways[1]!.invoke('chatty', '/?tag=c&n=2000')).status, 200);

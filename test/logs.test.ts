@@ -35,6 +35,21 @@ exports.handler = async (event) => {
   return { statusCode: 200, body: String(n) };
 };`;
 
+/** Prints inside invocations (after an await too, in pieces, on both streams) and outside any. */
+const TAGGED = `
+console.log('loading');
+setTimeout(() => console.log('timer from load'), 10);
+exports.handler = async (event) => {
+  const q = event.query;
+  console.log('start ' + q.tag);
+  await new Promise((r) => setTimeout(r, 100));
+  process.stdout.write('part ' + q.tag + ' ');
+  process.stdout.write(Buffer.from('end ' + q.tag + '\\nsecond ' + q.tag + '\\n'));
+  console.error('err ' + q.tag);
+  if (q.fail) throw new Error('boom ' + q.tag);
+  return { statusCode: 200, body: 'ok' };
+};`;
+
 const SECRET = 'sk-live-abcdef123456';
 const messages = (lines: LogLine[]) => lines.map((l) => l.message);
 
@@ -162,6 +177,65 @@ describe('function logs on one node (bwrap)', () => {
     const timeout = slow.find((x) => x.event === 'timeout')!;
     assert.equal(timeout.request_id, requestId);
     assert.match(timeout.message, new RegExp(`request ${requestId} timed out`));
+  });
+
+  test('handler mode: each line carries the request id of the invocation that wrote it', async () => {
+    await a.deploy({ name: 'tagged' }, { 'handler.js': TAGGED });
+    // Two at once: their lines interleave in the streams, each still names its own invocation.
+    const res = await Promise.all(
+      ['A', 'B'].map((tag) => a.invoke('tagged', `/?tag=${tag}`, { headers: { 'x-request-id': `req-${tag}` } })),
+    );
+    assert.deepEqual(
+      res.map((r) => r.status),
+      [200, 200],
+    );
+    const lines = await waitForLines(a, 'tagged', (l) => l.filter((x) => x.request_id).length === 8, 'the tagged lines');
+    for (const tag of ['A', 'B']) {
+      const mine = lines.filter((l) => l.request_id === `req-${tag}`);
+      assert.deepEqual(
+        mine.filter((l) => l.stream === 'stdout').map((l) => l.message),
+        [`start ${tag}`, `part ${tag} end ${tag}`, `second ${tag}`],
+      );
+      assert.deepEqual(
+        mine.filter((l) => l.stream === 'stderr').map((l) => l.message),
+        [`err ${tag}`],
+      );
+      assert.deepEqual(await logLines(a, 'tagged', `request_id=req-${tag}`), mine, 'the request_id filter finds exactly them');
+    }
+    const plain = lines.filter((l) => l.stream === 'stdout' && l.request_id === null).map((l) => l.message);
+    assert.deepEqual(plain, ['loading', 'timer from load'], 'output outside an invocation stays plain');
+    assert.ok(!lines.some((l) => l.message.includes('\u001e')), 'no frame bytes reach the lines');
+
+    // A handler that throws: the agent's report, stack lines included, belongs to the invocation too.
+    assert.equal((await a.invoke('tagged', '/?tag=C&fail=1', { headers: { 'x-request-id': 'req-C' } })).status, 502);
+    const failed = await waitForLines(
+      a,
+      'tagged',
+      (l) => l.some((x) => /handler failed/.test(x.message)),
+      'the failure report',
+      'request_id=req-C&stream=stderr',
+    );
+    assert.match(
+      failed.find((l) => /handler failed/.test(l.message))!.message,
+      /^\[aether-agent\] handler failed \(request req-C\): Error: boom C$/,
+    );
+    assert.ok(
+      failed.some((l) => /^\s+at /.test(l.message)),
+      'the stack lines are tagged too',
+    );
+  });
+
+  test('a Web-standard fetch handler is tagged as well', async () => {
+    await a.deploy(
+      { name: 'fetchy' },
+      {
+        'handler.mjs': `export default { fetch: async (req) => { await null; console.log('fetch ' + new URL(req.url).pathname); return new Response('ok'); } };`,
+      },
+    );
+    assert.equal((await a.invoke('fetchy', '/hello', { headers: { 'x-request-id': 'req-fetch' } })).status, 200);
+    const [line] = await waitForLines(a, 'fetchy', (l) => l.length > 0, 'the line', 'stream=stdout');
+    assert.equal(line!.message, 'fetch /hello');
+    assert.equal(line!.request_id, 'req-fetch');
   });
 
   test('retention: at most AETHER_LOG_MAX_LINES lines per function, the newest', async () => {

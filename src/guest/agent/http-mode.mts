@@ -1,6 +1,7 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { errorMessage, log } from './log.mjs';
+import { asInvocation } from './output-tagging.mjs';
 import { ERROR_HEADER, ERROR_HEADER_MAX_CHARS, REQUEST_ID_HEADER } from './protocol.mjs';
 
 export type Responder = (req: IncomingMessage, res: ServerResponse) => Promise<void>;
@@ -12,7 +13,11 @@ export type Responder = (req: IncomingMessage, res: ServerResponse) => Promise<v
 export function serveConnections(respond: Responder, onFirstUse: (socket: Socket) => void): (socket: Socket) => void {
   const server = createServer({ requireHostHeader: false }, (req, res) => {
     onFirstUse(req.socket);
-    respond(req, res).catch((err: unknown) => handlerFailed(req, res, err));
+    const requestId = req.headers[REQUEST_ID_HEADER];
+    // Everything the handler prints, and the agent's report if it fails, is tagged with the request id.
+    asInvocation(typeof requestId === 'string' ? requestId : undefined, () =>
+      respond(req, res).catch((err: unknown) => handlerFailed(req, res, err)),
+    );
   });
   server.keepAliveTimeout = 0;
   return (socket) => server.emit('connection', socket);

@@ -10,6 +10,7 @@ import { detectMode, resolveEntry, type Mode } from './entry.mjs';
 import { fetchResponder } from './fetch-mode.mjs';
 import { serveConnections } from './http-mode.mjs';
 import { lambdaResponder } from './lambda.mjs';
+import { tagOutput } from './output-tagging.mjs';
 import { errorMessage, fail, log } from './log.mjs';
 import { AGENT_ENV, AGENT_SOCKET, EXIT_CONFIG, GUEST_PATHS, type AgentConfig } from './protocol.mjs';
 import { proxyConnections, waitForPort } from './server-mode.mjs';
@@ -40,6 +41,7 @@ try {
 
 const mode: Mode = detectMode(mod);
 if (mode.kind === 'server') await waitForPort(config.port);
+else tagOutput(); // handler mode: lines name the invocation that wrote them
 
 const spares = new Spares(join(runDir, AGENT_SOCKET));
 spares.start(connectionHandler(mode));

@@ -31,6 +31,7 @@ export async function startIsolation(config: Config, log: Logger, cgroupParent: 
   const selected = await selectDriver(config.isolation, {
     runDir: path.join(config.dataDir, 'run'),
     pidsLimit: config.pidsLimit,
+    openFilesLimit: config.openFilesLimit,
     tmpMb: config.tmpMb,
     vmCacheDir: config.vmCacheDir,
     onProgress: (message) => log.info({}, message),

@@ -33,6 +33,7 @@ const schema = z.object({
   AETHER_START_BACKOFF_MAX_MS: int(10, 3_600_000).default(60_000),
   AETHER_STOP_GRACE_MS: int(0, 600_000).default(2_000),
   AETHER_PIDS_LIMIT: int(16, 100_000).default(128),
+  AETHER_INSTANCE_OPEN_FILES: int(64, 1_048_576).default(1024),
   AETHER_TMP_MB: int(1, 100_000).default(64),
   AETHER_LOG_RETENTION_H: z.coerce.number().min(0.01).max(87_600).default(72),
   AETHER_LOG_MAX_MB: int(1, 10_000_000).default(256),
@@ -61,6 +62,8 @@ export interface Config {
   startBackoff: { initialMs: number; maxMs: number };
   stopGraceMs: number;
   pidsLimit: number;
+  /** RLIMIT_NOFILE of every sandboxed instance: what it can hold open, host sockets included. */
+  openFilesLimit: number;
   tmpMb: number;
   functionLogs: FunctionLogSettings;
 }
@@ -106,6 +109,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     startBackoff: { initialMs: c.AETHER_START_BACKOFF_MS, maxMs: Math.max(c.AETHER_START_BACKOFF_MS, c.AETHER_START_BACKOFF_MAX_MS) },
     stopGraceMs: c.AETHER_STOP_GRACE_MS,
     pidsLimit: c.AETHER_PIDS_LIMIT,
+    openFilesLimit: c.AETHER_INSTANCE_OPEN_FILES,
     tmpMb: c.AETHER_TMP_MB,
     functionLogs: {
       retentionMs: Math.round(c.AETHER_LOG_RETENTION_H * 3_600_000),

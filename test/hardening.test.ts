@@ -1,12 +1,14 @@
 /**
  * What a hostile client or tenant must not be able to do to others, through the public API of a real
- * server with real sandboxes: hold a function's slots with slow request bodies, or have requests routed to
- * an instance the host has killed.
+ * server with real sandboxes: hold a function's slots with slow request bodies, have requests routed
+ * to an instance the host has killed, or take the server's file descriptors.
  */
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import net from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { sandboxDrivers, startAether, type Aether } from './helpers/aether.ts';
+import { until } from './helpers/wait.ts';
 
 /** Echoes how many body bytes it got, in server mode and in handler mode. */
 const SERVER_ECHO = `require('http').createServer((req, res) => {
@@ -117,6 +119,98 @@ for (const driver of sandboxDrivers()) {
       assert.ok(failures.length <= 1, failures.join('\n'));
       for (const f of failures) assert.match(f, /^502 .*metadata request refused: wrong token/);
       assert.ok(served > 0);
+    });
+  });
+}
+
+/** On /flood, opens connections to its own agent and metadata sockets as fast as it can, and keeps them. */
+const FLOODER = `const net = require('net');
+let open = 0, connected = 0, failed = 0, flooding = false;
+const flood = (path) => {
+  const s = net.connect(path);
+  s.once('connect', () => { open++; connected++; setImmediate(flood, path); });
+  s.once('error', () => { failed++; setTimeout(flood, 5, path); });
+  s.once('close', () => { open--; });
+};
+exports.handler = async (event) => {
+  if (event.path === '/flood' && !flooding) {
+    flooding = true;
+    setTimeout(() => { for (let i = 0; i < 8; i++) flood(i % 2 ? '/run/aether/agent.sock' : '/run/aether/mmds.sock'); }, 50);
+    setTimeout(() => console.log(\`flood: \${connected} connected, \${open} open, \${failed} failed\`), 2000);
+  }
+  await new Promise((r) => setTimeout(r, 500)); // concurrency 1: the other /flood goes to the other instance
+  return 'flooding';
+};`;
+
+/** How many more files the function can open (up to 5000), and what stopped it. */
+const LIMITS = `exports.handler = async () => {
+  const fs = require('fs');
+  const fds = [];
+  let stop = 'none';
+  try { while (fds.length < 5000) fds.push(fs.openSync('/dev/null', 'r')); } catch (e) { stop = e.code; }
+  for (const fd of fds) fs.closeSync(fd);
+  return { statusCode: 200, body: JSON.stringify({ opened: fds.length, stop }) };
+};`;
+
+const openFds = (pid: number) => fs.readdirSync(`/proc/${pid}/fd`).length;
+
+for (const driver of sandboxDrivers()) {
+  describe(`a tenant flooding its host sockets cannot take the server's file descriptors (${driver})`, () => {
+    let a: Aether;
+    before(async () => {
+      a = await startAether({ isolation: driver, env: { AETHER_INSTANCE_OPEN_FILES: '512' } });
+      await a.deploy({ name: 'victim', memory_mb: 96 }, { 'handler.js': HANDLER_ECHO });
+      await a.deploy({ name: 'flooder', memory_mb: 96, concurrency: 1, min_instances: 2, max_instances: 2 }, { 'handler.js': FLOODER });
+    });
+    after(() => a?.stop());
+
+    test('an instance can hold at most AETHER_INSTANCE_OPEN_FILES descriptors', async () => {
+      await a.deploy({ name: 'limits', memory_mb: 96 }, { 'handler.js': LIMITS });
+      const { opened, stop } = await (await a.invoke('limits')).json();
+      assert.equal(stop, 'EMFILE');
+      assert.ok(opened > 400 && opened < 512, `opened ${opened} files`); // node itself holds a few
+    });
+
+    test('other tenants keep being served and can upload while two instances flood', { timeout: 60_000 }, async () => {
+      assert.equal(await (await a.invoke('victim', '/', { method: 'POST', body: 'warm' })).text(), '4');
+      await until(
+        async () =>
+          (await a.api('GET', '/api/functions/flooder/instances')).body.filter((i: { state: string }) => i.state === 'ready').length === 2,
+        20_000,
+        'two flooder instances',
+      );
+      const before = openFds(a.proc.pid!);
+      const started = await Promise.all([a.invoke('flooder', '/flood'), a.invoke('flooder', '/flood')]);
+      for (const res of started) assert.equal(res.status, 200);
+      // Let the flood run long enough to have taken every descriptor it could.
+      let peak = before;
+      for (const end = Date.now() + 4000; Date.now() < end; ) {
+        peak = Math.max(peak, openFds(a.proc.pid!));
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      const health = await fetch(`${a.url}/healthz`);
+      assert.equal(health.status, 200);
+      assert.equal(await (await a.invoke('victim', '/', { method: 'POST', body: 'hello' })).text(), '5');
+      const upload = await a.upload('victim', { 'handler.js': HANDLER_ECHO.replace('String(', "'v2:' + String(") });
+      assert.equal(upload.status, 200, JSON.stringify(upload.body));
+      assert.equal(await (await a.invoke('victim', '/', { method: 'POST', body: 'hello' })).text(), 'v2:5'); // a cold start, too
+      peak = Math.max(peak, openFds(a.proc.pid!));
+      assert.ok(peak < before + 500, `the server went from ${before} to ${peak} open descriptors`);
+      // The flood was real: both instances connected far more often than they may hold connections.
+      let connected: number[] = [];
+      await until(
+        async () => {
+          const { lines } = (await a.api('GET', '/api/functions/flooder/logs?stream=stdout')).body;
+          connected = lines.flatMap((l: { message: string }) => /flood: (\d+) connected/.exec(l.message)?.[1] ?? []).map(Number);
+          return connected.length === 2;
+        },
+        10_000,
+        'both flooding instances to report',
+      );
+      assert.ok(
+        connected.every((n) => n > 200),
+        `connections made per instance: ${connected}`,
+      );
     });
   });
 }

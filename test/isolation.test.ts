@@ -40,6 +40,7 @@ function options(i: number): SelectOptions {
     runDir,
     stateDir,
     pidsLimit: PIDS_LIMIT,
+    openFilesLimit: 256,
     tmpMb: TMP_MB,
     cgroupParent: cgroups.parent,
     uids: { first: uidBase + i * 10, size: 10 },

@@ -10,7 +10,7 @@ import { chown, mkdir, rm } from 'node:fs/promises';
 import { createServer as createHttpServer, type ServerResponse } from 'node:http';
 import { createServer as createNetServer, type Server, type Socket } from 'node:net';
 import { join, resolve } from 'node:path';
-import { AGENT_SOCKET, CONFIG_PATH, MMDS_SOCKET, type AgentConfig } from '../../guest/agent/protocol.mjs';
+import { AGENT_SOCKET, CONFIG_PATH, MMDS_SOCKET, SPARE_CONNECTIONS, type AgentConfig } from '../../guest/agent/protocol.mjs';
 import { unavailable } from '../../core/errors.js';
 import type { InstanceSpec } from '../../core/ports.js';
 
@@ -51,6 +51,14 @@ export interface InstanceChannel {
 
 /** Linux sockaddr_un.sun_path holds 108 bytes including the terminating NUL. */
 const MAX_SOCKET_PATH = 107;
+/**
+ * Connections an instance may hold on agent.sock beyond its concurrency and the agent's spares: ones
+ * the host has closed that the agent has not yet seen close. Every connection is a descriptor of the
+ * server's, so without a bound one instance can take them all (a function dialing its own socket).
+ */
+const AGENT_CONNECTION_SLACK = 8;
+/** The agent needs one, once; more can only be something in the instance holding descriptors. */
+const MAX_METADATA_CONNECTIONS = 2;
 
 export function agentConfig(spec: InstanceSpec): AgentConfig {
   return {
@@ -75,6 +83,9 @@ export async function openChannel(opts: ChannelOptions): Promise<InstanceChannel
   const conns = new Connections();
   const mmds = metadataService(token, opts.config);
   const agent = createNetServer((socket) => conns.add(socket));
+  // Beyond these, Node closes each new connection as soon as it is accepted.
+  agent.maxConnections = opts.config.concurrency + SPARE_CONNECTIONS + AGENT_CONNECTION_SLACK;
+  mmds.server.maxConnections = MAX_METADATA_CONNECTIONS;
   try {
     if (owner) await chown(dir, owner.uid, owner.gid);
     for (const [server, name] of [

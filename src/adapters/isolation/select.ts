@@ -29,6 +29,7 @@ export interface SelectOptions {
   /** Where the per-instance channel directories are created. */
   runDir: string;
   pidsLimit: number;
+  openFilesLimit: number;
   tmpMb: number;
   /** The sandbox drivers' own files (root skeleton, runsc state). Default: `sandbox` next to runDir. */
   stateDir?: string;
@@ -94,6 +95,7 @@ export async function selectDriver(mode: IsolationMode, opts: SelectOptions): Pr
     runDir: opts.runDir,
     stateDir,
     pidsLimit: opts.pidsLimit,
+    openFilesLimit: opts.openFilesLimit,
     tmpMb: opts.tmpMb,
     cgroups: new CgroupTree({ parent: opts.cgroupParent }),
     uids: new UidPool(opts.uids?.first, opts.uids?.size),

@@ -41,6 +41,8 @@ export const EXIT_CONFIG = 78;
 
 export const MMDS_SOCKET = 'mmds.sock';
 export const AGENT_SOCKET = 'agent.sock';
+/** Unused connections the agent keeps dialed to agent.sock, on top of those carrying requests. */
+export const SPARE_CONNECTIONS = 2;
 /** What the metadata service serves, once, to the holder of the token. */
 export const CONFIG_PATH = '/v1/config';
 

@@ -1,11 +1,9 @@
 import { connect, type Socket } from 'node:net';
 import { fail } from './log.mjs';
-import { EXIT_CONFIG } from './protocol.mjs';
-
-const SPARES = 2;
+import { EXIT_CONFIG, SPARE_CONNECTIONS } from './protocol.mjs';
 
 /**
- * Keeps SPARES unused connections dialed to the host's agent.sock (the host listens, the agent dials:
+ * Keeps SPARE_CONNECTIONS unused connections dialed to the host's agent.sock (the host listens, the agent dials:
  * under gVisor the host cannot reach a socket the sandbox listens on). The host sends requests on them;
  * on a connection's first use the mode calls used(), which dials its replacement.
  */
@@ -18,7 +16,7 @@ export class Spares {
 
   start(onConnection: (socket: Socket) => void): void {
     this.onConnection = onConnection;
-    for (let i = 0; i < SPARES; i++) this.dial();
+    for (let i = 0; i < SPARE_CONNECTIONS; i++) this.dial();
   }
 
   used(socket: Socket): void {

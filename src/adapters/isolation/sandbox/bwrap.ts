@@ -11,10 +11,11 @@ import { launchSandboxed, type Sandbox, type SandboxCommand, type SandboxHost } 
 const MB = 1024 * 1024;
 
 /**
- * Runs as root: enters the cgroups (each `cgroup.procs` path given before `--`), then execs the rest.
- * The pid stays the same through every exec, so nothing runs outside the cgroups, ever.
+ * Runs as root: enters the cgroups (each `cgroup.procs` path given before `--`), lowers the open
+ * files limit (soft and hard: the instance cannot raise it again) to $1, then execs the rest. The
+ * pid stays the same through every exec, so nothing runs outside the cgroups, ever.
  */
-const ENTER_CGROUPS = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 1; shift; done; shift; exec "$@"';
+const ENTER_CGROUPS = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 1; shift; done; shift; ulimit -n "$1" || exit 1; shift; exec "$@"';
 
 export class BwrapDriver implements IsolationDriver {
   readonly name = 'bwrap';
@@ -50,7 +51,17 @@ export class BwrapDriver implements IsolationDriver {
     const setpriv = ['setpriv', '--reuid', id, '--regid', id, '--clear-groups', '--no-new-privs'];
     return {
       command: '/bin/sh',
-      args: ['-c', ENTER_CGROUPS, 'aether-sandbox', ...cgroup.procsFiles, '--', ...setpriv, 'bwrap', ...bwrap],
+      args: [
+        '-c',
+        ENTER_CGROUPS,
+        'aether-sandbox',
+        ...cgroup.procsFiles,
+        '--',
+        String(this.host.openFilesLimit),
+        ...setpriv,
+        'bwrap',
+        ...bwrap,
+      ],
       env: { PATH: this.host.hostPath },
     };
   }

@@ -62,7 +62,7 @@ export class GvisorDriver implements IsolationDriver {
   }
 
   private ociSpec(spec: InstanceSpec, { uid, cgroup, channel }: Sandbox): object {
-    const { root, agentDir, nodePath, tmpMb, pidsLimit } = this.host;
+    const { root, agentDir, nodePath, tmpMb, pidsLimit, openFilesLimit } = this.host;
     const readOnly = (source: string, destination: string) => ({
       destination,
       type: 'bind',
@@ -77,6 +77,7 @@ export class GvisorDriver implements IsolationDriver {
         env: [],
         cwd: '/',
         noNewPrivileges: true,
+        rlimits: [{ type: 'RLIMIT_NOFILE', hard: openFilesLimit, soft: openFilesLimit }],
         capabilities: { bounding: [], effective: [], inheritable: [], permitted: [], ambient: [] },
       },
       root: { path: root.dir, readonly: true },

@@ -19,6 +19,8 @@ export interface SandboxOptions {
   /** The drivers' own files: the root skeleton, gVisor's state and bundles. */
   stateDir: string;
   pidsLimit: number;
+  /** RLIMIT_NOFILE (soft and hard) of the instance's processes. */
+  openFilesLimit: number;
   /** Size of each instance's writable /tmp. */
   tmpMb: number;
   cgroups: CgroupTree;

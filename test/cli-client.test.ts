@@ -11,7 +11,8 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { freePort } from '../src/adapters/free-port.ts';
 import { type AetherProcess, launchAether, ROOT } from '../tools/aether-process.ts';
-import { type CliOptions, cliAsserts, runCli } from './helpers/cli.ts';
+import { type CliOptions, cliAsserts, runCli, startCli } from './helpers/cli.ts';
+import { until } from './helpers/wait.ts';
 
 /** The function the tests deploy (server mode): it reports what it was sent, what it sees and its code's files. */
 const FUNCTION = (version: number) => `
@@ -165,8 +166,9 @@ describe('aether CLI against a running server', () => {
       ls.stdout,
       /^NAME +STATE +INSTANCES +VERSION +CODE +MEMORY +TIMEOUT +UPDATED\nmy-app +ready +1 +\d+ +[\d.]+ [kB]+ +256 MB +5\.0 s +\d+ s ago\n$/,
     );
+    const lsJson = (await ok(['ls', '--json'])).stdout;
     assert.deepEqual(
-      JSON.parse((await ok(['ls', '--json'])).stdout).map((f: { name: string }) => f.name),
+      JSON.parse(lsJson).map((f: { name: string }) => f.name),
       ['my-app'],
     );
 
@@ -196,12 +198,8 @@ describe('aether CLI against a running server', () => {
     assert.equal(next.length, 1);
     assert.ok(next[0].id < hint[1]!, 'an older record');
 
-    for (const args of [
-      ['ls', '--json'],
-      ['describe', 'my-app'],
-      ['describe', 'my-app', '--json'],
-    ]) {
-      assert.doesNotMatch((await ok(args)).stdout, /secret-region-value/);
+    for (const output of [ls.stdout, lsJson, describe.stdout, (await ok(['describe', 'my-app', '--json'])).stdout]) {
+      assert.doesNotMatch(output, /secret-region-value/);
     }
   });
 
@@ -221,6 +219,41 @@ describe('aether CLI against a running server', () => {
     });
     assert.equal(r.code, 0, r.out);
     assert.match(r.out, /Uploading \[=+\] 100% [\d.]+ kB of [\d.]+ kB/);
+  });
+
+  test('logs: past lines, filtered; -f follows new lines live, from instances started after it connected', async () => {
+    await ok(['invoke', 'my-app', '/logged-before']);
+    await until(
+      async () => (await ok(['logs', 'my-app', '--since', '10m'])).stdout.includes('handled GET /logged-before'),
+      10_000,
+      'the printed line in `aether logs`',
+    );
+    const human = (await ok(['logs', 'my-app'])).stdout;
+    assert.match(human, /^\d{4}-\d\d-\d\dT[\d:.]+Z [0-9a-f]{8} stdout +handled GET \/logged-before$/m);
+    const lines = (await ok(['logs', 'my-app', '--json', '-n', '1000'])).stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
+    assert.ok(lines.some((l) => l.stream === 'platform' && /^instance started \(cold start \d+ ms\)$/.test(l.message)));
+    const stdoutOnly = (await ok(['logs', 'my-app', '--json', '--stream', 'stdout'])).stdout.trim().split('\n');
+    assert.ok(stdoutOnly.length > 0 && stdoutOnly.every((l) => JSON.parse(l).stream === 'stdout'));
+    const future = await ok(['logs', 'my-app', '--since', new Date(Date.now() + 3_600_000).toISOString()]);
+    assert.equal(future.stdout, '', 'nothing printed after an hour from now');
+
+    // Following: the instance that serves the next request starts after the follower connected.
+    const follower = startCli(['logs', 'my-app', '-f'], {
+      cwd: work,
+      env: { HOME: work, AETHER_URL: server.url, AETHER_DATA_DIR: dataDir },
+    });
+    try {
+      await follower.waitFor(/^Following my-app \(Ctrl-C stops\)$/m, 'the follower to connect');
+      await ok(['deploy', app, '--no-wait', '--memory', '200']); // a new version: the next request starts a new instance
+      await ok(['invoke', 'my-app', '/while-following']);
+      await follower.waitFor(/ platform +instance started \(cold start \d+ ms\)$/m, 'the new instance in the followed logs');
+      await follower.waitFor(/ stdout +handled GET \/while-following$/m, 'the new line in the followed logs');
+    } finally {
+      follower.child.kill('SIGINT');
+    }
   });
 
   test('a function that cannot start: deploy says so with its error and exits 6', async () => {

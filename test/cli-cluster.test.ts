@@ -46,7 +46,7 @@ describe('aether CLI against a cluster gateway', () => {
     fs.mkdirSync(dir);
     fs.writeFileSync(
       path.join(dir, 'handler.js'),
-      "exports.handler = async (event) => ({ statusCode: 200, body: 'hi ' + process.env.WHO + ' at ' + event.path });",
+      "exports.handler = async (event) => { console.log('greeting ' + event.path); return { statusCode: 200, body: 'hi ' + process.env.WHO + ' at ' + event.path }; };",
     );
     fs.writeFileSync(path.join(dir, 'aether.yaml'), 'env_vars:\n  WHO: cluster\nidle_timeout_s: 60\n');
 
@@ -56,7 +56,13 @@ describe('aether CLI against a cluster gateway', () => {
     assert.equal(deployed.first_response.status, 200);
     assert.equal(deployed.first_response.cold_start, true);
 
-    assert.equal((await ok(['invoke', 'greeter', '/a/b'])).stdout, 'hi cluster at /a/b');
+    assert.equal((await ok(['invoke', 'greeter', '/a/b', '-H', 'X-Request-Id: greet-1'])).stdout, 'hi cluster at /a/b');
+    // The worker's lines, read through the gateway; in handler mode each names the request that wrote it.
+    await until(
+      async () => /stdout +greeting \/a\/b$/m.test((await ok(['logs', 'greeter', '--request-id', 'greet-1'])).stdout),
+      10_000,
+      "the worker's log line through the gateway",
+    );
     const instances = await ok(['instances', 'greeter']);
     assert.match(instances.stdout, /^ID +STATE +VERSION +STARTED +IN FLIGHT +SERVED +WORKER\n\S+ +ready +1 +.* +w0\n$/);
     assert.equal(JSON.parse((await ok(['describe', 'greeter', '--json'])).stdout).idle_timeout_s, 60, 'from aether.yaml');

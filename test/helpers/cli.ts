@@ -1,8 +1,9 @@
 /** Runs the built `aether` CLI as a child process, with only the environment given (no inherited tokens or URLs). */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import path from 'node:path';
 import { ROOT } from '../../tools/aether-process.ts';
+import { until } from './wait.ts';
 
 const CLI = path.join(ROOT, 'dist/cli/main.js');
 
@@ -21,16 +22,35 @@ export interface CliOptions {
 }
 
 export function runCli(args: string[], opts: CliOptions): Promise<CliRun> {
+  const cli = startCli(args, opts);
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { cwd: opts.cwd, env: { PATH: process.env.PATH, ...opts.env } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (c) => (stdout += c));
-    child.stderr.on('data', (c) => (stderr += c));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-    child.stdin.end(opts.input ?? '');
+    cli.child.on('error', reject);
+    cli.child.on('close', (code) => resolve({ code, stdout: cli.stdout, stderr: cli.stderr }));
   });
+}
+
+/** A CLI that keeps running (e.g. `logs -f`): its output so far, and a way to wait for some of it. */
+export interface RunningCli {
+  child: ChildProcess;
+  stdout: string;
+  stderr: string;
+  /** Resolves once stdout or stderr matches. */
+  waitFor(pattern: RegExp, what: string, timeoutMs?: number): Promise<void>;
+}
+
+export function startCli(args: string[], opts: CliOptions): RunningCli {
+  const child = spawn(process.execPath, [CLI, ...args], { cwd: opts.cwd, env: { PATH: process.env.PATH, ...opts.env } });
+  const cli: RunningCli = {
+    child,
+    stdout: '',
+    stderr: '',
+    waitFor: (pattern, what, timeoutMs = 10_000) =>
+      until(async () => pattern.test(cli.stdout) || pattern.test(cli.stderr), timeoutMs, what, 20),
+  };
+  child.stdout.on('data', (c) => (cli.stdout += c));
+  child.stderr.on('data', (c) => (cli.stderr += c));
+  child.stdin.end(opts.input ?? '');
+  return cli;
 }
 
 /** `ok` asserts exit 0; `fails` asserts the exit code and one `aether: ...` line on stderr, returned as `message`. */

@@ -5,7 +5,7 @@
  * user's request. Streams (watch, lease keepalive) have no deadline.
  */
 import { Etcd3 } from 'etcd3';
-import { AetherError, errorMessage, unavailable } from '../../core/errors.js';
+import { AetherError, type CodeWithStatus, errorMessage, unavailable } from '../../core/errors.js';
 import type { Logger } from '../../core/ports.js';
 
 const CALL_TIMEOUT_MS = 2000;
@@ -27,9 +27,9 @@ export function connectEtcd(endpoints: string | string[]): Etcd3 {
 }
 
 /** Maps a failed etcd call to the 503 users see; AetherErrors raised on the way pass unchanged. */
-export function asUnavailable(err: unknown, what: string, code: string): AetherError {
+export function asUnavailable(err: unknown, what: string, code: CodeWithStatus<503>): AetherError {
   if (err instanceof AetherError) return err;
-  return unavailable(`${what} (etcd) is unavailable: ${errorMessage(err)}`, code);
+  return unavailable(`${what} (etcd) is unavailable: ${errorMessage(err)}`, code, { cause: err });
 }
 
 export const silentLogger: Logger = { debug() {}, info() {}, warn() {}, error() {} };

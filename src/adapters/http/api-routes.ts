@@ -76,13 +76,12 @@ async function archiveFrom(req: FastifyRequest, maxBytes: number): Promise<{ str
     const gz = /\.(tar\.gz|tgz)$/i.test(part.filename) || /gzip/.test(part.mimetype);
     // Surface the multipart size limit as our 413 rather than a truncated archive.
     part.file.on('limit', () =>
-      part.file.destroy(new AetherError(413, 'too_large', `archive is larger than ${Math.round(maxBytes / 2 ** 20)} MB`)),
+      part.file.destroy(new AetherError('too_large', `archive is larger than ${Math.round(maxBytes / 2 ** 20)} MB`)),
     );
     return { stream: part.file, format: gz ? 'tar.gz' : 'zip' };
   }
   if (!req.body || typeof (req.body as NodeJS.ReadableStream).pipe !== 'function') {
     throw new AetherError(
-      415,
       'unsupported_media_type',
       'send the archive as multipart field "file", or as a raw body with Content-Type application/zip or application/gzip',
     );

@@ -12,8 +12,8 @@ export function bearerAuth(token: string) {
   return async (req: FastifyRequest): Promise<void> => {
     const header = req.headers.authorization ?? '';
     const match = /^Bearer\s+(.+)$/i.exec(header);
-    if (!match) throw new AetherError(401, 'unauthorized', 'missing bearer token: send Authorization: Bearer <token>');
-    if (!matches(match[1]!.trim(), expected)) throw new AetherError(401, 'unauthorized', 'invalid token');
+    if (!match) throw new AetherError('unauthorized', 'missing bearer token: send Authorization: Bearer <token>');
+    if (!matches(match[1]!.trim(), expected)) throw new AetherError('unauthorized', 'invalid token');
   };
 }
 
@@ -25,7 +25,7 @@ export function clusterAuth(token: string) {
   return async (req: FastifyRequest): Promise<void> => {
     const given = req.headers[CLUSTER_TOKEN_HEADER];
     if (typeof given !== 'string' || !matches(given, expected)) {
-      throw new AetherError(401, 'unauthorized', `workers take invocations from gateways only (${CLUSTER_TOKEN_HEADER})`);
+      throw new AetherError('unauthorized', `workers take invocations from gateways only (${CLUSTER_TOKEN_HEADER})`);
     }
   };
 }

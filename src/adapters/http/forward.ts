@@ -5,7 +5,7 @@
  */
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import { Pool, errors as undiciErrors } from 'undici';
-import { AetherError, badGateway, timedOut } from '../../core/errors.js';
+import { AetherError, badGateway, errorMessage, timedOut } from '../../core/errors.js';
 import { CLUSTER_TOKEN_HEADER } from './auth.js';
 import type { Lease } from '../../core/pool.js';
 import type { InstanceHandle } from '../../core/ports.js';
@@ -147,15 +147,15 @@ async function explain(err: unknown, lease: Lease, body: RequestBody, requestId:
   if (clientFault instanceof AetherError) return clientFault;
   if (err instanceof AetherError) return err;
   if ((err as NodeJS.ErrnoException).code === 'ECONNREFUSED') {
-    return new AetherError(502, 'connection_refused', 'the target refused the connection');
+    return new AetherError('connection_refused', 'the target refused the connection', { cause: err });
   }
   if (err instanceof undiciErrors.HeadersTimeoutError) {
     lease.recycle(requestId);
-    return timedOut('the function did not respond within its timeout');
+    return timedOut('the function did not respond within its timeout', { cause: err });
   }
   const reason = await lease.exitReason();
-  if (reason) return badGateway(`the function crashed: ${reason}`, 'function_crashed');
-  return badGateway(`the function closed the connection without responding (${(err as Error).message})`, 'function_error');
+  if (reason) return badGateway(`the function crashed: ${reason}`, 'function_crashed', { cause: err });
+  return badGateway(`the function closed the connection without responding (${errorMessage(err)})`, 'function_error', { cause: err });
 }
 
 function forwardedHeaders(incoming: IncomingHttpHeaders, opts: ForwardOptions): Record<string, string | string[]> {

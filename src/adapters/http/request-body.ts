@@ -20,9 +20,8 @@ export interface BodyLimits {
 /** Nothing, the whole body, or its first part followed by the rest as it arrives. */
 export type RequestBody = undefined | Buffer | { stream: Readable };
 
-const bodyTimeout = (message: string) => new AetherError(408, 'body_timeout', message);
-const bodyIncomplete = () =>
-  new AetherError(400, 'body_incomplete', 'the client closed the connection before sending its whole request body');
+const bodyTimeout = (message: string) => new AetherError('body_timeout', message);
+const bodyIncomplete = () => new AetherError('body_incomplete', 'the client closed the connection before sending its whole request body');
 
 function hasBody(req: IncomingMessage): boolean {
   const length = req.headers['content-length'];

@@ -61,7 +61,7 @@ export function ready(client: Redis, waitMs: number): Promise<void> {
  */
 export function asUnavailable(err: unknown, message: string): unknown {
   if (err instanceof ReplyError || err instanceof AetherError) return err;
-  return unavailable(message, 'queue_unavailable');
+  return unavailable(message, 'queue_unavailable', { cause: err });
 }
 
 /** Logs the first failure of an outage and its end, not every failed command in between. */

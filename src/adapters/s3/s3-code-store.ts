@@ -168,7 +168,7 @@ function storageUnavailable(err: unknown): AetherError {
   const e = err as { name?: string; code?: string };
   const status = statusOf(err);
   const reason = status ? `${e.name} (HTTP ${status})` : (e.code ?? e.name ?? String(err));
-  return unavailable(`code storage (S3) is unavailable: ${reason}`, 'code_store_unavailable');
+  return unavailable(`code storage (S3) is unavailable: ${reason}`, 'code_store_unavailable', { cause: err });
 }
 
 const statusOf = (err: unknown): number | undefined => (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;

@@ -126,11 +126,9 @@ export class Instance implements InstanceHandle {
     const explained = reason && reason !== failure.message ? ` (${reason})` : ''; // e.g. the driver saw an OOM kill
     const message = `${failure.message}${explained}`;
     const lastWords = this.output.lastWords();
-    throw new AetherError(
-      failure.status,
-      failure.code,
-      `instance ${this.id} failed to start: ${message}${message.endsWith(lastWords) ? '' : lastWords}`,
-    );
+    throw new AetherError(failure.code, `instance ${this.id} failed to start: ${message}${message.endsWith(lastWords) ? '' : lastWords}`, {
+      cause: failure.cause,
+    });
   }
 
   connect(): Promise<Socket> {
@@ -161,7 +159,7 @@ export class Instance implements InstanceHandle {
 
   /** Undefined once the plan's start resolved; otherwise what went wrong first. */
   private async untilReady(): Promise<AetherError | undefined> {
-    const exitFailure = async () => new AetherError(502, 'start_failed', (await this.exited).reason ?? 'ended');
+    const exitFailure = async () => new AetherError('start_failed', (await this.exited).reason ?? 'ended');
     if (this.child.pid === undefined) return exitFailure();
     const { startTimeoutMs } = this.plan;
     let timer: NodeJS.Timeout | undefined;
@@ -171,10 +169,10 @@ export class Instance implements InstanceHandle {
     try {
       const outcome = await Promise.race([ready, timedOut, this.ended.then(() => 'exit' as const)]);
       if (outcome === 'ready') return undefined;
-      if (outcome === 'timeout') return new AetherError(504, 'start_timeout', `did not become ready within ${startTimeoutMs} ms`);
+      if (outcome === 'timeout') return new AetherError('start_timeout', `did not become ready within ${startTimeoutMs} ms`);
       return await exitFailure();
     } catch (err) {
-      return err instanceof AetherError ? err : new AetherError(502, 'start_failed', errorMessage(err));
+      return err instanceof AetherError ? err : new AetherError('start_failed', errorMessage(err), { cause: err });
     } finally {
       clearTimeout(timer);
     }

@@ -232,7 +232,9 @@ export class FirecrackerDriver implements IsolationDriver {
     } catch (err) {
       await channel.close();
       await placement.release();
-      throw new AetherError(502, 'start_failed', `instance ${spec.instanceId} failed to start: no network: ${errorMessage(err)}`);
+      throw new AetherError('start_failed', `instance ${spec.instanceId} failed to start: no network: ${errorMessage(err)}`, {
+        cause: err,
+      });
     }
     try {
       await exposeChannel(channel.dir, placement.vsockHostDir);

@@ -17,7 +17,7 @@ import { RedisLogStore } from './adapters/redis/log-stream.js';
 import { ProvisionQueue } from './adapters/redis/provision-queue.js';
 import { S3CodeStore } from './adapters/s3/s3-code-store.js';
 import type { WorkerConfig } from './config.js';
-import { notFound } from './core/errors.js';
+import { errorMessage, notFound } from './core/errors.js';
 import type { WorkerInfo } from './core/ports.js';
 import { Scheduler } from './core/scheduler.js';
 import { functionLogs, poolSettings, prepareDataDir, startIsolation, type RunningServer } from './compose.js';
@@ -33,7 +33,10 @@ export async function startWorker(config: WorkerConfig, logger: Logger = pino({ 
   const functions = new EtcdFunctionStore(config.etcdEndpoints, { log });
   const discovery = new EtcdDiscovery(config.etcdEndpoints, { leaseTtlS: config.leaseTtlS, log });
   // A restart reclaims nothing of its previous life: routes to instances that died with it go first.
-  const stale = await discovery.removeStaleInstances(workerId).catch(() => 0);
+  const stale = await discovery.removeStaleInstances(workerId).catch((err: unknown) => {
+    log.warn({ err: errorMessage(err) }, 'could not remove the routes left by a previous run; they go when its lease expires');
+    return 0;
+  });
   if (stale > 0) log.info({ stale }, 'removed routes left by a previous run');
   const code = new S3CodeStore({ ...config.s3, cacheDir: path.join(config.dataDir, 'code'), limits: config.limits });
   const redis = await connectRedis(config.redisUrl);

@@ -169,12 +169,27 @@ describe('cluster mode', () => {
     });
     await sleep(300);
     await workers[0]!.kill('SIGKILL');
+    // Until its lease expires the dead worker is still listed: its instances are left out, and the gateway says so.
+    const listed = (await g0().api('GET', '/api/functions/survivor/instances')).body;
+    const named = until(
+      async () => g0().logs.some((l) => l.includes('worker unreachable: its instances are not listed') && l.includes('"worker":"w0"')),
+      5000,
+      'the gateway to name the unreachable worker in its log',
+    ).then(
+      () => true,
+      () => false,
+    );
     await sleep((LEASE_TTL_S + 1) * 1000);
     const failedDuringWindow = statuses.filter((s) => s !== 200).length;
     statuses.length = 0;
     await sleep(1500);
     stop = true;
     await Promise.all(load);
+    assert.ok(
+      listed.every((i: any) => i.worker_id === 'w1'),
+      'only the live worker lists instances',
+    );
+    assert.ok(await named, 'the gateway names the unreachable worker in its log');
     assert.ok(statuses.length > 10, `${statuses.length} requests after the lease expired`);
     assert.deepEqual(
       statuses.filter((s) => s !== 200),

@@ -10,6 +10,7 @@ import { loadClusterConfig, loadConfig, loadWorkerConfig } from '../config.js';
 import { errorMessage } from '../core/errors.js';
 import { clientCommands } from './commands/index.js';
 import { CliError, EXIT } from './exit.js';
+import { untilSignal } from './until-signal.js';
 
 const { version } = JSON.parse(fs.readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -85,18 +86,6 @@ program
     const image = await buildImage({ cacheDir: vmCacheDir, kernelPath: opts.kernel, onProgress: (m) => process.stderr.write(`${m}\n`) });
     process.stdout.write(`${JSON.stringify(image, null, 2)}\n`);
   });
-
-/** Runs until SIGINT/SIGTERM, then closes cleanly (instances stopped, registrations withdrawn). */
-function untilSignal(server: { close(): Promise<void> }): void {
-  const stop = () => {
-    server.close().then(
-      () => process.exit(0),
-      () => process.exit(1),
-    );
-  };
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
-}
 
 program.parseAsync().catch((err: unknown) => {
   // Client errors carry their exit code; configuration and start-up errors are usage errors (2).

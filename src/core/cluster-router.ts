@@ -4,7 +4,7 @@
  * provisioning queue and waits for the instance to appear. Knows nothing of etcd or Redis.
  */
 import type { Socket } from 'node:net';
-import { AetherError, badGateway, involving, timedOut, unavailable } from './errors.js';
+import { AetherError, badGateway, errorMessage, involving, timedOut, unavailable } from './errors.js';
 import type { Lease } from './pool.js';
 import type {
   ExitInfo,
@@ -92,7 +92,17 @@ export class ClusterRouter implements Router, Placement {
     const lists = await Promise.all(
       [...withInstances].flatMap((id) => {
         const worker = workers.get(id);
-        return worker ? [this.deps.workerInstances(worker, functionId).catch(() => [] as InstanceInfo[])] : [];
+        if (!worker) return [];
+        return [
+          this.deps.workerInstances(worker, functionId).catch((err: unknown) => {
+            // Its instances are left out of the answer; discovery drops the worker when its lease expires.
+            this.deps.log.warn(
+              { worker: id, function_id: functionId, err: errorMessage(err) },
+              'worker unreachable: its instances are not listed',
+            );
+            return [] as InstanceInfo[];
+          }),
+        ];
       }),
     );
     return lists.flat();
@@ -154,7 +164,13 @@ export class ClusterRouter implements Router, Placement {
       try {
         await Promise.race([this.deps.directory.waitForInstance(fn.id, fn.version, deadline), failed]);
       } catch (err) {
-        if (enqueued) await this.deps.provision.cancel(jobId, req).catch(() => {});
+        if (enqueued) {
+          await this.deps.provision
+            .cancel(jobId, req)
+            .catch((cancelErr: unknown) =>
+              this.deps.log.warn({ function: fn.name, job_id: jobId, err: errorMessage(cancelErr) }, 'could not cancel a provisioning job'),
+            );
+        }
         if (err instanceof AetherError && err.code === 'start_failed') throw err;
         throw involving(timedOut(`function ${fn.name} did not start in time`), { coldStart: true });
       }

@@ -1,4 +1,4 @@
-/** The etcd key layout shared with the rest of the cluster (see notes/cluster.md). */
+/** The etcd key layout shared with the rest of the cluster (docs/deployment.md lists what each key holds). */
 export const FUNCTIONS_PREFIX = '/aether/functions/';
 export const NAMES_PREFIX = '/aether/names/';
 export const WORKERS_PREFIX = '/workers/';

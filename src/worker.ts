@@ -12,7 +12,7 @@ import { EtcdDiscovery } from './adapters/etcd/discovery.js';
 import { EtcdFunctionStore } from './adapters/etcd/function-store.js';
 import { EtcdStartFailures } from './adapters/etcd/start-failures.js';
 import { buildApp } from './adapters/http/app.js';
-import { connectRedis } from './adapters/redis/connection.js';
+import { createRedis, ready as redisReady } from './adapters/redis/connection.js';
 import { RedisLogStore } from './adapters/redis/log-stream.js';
 import { ProvisionQueue } from './adapters/redis/provision-queue.js';
 import { S3CodeStore } from './adapters/s3/s3-code-store.js';
@@ -23,6 +23,8 @@ import { Scheduler } from './core/scheduler.js';
 import { functionLogs, poolSettings, prepareDataDir, startIsolation, type RunningServer } from './compose.js';
 
 const MB = 1024 * 1024;
+/** How long start-up waits for Redis (its first connection), as connectRedis does. */
+const REDIS_START_WAIT_MS = 2000;
 
 export async function startWorker(config: WorkerConfig, logger: Logger = pino({ level: config.logLevel })): Promise<RunningServer> {
   prepareDataDir(config.dataDir);
@@ -32,19 +34,19 @@ export async function startWorker(config: WorkerConfig, logger: Logger = pino({ 
 
   const functions = new EtcdFunctionStore(config.etcdEndpoints, { log });
   const discovery = new EtcdDiscovery(config.etcdEndpoints, { leaseTtlS: config.leaseTtlS, log });
-  // A restart reclaims nothing of its previous life: routes to instances that died with it go first.
-  const stale = await discovery.removeStaleInstances(workerId).catch((err: unknown) => {
-    log.warn({ err: errorMessage(err) }, 'could not remove the routes left by a previous run; they go when its lease expires');
-    return 0;
-  });
-  if (stale > 0) log.info({ stale }, 'removed routes left by a previous run');
   const code = new S3CodeStore({ ...config.s3, cacheDir: path.join(config.dataDir, 'code'), limits: config.limits });
-  const redis = await connectRedis(config.redisUrl);
+  // Created, not awaited: nothing may be awaited before the subscription to function changes below.
+  const redis = createRedis(config.redisUrl);
   const queue = new ProvisionQueue(redis, log);
   const logs = new RedisLogStore(redis, config.functionLogs, log);
 
-  let info: WorkerInfo;
+  // Warm instances (min_instances) start as soon as the functions are loaded, which can be before
+  // the worker listens and knows its URL: their announcements wait for the worker's registration.
+  let info: WorkerInfo | undefined;
+  let registered!: (info: WorkerInfo) => void;
+  const registration = new Promise<WorkerInfo>((resolve) => (registered = resolve));
   const announce = () => {
+    if (!info) return; // registering the worker counts its instances
     info = { ...info, instances: scheduler.instanceCount() };
     discovery.updateWorker(info).catch((err: Error) => log.warn({ err: err.message }, 'could not update the worker registration'));
   };
@@ -57,29 +59,43 @@ export async function startWorker(config: WorkerConfig, logger: Logger = pino({ 
     settings: poolSettings(config),
     ...functionLogs(config.functionLogs, log, logs),
     onInstanceReady: (fn, instanceId) => {
-      const route = {
-        function_id: fn.id,
-        instance_id: instanceId,
-        worker_id: workerId,
-        worker_url: info.url,
-        version: fn.version,
-        concurrency: fn.concurrency,
-        started_at: new Date().toISOString(),
-      };
-      discovery.registerInstance(route).catch((err: Error) => log.warn({ err: err.message }, 'instance registration deferred'));
-      announce();
+      const startedAt = new Date().toISOString();
+      void registration.then(({ url }) => {
+        const route = {
+          function_id: fn.id,
+          instance_id: instanceId,
+          worker_id: workerId,
+          worker_url: url,
+          version: fn.version,
+          concurrency: fn.concurrency,
+          started_at: startedAt,
+        };
+        discovery.registerInstance(route).catch((err: Error) => log.warn({ err: err.message }, 'instance registration deferred'));
+        announce();
+      });
     },
     onInstanceGone: (fn, instanceId) => {
-      discovery.unregisterInstance(fn.id, instanceId).catch((err: Error) => log.warn({ err: err.message }, 'instance removal deferred'));
-      announce();
+      void registration.then(() => {
+        discovery.unregisterInstance(fn.id, instanceId).catch((err: Error) => log.warn({ err: err.message }, 'instance removal deferred'));
+        announce();
+      });
     },
   });
   // Code and config changes arrive through etcd: instances of old versions drain, deleted functions stop.
+  // Subscribed before anything is awaited: the functions' first load (warm instances to start) is a change too.
   functions.onChange((ev) => {
     if (ev.type === 'put') scheduler.updated(ev.fn);
     // Its stopping instances still log: the stream goes once they are gone.
     else void scheduler.removed(ev.id).then(() => logs.remove(ev.id));
   });
+  // A restart reclaims nothing of its previous life: routes to instances that died with it go first
+  // (the new instances' routes wait for the worker's registration, below).
+  const stale = await discovery.removeStaleInstances(workerId).catch((err: unknown) => {
+    log.warn({ err: errorMessage(err) }, 'could not remove the routes left by a previous run; they go when its lease expires');
+    return 0;
+  });
+  if (stale > 0) log.info({ stale }, 'removed routes left by a previous run');
+  await redisReady(redis, REDIS_START_WAIT_MS); // a worker starts while Redis is down, and says so per request
   await functions.ready();
 
   const lookup = {
@@ -112,10 +128,11 @@ export async function startWorker(config: WorkerConfig, logger: Logger = pino({ 
     cpus: os.availableParallelism(),
     memory_mb: Math.round(os.totalmem() / MB),
     max_instances: config.maxInstances ?? Math.max(1, Math.floor((os.totalmem() * 0.75) / (128 * MB))),
-    instances: 0,
+    instances: scheduler.instanceCount(),
     started_at: new Date().toISOString(),
   };
   await discovery.registerWorker(info);
+  registered(info);
   const consumer = queue.consume({
     workerId,
     isAlive: (id) => discovery.hasWorker(id),

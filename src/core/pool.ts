@@ -336,8 +336,9 @@ export class FunctionPool {
     const inst = new Instance(fn, this.now());
     this.instances.set(inst.id, inst);
     const started = this.now();
+    let handle: InstanceHandle;
     try {
-      const handle = await this.deps.driver.start({
+      handle = await this.deps.driver.start({
         instanceId: inst.id,
         functionId: fn.id,
         codeDir: await this.deps.codeDir(fn.code_hash!),
@@ -350,26 +351,6 @@ export class FunctionPool {
         startTimeoutMs: this.deps.settings.startTimeoutMs,
         onLog: (stream, line, requestId) => this.deps.onInstanceLog(fn, inst.id, stream, line, requestId),
       });
-      inst.handle = handle;
-      void handle.condemned.then((reason) => this.onCondemned(inst, reason));
-      void handle.exited.then((exit) => {
-        const expected = inst.state === 'draining' || inst.state === 'stopped';
-        this.deps.onInstanceEvent?.(fn, inst.id, { type: 'exited', exit, expected });
-        this.onExit(inst, exit);
-      });
-      const ms = this.now() - started;
-      this.deps.log.info({ function: fn.name, instance: inst.id, version: inst.version, ms }, 'instance ready');
-      this.deps.onInstanceEvent?.(fn, inst.id, { type: 'started', cold_start_ms: ms });
-      if (inst.state === 'draining' || this.closed) {
-        void this.stop(inst);
-        return;
-      }
-      inst.state = 'ready';
-      inst.lastActive = this.now();
-      inst.readyAt = ++this.events;
-      if (this.deps.startFailures.get(fn.id)) this.deps.startFailures.clear(fn.id, fn.version);
-      this.deps.onInstanceReady?.(fn, inst.id);
-      this.dispatch(inst);
     } catch (err) {
       this.instances.delete(inst.id);
       const message = errorMessage(err);
@@ -378,7 +359,33 @@ export class FunctionPool {
       if (!this.closed && fn.version === this.fn.version) this.startFailed(fn, message, inst.id);
       this.failWaitersIfHopeless(message, inst.id);
       if (rethrow) throw badGateway(`function ${fn.name} failed to start: ${message}`, 'start_failed');
+      return;
     }
+    // From here on the instance runs: whatever fails now is not a failed start, and the pool owns the instance.
+    inst.handle = handle;
+    void handle.condemned.then((reason) => this.onCondemned(inst, reason));
+    void handle.exited.then((exit) => {
+      const expected = inst.state === 'draining' || inst.state === 'stopped';
+      this.deps.onInstanceEvent?.(fn, inst.id, { type: 'exited', exit, expected });
+      this.onExit(inst, exit);
+    });
+    const ms = this.now() - started;
+    this.deps.log.info({ function: fn.name, instance: inst.id, version: inst.version, ms }, 'instance ready');
+    if (inst.state === 'draining' || this.closed) {
+      void this.stop(inst);
+      return;
+    }
+    inst.state = 'ready';
+    inst.lastActive = this.now();
+    inst.readyAt = ++this.events;
+    try {
+      this.deps.onInstanceEvent?.(fn, inst.id, { type: 'started', cold_start_ms: ms });
+      if (this.deps.startFailures.get(fn.id)) this.deps.startFailures.clear(fn.id, fn.version);
+      this.deps.onInstanceReady?.(fn, inst.id);
+    } catch (err) {
+      this.deps.log.error({ function: fn.name, instance: inst.id, err: errorMessage(err) }, 'instance ready, but announcing it failed');
+    }
+    this.dispatch(inst);
   }
 
   /** With nothing ready or starting, waiting requests would only time out: tell them why now. */

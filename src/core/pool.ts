@@ -8,6 +8,7 @@ import { randomUUID } from 'node:crypto';
 import { type AetherError, badGateway, conflict, errorMessage, involving, notFound, timedOut, unavailable } from './errors.js';
 import type { InstanceEvent } from './log-writer.js';
 import type { ExitInfo, InstanceHandle, IsolationDriver, Logger } from './ports.js';
+import { afterCrash, keepMinimumCount, type ScalingLimits, scaleDownVictims, scaleUpCount } from './scaling.js';
 import {
   afterStartFailure,
   type BackoffPolicy,
@@ -83,9 +84,6 @@ export interface Lease {
   release(): void;
 }
 
-/** An instance that dies within this long of starting continues a crash streak. */
-const CRASH_WINDOW_MS = 60_000;
-const MAX_RESTART_DELAY_MS = 30_000;
 /** How long a request that lost its instance waits to learn why (the reason goes to the client and the record). */
 const EXIT_REASON_WAIT_MS = 2000;
 
@@ -202,25 +200,27 @@ export class FunctionPool {
 
   /** Called periodically: stops idle extras after the grace period and the last one after idle_timeout_s. */
   scaleDown(): void {
-    const now = this.now();
-    const ready = this.current().filter((i) => i.state === 'ready');
-    const load = this.waiters.length + ready.reduce((n, i) => n + i.inFlight, 0);
-    const needed = Math.max(this.fn.min_instances, Math.ceil(load / this.fn.concurrency));
-    const idle = ready.filter((i) => i.inFlight === 0).sort((a, b) => a.lastActive - b.lastActive);
-    let live = ready.length;
-    const grace = Math.min(this.deps.settings.scaleDownGraceMs, this.fn.idle_timeout_s * 1000);
-    for (const inst of idle) {
-      const idleFor = now - inst.lastActive;
-      const extra = live > Math.max(needed, 1) && idleFor >= grace;
-      const last = live === 1 && needed === 0 && idleFor >= this.fn.idle_timeout_s * 1000;
-      if (!extra && !last) continue;
+    const victims = scaleDownVictims(
+      {
+        limits: this.limits(),
+        waiting: this.waiters.length,
+        ready: this.current().filter((i) => i.state === 'ready'),
+        graceMs: this.deps.settings.scaleDownGraceMs,
+        idleTimeoutMs: this.fn.idle_timeout_s * 1000,
+      },
+      this.now(),
+    );
+    for (const { instance: inst, idleMs, last } of victims) {
       this.deps.log.info(
-        { function: this.fn.name, instance: inst.id, idle_ms: idleFor },
+        { function: this.fn.name, instance: inst.id, idle_ms: idleMs },
         last ? 'scaling to zero' : 'scaling down idle instance',
       );
       this.drain(inst);
-      live--;
     }
+  }
+
+  private limits(): ScalingLimits {
+    return { concurrency: this.fn.concurrency, minInstances: this.fn.min_instances, maxInstances: this.fn.max_instances };
   }
 
   /** Slots on instances that are starting or may still be started: requests waiting for them are not "queued". */
@@ -292,17 +292,14 @@ export class FunctionPool {
   /** Starts as many instances as the waiting requests need, up to max_instances. */
   private scaleUp(): void {
     if (this.closed || !this.fn.code_hash) return;
-    const live = this.current();
-    const busy = live.reduce((n, i) => n + i.inFlight, 0);
-    const demand = this.waiters.length + busy;
-    const missing = Math.ceil(demand / this.fn.concurrency) - live.length;
-    const room = this.fn.max_instances - live.length;
-    for (let n = Math.min(missing, room, this.startable()); n > 0; n--) void this.coldStart();
+    const n = scaleUpCount({ limits: this.limits(), waiting: this.waiters.length, live: this.current(), startable: this.startable() });
+    for (let i = 0; i < n; i++) void this.coldStart();
   }
 
   private keepMinimum(): void {
     if (this.closed || !this.fn.code_hash) return;
-    for (let n = Math.min(this.fn.min_instances - this.current().length, this.startable()); n > 0; n--) void this.coldStart();
+    const n = keepMinimumCount({ limits: this.limits(), live: this.current().length, startable: this.startable() });
+    for (let i = 0; i < n; i++) void this.coldStart();
   }
 
   /** How many instances may start now: a function failing to start backs off (start-failures.ts). */
@@ -419,10 +416,10 @@ export class FunctionPool {
       );
       this.scaleUp(); // requests waiting now are served at once
       // Warm instances (min_instances) come back with a growing delay while they keep dying young.
-      const young = this.now() - inst.startedAt.getTime() < CRASH_WINDOW_MS;
-      this.crashStreak = young ? this.crashStreak + 1 : 1;
+      const { streak, restartDelayMs } = afterCrash(this.crashStreak, inst.startedAt.getTime(), this.now());
+      this.crashStreak = streak;
       clearTimeout(this.restartTimer);
-      this.restartTimer = setTimeout(() => this.keepMinimum(), Math.min(MAX_RESTART_DELAY_MS, 100 * 2 ** (this.crashStreak - 1)));
+      this.restartTimer = setTimeout(() => this.keepMinimum(), restartDelayMs);
       this.restartTimer.unref();
     }
   }

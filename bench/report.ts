@@ -1,4 +1,5 @@
 /** The human-readable side of a run: aligned tables on stdout. */
+import type { BurstRow } from './burst.js';
 import type { ColdStartRow } from './cold-start.js';
 import type { ClusterVsSingle } from './compare.js';
 import type { MicroVmRow } from './microvm.js';
@@ -84,7 +85,7 @@ export function warmLatencyTable(rows: WarmLatencyRow[]): string {
 export function throughputTable(rows: ThroughputRow[]): string {
   return table(
     `Throughput: ${rows[0]?.connections ?? '-'} connections (2xx requests/s)`,
-    ['setup', 'driver', 'mode', 's each', 'aether rps', 'direct rps', 'x direct', 'instances', 'failures a/d'],
+    ['setup', 'driver', 'mode', 's each', 'aether rps', 'direct rps', 'nginx rps', 'x direct', 'x nginx', 'instances', 'failures a/d/n'],
     rows.map((r) => [
       r.setup,
       r.driver,
@@ -92,9 +93,11 @@ export function throughputTable(rows: ThroughputRow[]): string {
       r.seconds_each,
       r.aether_rps,
       r.direct_rps,
+      r.nginx_rps ?? '-',
       r.ratio,
+      r.ratio_vs_nginx ?? '-',
       r.aether_instances,
-      `${r.aether_failures}/${r.direct_failures}`,
+      `${r.aether_failures}/${r.direct_failures}/${r.nginx_failures ?? '-'}`,
     ]),
   );
 }
@@ -109,8 +112,25 @@ export function targetsTable(checks: TargetCheck[]): string {
       c.setup,
       c.driver,
       c.mode,
-      `${c.value} ${c.unit}`,
-      `${c.must} ${c.limit} ${c.unit}`,
+      c.value === null ? (c.note ?? '-') : `${c.value} ${c.unit}`.trimEnd(),
+      `${c.must} ${c.limit} ${c.unit}`.trimEnd(),
+    ]),
+  );
+}
+
+export function burstTable(rows: BurstRow[]): string {
+  return table(
+    'Burst: requests at once to a handler function with no instance (concurrency 1, max 20 instances); request -> body read (ms)',
+    ['setup', 'driver', 'requests', 'failed', 'p50', 'p95', 'p99', 'max'],
+    rows.map((r) => [
+      r.setup,
+      r.driver,
+      r.requests,
+      r.failures,
+      fixed(r.latency.p50),
+      fixed(r.latency.p95),
+      fixed(r.latency.p99),
+      fixed(r.latency.max),
     ]),
   );
 }

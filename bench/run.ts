@@ -1,5 +1,6 @@
 /**
- * `npm run bench`: cold start, warm latency and throughput of Aether against plain node, per
+ * `npm run bench`: cold start, warm latency, throughput and a burst from zero of Aether against plain
+ * node (a `node -e` spawn for cold starts, the same server directly, and nginx proxying to it), per
  * isolation driver, all in one run so that every ratio is against a baseline taken under the same
  * noise. Prints tables and PASS/MISS per target; writes the numbers as JSON.
  *
@@ -16,12 +17,14 @@ import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { startServices } from '../test/helpers/services.js';
 import { startCluster, startSingleNode, type AetherServer } from './aether.js';
+import { measureBurst, type BurstRow } from './burst.js';
 import { measureColdStarts, type ColdStartRow } from './cold-start.js';
 import { compareClusterToSingle } from './compare.js';
 import { startDirect, type DirectServer } from './direct.js';
 import { functionFiles, MODES, type Mode } from './functions.js';
+import { startNginx } from './nginx.js';
 import { measureMicroVm, type MicroVmRow } from './microvm.js';
-import { clusterTable, coldStartTable, microVmTable, targetsTable, throughputTable, warmLatencyTable } from './report.js';
+import { burstTable, clusterTable, coldStartTable, microVmTable, targetsTable, throughputTable, warmLatencyTable } from './report.js';
 import { checkTargets } from './targets.js';
 import { measureThroughput, type ThroughputOptions, type ThroughputRow } from './throughput.js';
 import { measureWarmLatency, type WarmLatencyRow, type WarmOptions } from './warm-latency.js';
@@ -90,14 +93,23 @@ console.log(
 const cold: ColdStartRow[] = [];
 const warm: WarmLatencyRow[] = [];
 const throughput: ThroughputRow[] = [];
+const bursts: BurstRow[] = [];
 type Ran = { ran: boolean; reason?: string };
 const drivers: Record<string, Ran> = {};
 let cluster: Ran | undefined;
 let microvm: (Ran & { cold_start?: MicroVmRow }) | undefined;
 
 const direct = new Map<Mode, DirectServer>();
+const nginx = new Map<Mode, DirectServer>();
+let nginxRan: Ran = { ran: true };
 try {
   for (const mode of MODES) direct.set(mode, await startDirect(mode));
+  try {
+    for (const mode of MODES) nginx.set(mode, await startNginx(direct.get(mode)!.url));
+  } catch (err) {
+    nginxRan = { ran: false, reason: err instanceof Error ? err.message : String(err) };
+    console.log(`\nno nginx baseline: ${nginxRan.reason}`);
+  }
   for (const driver of args.cluster ? [CLUSTER_DRIVER] : DRIVERS) {
     drivers[driver] = await measure(driver, () => startSingleNode(driver));
   }
@@ -111,7 +123,7 @@ try {
     }
   }
 } finally {
-  await Promise.all([...direct.values()].map((d) => d.stop()));
+  await Promise.all([...direct.values(), ...nginx.values()].map((d) => d.stop()));
 }
 
 // After the sandboxes, with the baseline servers gone: a microVM boot wants every cycle it can get.
@@ -145,29 +157,34 @@ async function measure(label: string, start: () => Promise<AetherServer>): Promi
       const fn = await aether.deploy({ name: `hot-${mode}`, ...HOT_SPEC }, functionFiles(mode));
       const viaAether = { origin: aether.url, path: `/functions/${fn.name}/` };
       const plain = { origin: direct.get(mode)!.url, path: '/' };
+      const proxied = nginx.get(mode) && { origin: nginx.get(mode)!.url, path: '/' };
       progress(`${label}: ${mode} warm latency`);
       warm.push({ ...row, mode, ...(await measureWarmLatency(plain, viaAether, plan.warm)) });
       progress(`${label}: ${mode} throughput`);
-      throughput.push({ ...row, mode, ...(await measureThroughput(plain, viaAether, aether, fn.id, plan.throughput)) });
+      throughput.push({ ...row, mode, ...(await measureThroughput(plain, proxied, viaAether, aether, fn.id, plan.throughput)) });
     }
+    progress(`${label}: burst of 200 requests at once from zero`);
+    bursts.push(await measureBurst(aether));
   } finally {
     await aether.stop();
   }
   return { ran: true };
 }
 
-const targets = checkTargets(cold, warm, throughput);
+const targets = checkTargets(cold, warm, throughput, bursts);
 const results = {
   started_at: startedAt.toISOString(),
   duration_s: Math.round((performance.now() - t0) / 100) / 10,
   quick: args.quick,
   machine: { ...machine, load_average_end: os.loadavg().map((l) => Number(l.toFixed(2))) },
   drivers,
+  nginx: nginxRan,
   ...(microvm && { microvm }),
   ...(cluster && { cluster, cluster_vs_single: compareClusterToSingle(cold, warm, throughput) }),
   cold_start: cold,
   warm_latency: warm,
   throughput,
+  burst: bursts,
   targets,
 };
 
@@ -175,6 +192,7 @@ if (cold.length) console.log(coldStartTable(cold));
 if (microvm?.cold_start) console.log(microVmTable(microvm.cold_start));
 if (warm.length) console.log(warmLatencyTable(warm));
 if (throughput.length) console.log(throughputTable(throughput));
+if (bursts.length) console.log(burstTable(bursts));
 if (results.cluster_vs_single?.length) console.log(clusterTable(results.cluster_vs_single));
 console.log(targetsTable(targets));
 

@@ -1,6 +1,7 @@
 /**
- * Throughput under 50 concurrent connections (autocannon), directly vs through Aether, in
- * alternating rounds after a warm-up of each. Only 2xx answers count. While Aether is loaded the
+ * Throughput under 50 concurrent connections (autocannon): directly, through nginx in front of the
+ * same node server (the proxy baseline), and through Aether, in alternating rounds after a warm-up of
+ * each. Only 2xx answers count. While Aether is loaded the
  * function's instances are sampled, to report how far it scaled.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -20,12 +21,18 @@ export interface ThroughputRow {
   seconds_each: number;
   aether_rps: number;
   direct_rps: number;
+  /** nginx -> the same direct server; null when nginx could not run (see the run's `nginx`). */
+  nginx_rps: number | null;
+  /** aether / direct. */
   ratio: number;
+  /** aether / nginx: the number the throughput targets judge. */
+  ratio_vs_nginx: number | null;
   /** Most instances of the function seen while Aether was under load. */
   aether_instances: number;
   /** Connection errors, timeouts and non-2xx answers, per side. */
   aether_failures: number;
   direct_failures: number;
+  nginx_failures: number | null;
 }
 
 export interface ThroughputOptions {
@@ -69,18 +76,22 @@ async function peakInstances(aether: AetherServer, fnId: string, work: Promise<v
 
 export async function measureThroughput(
   direct: Endpoint,
+  nginx: Endpoint | undefined,
   viaAether: Endpoint,
   aether: AetherServer,
   fnId: string,
   opts: ThroughputOptions,
 ): Promise<Omit<ThroughputRow, 'setup' | 'driver' | 'mode'>> {
   await load(direct, opts.warmupSeconds);
+  if (nginx) await load(nginx, opts.warmupSeconds);
   await load(viaAether, opts.warmupSeconds);
   const d: Tally = { ok: 0, failures: 0, seconds: 0 };
+  const n: Tally = { ok: 0, failures: 0, seconds: 0 };
   const a: Tally = { ok: 0, failures: 0, seconds: 0 };
   let instances = 0;
   for (let r = 0; r < opts.rounds; r++) {
     await load(direct, opts.seconds, d);
+    if (nginx) await load(nginx, opts.seconds, n);
     instances = Math.max(instances, await peakInstances(aether, fnId, load(viaAether, opts.seconds, a)));
   }
   const rps = (t: Tally) => Math.round(t.ok / t.seconds);
@@ -89,9 +100,12 @@ export async function measureThroughput(
     seconds_each: opts.rounds * opts.seconds,
     aether_rps: rps(a),
     direct_rps: rps(d),
+    nginx_rps: nginx ? rps(n) : null,
     ratio: ratio(rps(a), rps(d)),
+    ratio_vs_nginx: nginx ? ratio(rps(a), rps(n)) : null,
     aether_instances: instances,
     aether_failures: a.failures,
     direct_failures: d.failures,
+    nginx_failures: nginx ? n.failures : null,
   };
 }

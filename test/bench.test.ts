@@ -12,7 +12,7 @@ const MODES = ['handler', 'server'];
 const SECTIONS: Array<[string, string[]]> = [
   ['cold_start', ['aether.p50', 'aether.p95', 'instance_start.p50', 'node.p50', 'node.p95', 'ratio_p50']],
   ['warm_latency', ['aether.p50', 'aether.p99', 'direct.p50', 'direct.p99', 'ratio_p50']],
-  ['throughput', ['aether_rps', 'direct_rps', 'ratio', 'aether_instances']],
+  ['throughput', ['aether_rps', 'direct_rps', 'nginx_rps', 'ratio', 'ratio_vs_nginx', 'aether_instances']],
 ];
 
 function runBench(args: string[], jsonFile: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
@@ -46,11 +46,23 @@ async function benchRun(args: string[], check: (r: any, stdout: string) => void)
     const r = JSON.parse(fs.readFileSync(jsonFile, 'utf8'));
     assert.equal(r.quick, true);
     check(r, stdout);
-    // One target per measured row, each judged on its number and printed as PASS or MISS.
-    assert.equal(r.targets.length, r.cold_start.length + r.warm_latency.length + r.throughput.length);
+    // The nginx baseline ran (setup installs it), and every target is judged on its number, or is a
+    // MISS with the reason it has none (what is not implemented yet is listed, not left out).
+    assert.deepEqual(r.nginx, { ran: true });
     for (const t of r.targets) {
-      assert.equal(t.pass, t.must === '<=' ? t.value <= t.limit : t.value >= t.limit, JSON.stringify(t));
+      if (t.value === null) assert.ok(!t.pass && t.note, JSON.stringify(t));
+      else assert.equal(t.pass, t.must === '<=' ? t.value <= t.limit : t.value >= t.limit, JSON.stringify(t));
     }
+    const ratios = (name: string) => r.targets.filter((t: any) => t.target === name);
+    assert.equal(ratios('throughput vs nginx->node').length, r.throughput.length);
+    for (const t of ratios('throughput vs nginx->node')) {
+      const row = r.throughput.find((x: any) => x.setup === t.setup && x.driver === t.driver && x.mode === t.mode);
+      assert.equal(t.value, Math.round((row.aether_rps / row.nginx_rps) * 100) / 100, JSON.stringify(t));
+    }
+    assert.ok(
+      ratios('cold start p50 from pool').every((t: any) => t.note === 'not implemented'),
+      'pool targets are listed as not implemented',
+    );
     const verdicts = stdout.split('\n').filter((line) => /^(PASS|MISS) /.test(line));
     assert.equal(verdicts.length, r.targets.length, stdout);
   } finally {
@@ -70,7 +82,16 @@ function assertSections(r: any, ran: Array<{ setup: string; driver: string }>): 
     }
   }
   for (const row of r.warm_latency) assert.ok(Number.isFinite(row.overhead_p50_ms), 'overhead is a number (may be negative)');
-  for (const row of r.throughput) assert.ok(row.aether_rps > 0 && row.direct_rps > 0 && row.aether_instances >= 1, JSON.stringify(row));
+  for (const row of r.throughput)
+    assert.ok(row.aether_rps > 0 && row.direct_rps > 0 && row.nginx_rps > 0 && row.aether_instances >= 1, JSON.stringify(row));
+  // One burst from zero per set-up: 200 requests, each one answered or counted as failed.
+  for (const { setup, driver } of ran) {
+    const burst = r.burst.find((x: any) => x.setup === setup && x.driver === driver);
+    assert.ok(burst, `no burst for ${setup} ${driver}`);
+    assert.equal(burst.requests, 200);
+    assert.equal(burst.latency.n + burst.failures, 200, JSON.stringify(burst));
+    assertNumbers(burst, ['latency.p50', 'latency.p99'], `burst ${setup} ${driver}`);
+  }
 }
 
 const MICROVM_PHASES = ['vmm', 'kernel', 'init', 'agent', 'ready', 'first_byte', 'cold_start'];

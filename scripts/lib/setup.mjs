@@ -27,6 +27,7 @@ export const OS_PACKAGES = [
   'etcd-server',
   'etcd-client',
   'redis-server', // cluster mode
+  'nginx-light', // the benchmark's proxy baseline
 ];
 
 const readJson = (file) => {

@@ -9,7 +9,8 @@ import type { InstanceInfo } from '../../core/types.js';
 import { apiRoutes } from './api-routes.js';
 import { bearerAuth, clusterAuth } from './auth.js';
 import { installErrorHandling } from './errors.js';
-import { invokeRoutes, type InvokeDeps } from './invoke-route.js';
+import type { InvokeDeps } from './invocation.js';
+import { invokeRoutes } from './invoke-route.js';
 import { logRoutes } from './logs-route.js';
 
 export interface AppOptions {

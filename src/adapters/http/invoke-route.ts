@@ -4,32 +4,15 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { AetherError } from '../../core/errors.js';
-import type { FunctionService } from '../../core/functions.js';
+import type { AetherError } from '../../core/errors.js';
 import { newInvocationId, validRequestId } from '../../core/invocations.js';
-import type { Lease } from '../../core/pool.js';
-import type { InvocationLog } from '../../core/ports.js';
-import type { Router } from '../../core/scheduler.js';
 import type { FunctionRecord } from '../../core/types.js';
 import { clusterAuth } from './auth.js';
 import { toAetherError } from './errors.js';
 import { ERROR_HEADER, REQUEST_ID_HEADER } from '../../guest/agent/protocol.mjs';
 import { CLIENT_REQUEST_ID_HEADER, COLD_START_HEADER, encodeError, forward, type Forwarded, INSTANCE_HEADER } from './forward.js';
-import { type BodyLimits, readRequestBody } from './request-body.js';
-
-export interface InvokeDeps {
-  functions: Pick<FunctionService, 'get'>;
-  router: Router;
-  /** Where invocations are recorded; a cluster worker leaves that to the gateway. */
-  invocations?: InvocationLog;
-  startTimeoutMs: number;
-  body: BodyLimits;
-  /** Cluster workers only take invocations from gateways, which present this token. */
-  requireToken?: string;
-}
-
-/** A retry is safe only when the request provably never reached the instance. */
-const MAX_REFUSED_RETRIES = 2;
+import { type InvokeDeps, runInvocation } from './invocation.js';
+import { readRequestBody } from './request-body.js';
 
 export async function invokeRoutes(app: FastifyInstance, deps: InvokeDeps): Promise<void> {
   // Bodies are streamed to the instance untouched: no parser may read them here.
@@ -46,21 +29,26 @@ export async function invokeRoutes(app: FastifyInstance, deps: InvokeDeps): Prom
     // A worker keeps the id its gateway chose; the edge takes the client's when it is valid.
     const requestId = validRequestId(req.headers[deps.requireToken ? REQUEST_ID_HEADER : CLIENT_REQUEST_ID_HEADER]) ?? id;
     const res = reply.raw;
-    let fn: FunctionRecord | undefined;
-    let lease: Lease | undefined;
-    let outcome: Forwarded = { status: 0, instanceId: null, error: null, coldStart: false };
+    const fail = (err: unknown, error: AetherError, outcome: Forwarded) => {
+      if (error.code === 'internal') req.log.error({ err }, 'invocation failed');
+      sendError(req.raw, res, error, { ...answerHeaders(requestId, outcome.coldStart, relay), ...errorHeaders(outcome, relay) });
+    };
+    let fn: FunctionRecord;
     try {
       fn = await deps.functions.get(req.params.id);
-      // No slot for a client that has not sent its request yet: it could hold it for as long as it likes.
-      const body = await readRequestBody(req.raw, deps.body, Date.now() + deps.startTimeoutMs + fn.timeout_ms);
-      const sent = Date.now();
-      for (let attempt = 0; ; attempt++) {
-        // Waiting for an instance may include a cold start; timeout_ms bounds the function's own run.
-        lease = await deps.router.acquire(fn, sent + deps.startTimeoutMs + fn.timeout_ms);
-        const instanceId = lease.remote ? null : lease.instanceId;
-        outcome = { ...outcome, instanceId, coldStart: outcome.coldStart || lease.coldStart };
-        try {
-          const out = await forward(req.raw, res, lease, {
+    } catch (err) {
+      fail(err, toAetherError(err), { status: 0, instanceId: null, error: null, coldStart: false });
+      return;
+    }
+    const { failure } = await runInvocation(
+      deps,
+      fn,
+      { id, requestId, started },
+      {
+        // No slot for a client that has not sent its request yet: it could hold it for as long as it likes.
+        prepare: () => readRequestBody(req.raw, deps.body, Date.now() + deps.startTimeoutMs + fn.timeout_ms),
+        send: (lease, body, sofar) =>
+          forward(req.raw, res, lease, {
             body,
             path: (lease.remote?.pathPrefix ?? '') + functionPath(req.raw.url!),
             requestId,
@@ -68,49 +56,13 @@ export async function invokeRoutes(app: FastifyInstance, deps: InvokeDeps): Prom
             connections: lease.remote?.maxConnections ?? fn.concurrency,
             clientIp: req.ip,
             extraHeaders: lease.remote?.headers,
-            instanceId,
-            responseHeaders: answerHeaders(requestId, outcome.coldStart, relay),
+            instanceId: sofar.instanceId,
+            responseHeaders: answerHeaders(requestId, sofar.coldStart, relay),
             relay,
-          });
-          outcome = { ...out, coldStart: outcome.coldStart || out.coldStart };
-          break;
-        } catch (err) {
-          lease.release();
-          const refused = err instanceof AetherError && err.code === 'connection_refused';
-          if (!refused || attempt >= MAX_REFUSED_RETRIES) {
-            lease = undefined;
-            throw err;
-          }
-          lease.recycle(); // that target is gone: route around it
-          lease = undefined;
-        }
-      }
-    } catch (err) {
-      const ae = toAetherError(err);
-      outcome = {
-        status: ae.status,
-        error: ae.message,
-        instanceId: ae.context.instanceId ?? outcome.instanceId,
-        coldStart: outcome.coldStart || ae.context.coldStart === true,
-      };
-      if (ae.code === 'internal') req.log.error({ err }, 'invocation failed');
-      sendError(req.raw, res, ae, { ...answerHeaders(requestId, outcome.coldStart, relay), ...errorHeaders(outcome, relay) });
-    } finally {
-      lease?.release();
-    }
-    if (fn && deps.invocations) {
-      deps.invocations.record({
-        id,
-        request_id: requestId,
-        function_id: fn.id,
-        started_at: new Date(started).toISOString(),
-        status: outcome.status,
-        duration_ms: Date.now() - started,
-        cold_start: outcome.coldStart,
-        instance_id: outcome.instanceId,
-        error: outcome.error,
-      });
-    }
+          }),
+      },
+    );
+    if (failure) fail(failure.cause, failure.error, failure.outcome);
   };
   app.all('/functions/:id', handler);
   app.all('/functions/:id/*', handler);

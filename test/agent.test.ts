@@ -288,8 +288,8 @@ describe('handler mode', () => {
     assert.ok(context.remaining > 25_000 && context.remaining <= 30_000);
   });
 
-  test('Lambda-style results: text, JSON object, binary round trip, body limit', async (t) => {
-    const { handle } = await start(t, await code({ 'handler.js': LAMBDA_CJS }));
+  test('Lambda-style results in the aether event format: text, JSON object, binary round trip, body limit', async (t) => {
+    const { handle } = await start(t, await code({ 'handler.js': LAMBDA_CJS }), { eventFormat: 'aether' });
     const text = await send(handle, { path: '/text' });
     assert.equal(text.headers['content-type'], 'text/plain; charset=utf-8');
     assert.equal(text.body.toString(), 'plain text');
@@ -312,8 +312,8 @@ describe('handler mode', () => {
     assert.equal(reply.body.toString(), 'esm callback DELETE fn-test');
   });
 
-  test('a handler that throws: 502 with a JSON error and no stack; the stack goes to stderr', async (t) => {
-    const { handle, logs } = await start(t, await code({ 'handler.js': LAMBDA_CJS }));
+  test('a handler that throws (aether event format): 502 with a JSON error and no stack; the stack goes to stderr', async (t) => {
+    const { handle, logs } = await start(t, await code({ 'handler.js': LAMBDA_CJS }), { eventFormat: 'aether' });
     const reply = await send(handle, { path: '/throw', headers: { 'x-aether-request-id': 'req-boom' } });
     assert.equal(reply.status, 502);
     assert.deepEqual(json(reply), { error: { code: 'handler_error', message: 'kaput in handler' } });

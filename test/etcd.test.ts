@@ -72,6 +72,7 @@ function record(name: string, over: Partial<FunctionRecord> = {}): FunctionRecor
     min_instances: 0,
     max_instances: 10,
     idle_timeout_s: 300,
+    event_format: 'apigw-v2',
     version: 1,
     code_hash: null,
     code_size: null,

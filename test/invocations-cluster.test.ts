@@ -66,7 +66,7 @@ describe('invocations in a cluster', () => {
   };
 
   test('the request id reaches the function on a worker and comes back; records are shared by the gateways', async () => {
-    await g0().deploy({ name: 'probe', memory_mb: 96, timeout_ms: 1500 }, { 'handler.js': PROBE });
+    await g0().deploy({ name: 'probe', memory_mb: 96, timeout_ms: 1500, event_format: 'aether' }, { 'handler.js': PROBE }); // Aether's own error answers
     const first = await call(g0(), 'probe', '/', 'cl-1');
     assert.equal(first.status, 200);
     assert.deepEqual(JSON.parse(first.body), { context: 'cl-1', aws: 'cl-1', event: 'cl-1', header: 'cl-1' });

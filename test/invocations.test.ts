@@ -18,7 +18,7 @@ describe('invocation records and request ids', () => {
   let a: Aether;
   before(async () => {
     a = await startAether({ isolation: 'bwrap' });
-    await a.deploy({ name: 'probe', memory_mb: 96, timeout_ms: 1500 }, { 'handler.js': PROBE });
+    await a.deploy({ name: 'probe', memory_mb: 96, timeout_ms: 1500, event_format: 'aether' }, { 'handler.js': PROBE }); // Aether's own error answers
     await a.deploy({ name: 'server' }, { 'handler.js': SERVER });
   });
   after(() => a.stop());

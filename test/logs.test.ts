@@ -207,7 +207,7 @@ describe('function logs on one node (bwrap)', () => {
     assert.ok(!lines.some((l) => l.message.includes('\u001e')), 'no frame bytes reach the lines');
 
     // A handler that throws: the agent's report, stack lines included, belongs to the invocation too.
-    assert.equal((await a.invoke('tagged', '/?tag=C&fail=1', { headers: { 'x-request-id': 'req-C' } })).status, 502);
+    assert.equal((await a.invoke('tagged', '/?tag=C&fail=1', { headers: { 'x-request-id': 'req-C' } })).status, 500); // API Gateway's answer (apigw-v2)
     const failed = await waitForLines(
       a,
       'tagged',

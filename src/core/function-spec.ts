@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import { z } from 'zod';
 import { badRequest } from './errors.js';
-import type { FunctionRecord } from './types.js';
+import { EVENT_FORMATS, type EventFormat, type FunctionRecord } from './types.js';
 import { validate } from './validate.js';
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -39,6 +39,7 @@ const configShape = {
   min_instances: int(0, 100),
   max_instances: int(1, 100),
   idle_timeout_s: int(1, 7 * 24 * 3600),
+  event_format: z.enum(EVENT_FORMATS, { error: `event_format must be one of: ${EVENT_FORMATS.join(', ')}` }),
 };
 
 export const FUNCTION_DEFAULTS = {
@@ -52,6 +53,8 @@ export const FUNCTION_DEFAULTS = {
   min_instances: 0,
   max_instances: 10,
   idle_timeout_s: 300,
+  // Runs unchanged Lambda code and handlers written for the first event alike.
+  event_format: 'apigw-v2' as EventFormat,
 } as const;
 
 const NAME = z
@@ -94,6 +97,11 @@ export function changeFunction(fn: FunctionRecord, body: unknown, mode: 'replace
   const changed = (Object.keys(next) as (keyof Config)[]).some((k) => JSON.stringify(next[k]) !== JSON.stringify(fn[k]));
   if (!changed) return fn;
   return { ...fn, ...next, version: fn.version + 1, updated_at: now.toISOString() };
+}
+
+/** A record as stored, with the defaults of fields added since it was written. */
+export function storedRecord(json: string): FunctionRecord {
+  return { ...FUNCTION_DEFAULTS, ...(JSON.parse(json) as FunctionRecord) };
 }
 
 /** The record as shown to API clients: env var values are secrets and never leave the server. */

@@ -345,6 +345,8 @@ export class FunctionPool {
         memoryMb: fn.memory_mb,
         vcpu: fn.vcpu,
         concurrency: fn.concurrency,
+        functionName: fn.name,
+        eventFormat: fn.event_format,
         startTimeoutMs: this.deps.settings.startTimeoutMs,
         onLog: (stream, line, requestId) => this.deps.onInstanceLog(fn, inst.id, stream, line, requestId),
       });

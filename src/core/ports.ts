@@ -5,7 +5,7 @@
 import type { Socket } from 'node:net';
 import type { InvocationQuery } from './invocations.js';
 import type { LogEntry, LogFilter, LogPage, LogQuery, LogLine } from './logs.js';
-import type { FunctionRecord, InstanceInfo, InvocationRecord } from './types.js';
+import type { EventFormat, FunctionRecord, InstanceInfo, InvocationRecord } from './types.js';
 
 /** Async so that shared stores (etcd) fit as well as the embedded one (SQLite). */
 export interface FunctionStore {
@@ -80,6 +80,9 @@ export interface InstanceSpec {
   memoryMb: number;
   vcpu: number;
   concurrency: number;
+  /** Handler mode: the function's name (in its Lambda context) and the shape of its events; defaults: the id, apigw-v2. */
+  functionName?: string;
+  eventFormat?: EventFormat;
   startTimeoutMs: number;
   /** A line the instance wrote; handler mode names the invocation that wrote it. */
   onLog(stream: 'stdout' | 'stderr', line: string, requestId?: string): void;

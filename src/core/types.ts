@@ -1,3 +1,10 @@
+/**
+ * What an HTTP request becomes in handler mode: `apigw-v2` (API Gateway HTTP API payload 2.0, plus the
+ * first event's fields), `apigw-v1` (REST API payload 1.0) or `aether` (Aether's first event).
+ */
+export const EVENT_FORMATS = ['apigw-v2', 'apigw-v1', 'aether'] as const;
+export type EventFormat = (typeof EVENT_FORMATS)[number];
+
 /** Records as the API shows them (field names follow the original prototype's JSON). */
 export interface FunctionRecord {
   id: string;
@@ -13,6 +20,8 @@ export interface FunctionRecord {
   min_instances: number;
   max_instances: number;
   idle_timeout_s: number;
+  /** Handler mode: the event an HTTP request becomes (API Gateway payload 2.0 or 1.0, or Aether's own). */
+  event_format: EventFormat;
   /** Bumped by every code upload and config change: instances of older versions drain. */
   version: number;
   code_hash: string | null;

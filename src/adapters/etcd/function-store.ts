@@ -8,6 +8,7 @@
  */
 import type { Etcd3, ITxnResponse } from 'etcd3';
 import { conflict, notFound } from '../../core/errors.js';
+import { storedRecord } from '../../core/function-spec.js';
 import type { FunctionStore, Logger } from '../../core/ports.js';
 import type { FunctionRecord } from '../../core/types.js';
 import { asUnavailable, connectEtcd, silentLogger } from './client.js';
@@ -138,7 +139,7 @@ export class EtcdFunctionStore implements FunctionStore {
     try {
       const res = await this.client.get(functionKey(id)).exec();
       const kv = res.kvs[0];
-      return kv && { fn: JSON.parse(kv.value.toString()) as FunctionRecord, modRevision: kv.mod_revision };
+      return kv && { fn: storedRecord(kv.value.toString()), modRevision: kv.mod_revision };
     } catch (err) {
       throw storeUnavailable(err);
     }
@@ -169,7 +170,7 @@ export class EtcdFunctionStore implements FunctionStore {
 }
 
 function decodeRecord(_key: string, raw: string): FunctionRecord | undefined {
-  const fn = JSON.parse(raw) as FunctionRecord;
+  const fn = storedRecord(raw);
   if (typeof fn?.id !== 'string' || typeof fn.name !== 'string') return undefined;
   Object.freeze(fn.env_vars);
   return Object.freeze(fn);

@@ -9,7 +9,7 @@ import { AetherError, badGateway, errorMessage, timedOut } from '../../core/erro
 import { CLUSTER_TOKEN_HEADER } from './auth.js';
 import type { Lease } from '../../core/pool.js';
 import type { InstanceHandle } from '../../core/ports.js';
-import { DEADLINE_HEADER, ERROR_HEADER, ERROR_HEADER_MAX_CHARS, REQUEST_ID_HEADER } from '../../guest/agent/protocol.mjs';
+import { DEADLINE_HEADER, ERROR_HEADER, ERROR_HEADER_MAX_CHARS, REQUEST_ID_HEADER, SOURCE_IP_HEADER } from '../../guest/agent/protocol.mjs';
 import type { RequestBody } from './request-body.js';
 
 const HOP_BY_HOP = new Set([
@@ -160,6 +160,7 @@ async function explain(err: unknown, lease: Lease, body: RequestBody, requestId:
 
 function forwardedHeaders(incoming: IncomingHttpHeaders, opts: ForwardOptions): Record<string, string | string[]> {
   const out = withoutHopByHop(incoming);
+  if (!opts.relay) out[SOURCE_IP_HEADER] = opts.clientIp; // facing a client: the address it came from
   const prior = incoming['x-forwarded-for'];
   out['x-forwarded-for'] = prior ? `${prior}, ${opts.clientIp}` : opts.clientIp;
   out[REQUEST_ID_HEADER] = opts.requestId;

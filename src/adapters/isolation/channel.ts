@@ -12,6 +12,7 @@ import { createServer as createNetServer, type Server, type Socket } from 'node:
 import { join, resolve } from 'node:path';
 import { AGENT_SOCKET, CONFIG_PATH, MMDS_SOCKET, SPARE_CONNECTIONS, type AgentConfig } from '../../guest/agent/protocol.mjs';
 import { unavailable } from '../../core/errors.js';
+import { FUNCTION_DEFAULTS } from '../../core/function-spec.js';
 import type { InstanceSpec } from '../../core/ports.js';
 
 export type { AgentConfig };
@@ -68,6 +69,9 @@ export function agentConfig(spec: InstanceSpec): AgentConfig {
     port: spec.port,
     env: spec.env,
     concurrency: spec.concurrency,
+    function_name: spec.functionName ?? spec.functionId,
+    memory_mb: spec.memoryMb,
+    event_format: spec.eventFormat ?? FUNCTION_DEFAULTS.event_format,
   };
 }
 

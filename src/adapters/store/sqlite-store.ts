@@ -6,6 +6,7 @@
  */
 import Database from 'better-sqlite3';
 import { conflict } from '../../core/errors.js';
+import { storedRecord } from '../../core/function-spec.js';
 import { INVOCATIONS_KEPT, isFailure, newInvocationId, type InvocationQuery } from '../../core/invocations.js';
 import type { FunctionStore, InvocationLog } from '../../core/ports.js';
 import type { FunctionRecord, InvocationRecord } from '../../core/types.js';
@@ -65,12 +66,12 @@ export class SqliteStore implements FunctionStore, InvocationLog {
 
   async get(idOrName: string): Promise<FunctionRecord | undefined> {
     const row = this.sql.getFn.get(idOrName, idOrName) as { record: string } | undefined;
-    return row && (JSON.parse(row.record) as FunctionRecord);
+    return row && storedRecord(row.record);
   }
 
   async list(): Promise<FunctionRecord[]> {
     const rows = this.sql.listFns.all() as { record: string }[];
-    return rows.map((r) => JSON.parse(r.record) as FunctionRecord);
+    return rows.map((r) => storedRecord(r.record));
   }
 
   async update(fn: FunctionRecord): Promise<void> {

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
+import { EVENT_FORMATS } from './lambda-events.mjs';
 import { CONFIG_PATH, MMDS_SOCKET, type AgentConfig } from './protocol.mjs';
 
 /**
@@ -55,6 +56,9 @@ function parseConfig(value: unknown): AgentConfig {
     typeof c.function_id === 'string' &&
     (c.entrypoint === null || typeof c.entrypoint === 'string') &&
     Number.isInteger(c.port) &&
+    typeof c.function_name === 'string' &&
+    Number.isInteger(c.memory_mb) &&
+    (EVENT_FORMATS as readonly string[]).includes(c.event_format) &&
     typeof c.env === 'object' &&
     c.env !== null &&
     Object.values(c.env).every((v) => typeof v === 'string');

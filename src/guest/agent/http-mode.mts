@@ -33,13 +33,18 @@ function handlerFailed(req: IncomingMessage, res: ServerResponse, err: unknown):
   sendError(res, 502, 'handler_error', errorMessage(err));
 }
 
+/** What tells the host why an answer is a failure: it records the message as the invocation's error. */
+export function errorHeader(message: string): Record<string, string> {
+  return { [ERROR_HEADER]: encodeURIComponent(message.slice(0, ERROR_HEADER_MAX_CHARS)) };
+}
+
 /** An answer of the agent's own; the host records its message as the invocation's error. */
 export function sendError(res: ServerResponse, status: number, code: string, message: string, close = false): void {
   const body = JSON.stringify({ error: { code, message } });
   res.writeHead(status, {
     'content-type': 'application/json',
     'content-length': Buffer.byteLength(body),
-    [ERROR_HEADER]: encodeURIComponent(message.slice(0, ERROR_HEADER_MAX_CHARS)),
+    ...errorHeader(message),
     ...(close ? { connection: 'close' } : {}),
   });
   res.end(body);

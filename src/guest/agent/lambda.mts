@@ -1,35 +1,63 @@
-import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { LambdaHandler } from './entry.mjs';
-import { sendError, type Responder } from './http-mode.mjs';
-import { DEADLINE_HEADER, REQUEST_ID_HEADER, type AgentConfig } from './protocol.mjs';
+import { errorHeader, type Responder, sendError } from './http-mode.mjs';
+import { type Invocation, invokeHandler } from './lambda-context.mjs';
+import { type EventFormat, failureAnswer, type HttpAnswer, MalformedResult, toAnswer, toEvent } from './lambda-events.mjs';
+import { errorMessage, log } from './log.mjs';
+import { type AgentConfig, DEADLINE_HEADER, REQUEST_ID_HEADER, SOURCE_IP_HEADER } from './protocol.mjs';
 
 const MAX_BODY_BYTES = 6 * 1024 * 1024;
 /** When the host sends no deadline: Lambda's maximum run time. */
 const DEFAULT_DEADLINE_MS = 15 * 60 * 1000;
-const TEXT_TYPE = /^(text\/|application\/(json|xml|javascript|x-www-form-urlencoded)|[^;]*\+(json|xml))/i;
 
-/** Lambda-style `handler(event, context)`: the request is buffered into an event, the result mapped back. */
+/**
+ * Lambda-style `handler(event, context)`: an HTTP request is buffered into an event of the function's
+ * event format and the result mapped back to HTTP.
+ */
 export function lambdaResponder(handler: LambdaHandler, config: AgentConfig): Responder {
+  const format = config.event_format as EventFormat; // parseConfig admits only these
   let counter = 0;
   return async (req, res) => {
+    const time = Date.now();
     const body = await readBody(req);
     if (!body) {
       sendError(res, 413, 'payload_too_large', `request body over ${MAX_BODY_BYTES} bytes`, true);
       return;
     }
-    const requestId = header(req, REQUEST_ID_HEADER) ?? `${config.instance_id}-${++counter}`;
-    const deadline = Number(header(req, DEADLINE_HEADER)) || Date.now() + DEFAULT_DEADLINE_MS;
-    const context = {
-      functionId: config.function_id,
-      instanceId: config.instance_id,
-      requestId,
-      awsRequestId: requestId, // Lambda's name for it
-      deadline,
-      getRemainingTimeInMillis: () => Math.max(0, deadline - Date.now()),
+    const inv: Invocation = {
+      requestId: header(req, REQUEST_ID_HEADER) ?? `${config.instance_id}-${++counter}`,
+      deadline: Number(header(req, DEADLINE_HEADER)) || time + DEFAULT_DEADLINE_MS,
     };
-    const result = await invoke(handler, toEvent(req, body, requestId), context);
-    writeResult(res, result);
+    const event = toEvent(format, {
+      method: req.method ?? 'GET',
+      url: req.url ?? '/',
+      rawHeaders: req.rawHeaders,
+      body,
+      sourceIp: header(req, SOURCE_IP_HEADER) ?? '127.0.0.1',
+      requestId: inv.requestId,
+      time,
+    });
+    let answer: HttpAnswer;
+    try {
+      answer = toAnswer(format, await invokeHandler(handler, event, config, inv));
+    } catch (err) {
+      const malformed = err instanceof MalformedResult;
+      const why = malformed ? `returned a result API Gateway would reject: ${err.message}` : errorMessage(err);
+      log(
+        malformed
+          ? `handler ${why} (request ${inv.requestId})`
+          : `handler failed (request ${inv.requestId}): ${err instanceof Error ? err.stack : why}`,
+      );
+      answer = failureAnswer(format, errorMessage(err));
+      Object.assign(answer.headers, errorHeader(malformed ? `the handler ${why}` : why));
+    }
+    write(res, answer);
   };
+}
+
+function write(res: ServerResponse, answer: HttpAnswer): void {
+  res.writeHead(answer.status, { ...answer.headers, 'content-length': answer.body.length });
+  res.end(answer.body);
 }
 
 function header(req: IncomingMessage, name: string): string | undefined {
@@ -51,88 +79,4 @@ async function readBody(req: IncomingMessage): Promise<Buffer | undefined> {
   }
   if (size > MAX_BODY_BYTES) return undefined;
   return chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size);
-}
-
-function toEvent(req: IncomingMessage, body: Buffer, requestId: string) {
-  const url = req.url ?? '/';
-  const q = url.indexOf('?');
-  const rawPath = q === -1 ? url : url.slice(0, q);
-  const rawQuery = q === -1 ? '' : url.slice(q + 1);
-  const query: Record<string, string> = {};
-  for (const [key, value] of new URLSearchParams(rawQuery)) query[key] = key in query ? `${query[key]},${value}` : value;
-  const headers: Record<string, string> = {};
-  for (const [key, value] of Object.entries(req.headers)) {
-    if (value !== undefined) headers[key] = Array.isArray(value) ? value.join(', ') : value;
-  }
-  const isBase64Encoded = body.length > 0 && !TEXT_TYPE.test(headers['content-type'] ?? 'text/plain');
-  return {
-    method: req.method,
-    path: safeDecode(rawPath),
-    rawPath,
-    query,
-    rawQuery,
-    headers,
-    body: body.toString(isBase64Encoded ? 'base64' : 'utf8'),
-    isBase64Encoded,
-    requestId,
-  };
-}
-
-function safeDecode(path: string): string {
-  try {
-    return decodeURIComponent(path);
-  } catch {
-    return path;
-  }
-}
-
-/** Async handlers, plain return values, and the older callback style (a third parameter) alike. */
-function invoke(handler: LambdaHandler, event: unknown, context: unknown): Promise<unknown> {
-  return new Promise((resolve, reject) => {
-    const returned = handler(event, context, (err, result) => (err ? reject(err) : resolve(result)));
-    if (handler.length < 3 || isThenable(returned)) Promise.resolve(returned).then(resolve, reject);
-  });
-}
-
-function isThenable(value: unknown): value is PromiseLike<unknown> {
-  return typeof (value as PromiseLike<unknown> | undefined)?.then === 'function';
-}
-
-interface LambdaResult {
-  statusCode: number;
-  headers?: Record<string, string | number | string[]>;
-  cookies?: string[];
-  body?: unknown;
-  isBase64Encoded?: boolean;
-}
-
-/** `{statusCode,...}` as given; a string as text/plain; undefined as an empty 200; anything else as JSON. */
-function writeResult(res: ServerResponse, result: unknown): void {
-  let status = 200;
-  const headers: OutgoingHttpHeaders = {};
-  let body: unknown = result;
-  let isBase64 = false;
-  if (typeof result === 'object' && result !== null && 'statusCode' in result) {
-    const r = result as LambdaResult;
-    status = r.statusCode;
-    for (const [name, value] of Object.entries(r.headers ?? {})) headers[name.toLowerCase()] = value;
-    if (r.cookies?.length) headers['set-cookie'] = r.cookies;
-    body = r.body;
-    isBase64 = r.isBase64Encoded === true;
-  }
-  let payload: Buffer;
-  if (body === undefined || body === null) {
-    payload = Buffer.alloc(0);
-  } else if (typeof body === 'string') {
-    payload = Buffer.from(body, isBase64 ? 'base64' : 'utf8');
-    if (body === result) headers['content-type'] = 'text/plain; charset=utf-8';
-  } else if (body instanceof Uint8Array) {
-    payload = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
-  } else {
-    payload = Buffer.from(JSON.stringify(body));
-    headers['content-type'] ??= 'application/json';
-  }
-  headers['content-length'] = payload.length;
-  res.writeHead(status, headers);
-  res.end(payload);
 }

@@ -54,10 +54,20 @@ export interface AgentConfig {
   port: number;
   env: Record<string, string>;
   concurrency: number;
+  /** Handler mode: what the Lambda-style context reports. */
+  function_name: string;
+  memory_mb: number;
+  /** Handler mode: the shape of the event an HTTP request becomes, and how the result is read (lambda-events.mts). */
+  event_format: string;
 }
+
+/** The ARN a function's Lambda context and the Invoke API's errors name it by (`<prefix><name>[:qualifier]`). */
+export const FUNCTION_ARN_PREFIX = 'arn:aether:lambda:local:000000000000:function:';
 
 export const REQUEST_ID_HEADER = 'x-aether-request-id';
 export const DEADLINE_HEADER = 'x-aether-deadline';
+/** The client's address as the first Aether hop saw it (the sourceIp of API Gateway events). */
+export const SOURCE_IP_HEADER = 'x-aether-source-ip';
 /**
  * On an answer the agent made itself (the handler threw, the body was too large): why, for the
  * invocation record. The message is cut to ERROR_HEADER_MAX_CHARS and URI-encoded (headers are

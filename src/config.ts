@@ -41,6 +41,11 @@ const schema = z.object({
   AETHER_LOG_LINES_PER_S: int(1, 10_000_000).default(1000),
   AETHER_LOG_KB_PER_S: int(1, 10_000_000).default(1024),
   AETHER_FUNCTION_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'silent']).default('debug'),
+  AETHER_LAMBDA_ACCESS_KEY_ID: z
+    .string()
+    .regex(/^\w{16,128}$/, 'must be 16-128 letters, digits or "_" (like an AWS access key id)')
+    .optional(),
+  AETHER_LAMBDA_SECRET_ACCESS_KEY: z.string().min(16, 'must be at least 16 characters').optional(),
 });
 
 export interface Config {
@@ -65,6 +70,8 @@ export interface Config {
   /** RLIMIT_NOFILE of every sandboxed instance: what it can hold open, host sockets included. */
   openFilesLimit: number;
   tmpMb: number;
+  /** The access key the Lambda Invoke API checks signatures against; no key, no Invoke API. */
+  lambdaKey?: { accessKeyId: string; secretAccessKey: string };
   functionLogs: FunctionLogSettings;
 }
 
@@ -85,6 +92,13 @@ export class ConfigError extends Error {}
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const c = parseOrThrow(schema, env);
+  const keyId = c.AETHER_LAMBDA_ACCESS_KEY_ID;
+  const secret = c.AETHER_LAMBDA_SECRET_ACCESS_KEY;
+  if (!keyId !== !secret) {
+    throw new ConfigError(
+      'invalid configuration: AETHER_LAMBDA_ACCESS_KEY_ID, AETHER_LAMBDA_SECRET_ACCESS_KEY: set both (Lambda Invoke API on) or neither',
+    );
+  }
   return {
     port: c.PORT,
     host: c.HOST,
@@ -119,6 +133,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       bytesPerSecond: c.AETHER_LOG_KB_PER_S * 1024,
       echoLevel: c.AETHER_FUNCTION_LOG_LEVEL,
     },
+    lambdaKey: keyId && secret ? { accessKeyId: keyId, secretAccessKey: secret } : undefined,
   };
 }
 

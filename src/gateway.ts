@@ -60,6 +60,7 @@ export async function startGateway(config: ClusterConfig, logger: Logger = pino(
     logger,
     health: () => ({ role: 'gateway', workers: discovery.workers().length }),
     api: { token: config.apiToken, functions, maxUploadBytes: config.limits.maxCompressedBytes, workers: () => discovery.workers() },
+    lambdaKeys: config.lambdaKey && [config.lambdaKey],
     invoke: { functions, router, invocations, startTimeoutMs: config.startTimeoutMs, body: config.body },
   });
   await app.listen({ port: config.port, host: config.host });

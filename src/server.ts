@@ -47,6 +47,7 @@ export async function startServer(config: Config, logger: Logger = pino({ level:
     logger,
     health: () => ({ isolation: driver.name, isolation_reason: reason }),
     api: { token, functions, maxUploadBytes: config.limits.maxCompressedBytes },
+    lambdaKeys: config.lambdaKey && [config.lambdaKey],
     invoke: { functions, router: scheduler, invocations: store, startTimeoutMs: config.startTimeoutMs, body: config.body },
   });
   const address = await app.listen({ port: config.port, host: config.host });

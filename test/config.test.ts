@@ -52,6 +52,18 @@ test('invalid values name the setting', () => {
   assert.throws(() => loadConfig({ AETHER_API_TOKEN: 'short' }), /AETHER_API_TOKEN: must be at least 16 characters/);
 });
 
+test('the Lambda Invoke API key: both parts or neither, off by default', () => {
+  assert.equal(loadConfig({}).lambdaKey, undefined);
+  const key = { AETHER_LAMBDA_ACCESS_KEY_ID: 'AKIAEXAMPLE000000001', AETHER_LAMBDA_SECRET_ACCESS_KEY: 'secret-0123456789abcdef' };
+  assert.deepEqual(loadConfig(key).lambdaKey, { accessKeyId: 'AKIAEXAMPLE000000001', secretAccessKey: 'secret-0123456789abcdef' });
+  assert.throws(() => loadConfig({ AETHER_LAMBDA_ACCESS_KEY_ID: key.AETHER_LAMBDA_ACCESS_KEY_ID }), /set both .* or neither/);
+  assert.throws(() => loadConfig({ ...key, AETHER_LAMBDA_ACCESS_KEY_ID: 'short' }), /AETHER_LAMBDA_ACCESS_KEY_ID: must be 16-128/);
+  assert.throws(
+    () => loadConfig({ ...key, AETHER_LAMBDA_SECRET_ACCESS_KEY: 'short' }),
+    /AETHER_LAMBDA_SECRET_ACCESS_KEY: must be at least 16/,
+  );
+});
+
 test('cluster: the original names, defaults, and what is missing', () => {
   const c = loadClusterConfig(cluster);
   assert.deepEqual(c.etcdEndpoints, ['http://10.0.0.1:2379', 'http://10.0.0.2:2379']);

@@ -200,6 +200,12 @@ describe('Lambda handlers behind HTTP', () => {
     assert.equal(storedRecord(JSON.stringify(old)).event_format, 'apigw-v2');
   });
 
+  test('without an access key configured there is no Lambda Invoke API', async () => {
+    const res = await fetch(`${a.url}/2015-03-31/functions/fmt/invocations`, { method: 'POST', body: '{}' });
+    assert.equal(res.status, 404);
+    assert.equal((await res.json()).error.code, 'not_found');
+  });
+
   test("today's event format stays available (event_format aether)", async () => {
     await a.deploy(
       { name: 'first', event_format: 'aether' },

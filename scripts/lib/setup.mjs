@@ -28,6 +28,7 @@ export const OS_PACKAGES = [
   'etcd-client',
   'redis-server', // cluster mode
   'nginx-light', // the benchmark's proxy baseline
+  'awscli', // a real Lambda Invoke API client for its tests
 ];
 
 const readJson = (file) => {

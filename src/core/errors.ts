@@ -39,6 +39,7 @@ export const ERRORS = {
   },
   start_failed: { status: 502, meaning: 'A new instance of the function failed to start; the message has its last words.' },
   code_corrupt: { status: 502, meaning: "The function's stored code does not match its hash; upload it again." },
+  response_too_large: { status: 502, meaning: "The function's answer is over the route's limit (the Lambda Invoke API's 6 MB)." },
   // Capacity and dependencies
   no_capacity: { status: 503, meaning: 'No instance can be started now (max_instances, worker capacity, sandbox uids).' },
   queue_full: { status: 503, meaning: "The function's instances are busy and its queue of waiting requests is full." },

@@ -12,12 +12,16 @@ import { installErrorHandling } from './errors.js';
 import type { InvokeDeps } from './invocation.js';
 import { invokeRoutes } from './invoke-route.js';
 import { logRoutes } from './logs-route.js';
+import { lambdaApiRoutes } from './lambda/invoke-api.js';
+import type { AccessKey } from './lambda/sigv4.js';
 
 export interface AppOptions {
   logger: FastifyBaseLogger;
   /** Extra facts for /healthz, e.g. the isolation driver in use. */
   health: () => object;
   invoke: InvokeDeps;
+  /** The Lambda Invoke API, signed with one of these keys; absent: no such routes. */
+  lambdaKeys?: AccessKey[];
   api?: { token: string; functions: FunctionService; maxUploadBytes: number; workers?: () => WorkerInfo[] };
   /** Worker only: what gateways may ask about its instances. */
   internal?: { token: string; instances(functionId: string): InstanceInfo[] };
@@ -50,6 +54,8 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
       scope.get<{ Params: { id: string } }>('/internal/functions/:id/instances', async (req) => internal.instances(req.params.id));
     });
   }
+  const { lambdaKeys } = opts;
+  if (lambdaKeys?.length) await app.register(async (scope) => lambdaApiRoutes(scope, { invoke: opts.invoke, keys: lambdaKeys }));
   await app.register(async (scope) => invokeRoutes(scope, opts.invoke));
   return app;
 }

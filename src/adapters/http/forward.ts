@@ -5,11 +5,18 @@
  */
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import { Pool, errors as undiciErrors } from 'undici';
-import { AetherError, badGateway, errorMessage, timedOut } from '../../core/errors.js';
+import { AetherError, badGateway, ERRORS, type ErrorCode, errorMessage, involving, timedOut } from '../../core/errors.js';
 import { CLUSTER_TOKEN_HEADER } from './auth.js';
 import type { Lease } from '../../core/pool.js';
 import type { InstanceHandle } from '../../core/ports.js';
-import { DEADLINE_HEADER, ERROR_HEADER, ERROR_HEADER_MAX_CHARS, REQUEST_ID_HEADER, SOURCE_IP_HEADER } from '../../guest/agent/protocol.mjs';
+import {
+  DEADLINE_HEADER,
+  ERROR_HEADER,
+  ERROR_HEADER_MAX_CHARS,
+  INVOKE_HEADER,
+  REQUEST_ID_HEADER,
+  SOURCE_IP_HEADER,
+} from '../../guest/agent/protocol.mjs';
 import type { RequestBody } from './request-body.js';
 
 const HOP_BY_HOP = new Set([
@@ -73,8 +80,10 @@ export const CLIENT_REQUEST_ID_HEADER = 'x-request-id';
 export const INSTANCE_HEADER = 'x-aether-instance';
 /** From a worker: the request waited for a new instance there. */
 export const COLD_START_HEADER = 'x-aether-cold-start';
+/** From a worker: the answer is its own error (this code), not the function's answer. */
+export const ERROR_CODE_HEADER = 'x-aether-error-code';
 /** What the party that ran the invocation tells the one that records it (ERROR_HEADER: the agent or a worker); not for clients. */
-const AETHER_FACTS = [ERROR_HEADER, COLD_START_HEADER];
+const AETHER_FACTS = [ERROR_HEADER, COLD_START_HEADER, ERROR_CODE_HEADER];
 
 /** What Aether learnt about an invocation that got an answer. */
 export interface Forwarded {
@@ -160,7 +169,11 @@ async function explain(err: unknown, lease: Lease, body: RequestBody, requestId:
 
 function forwardedHeaders(incoming: IncomingHttpHeaders, opts: ForwardOptions): Record<string, string | string[]> {
   const out = withoutHopByHop(incoming);
-  if (!opts.relay) out[SOURCE_IP_HEADER] = opts.clientIp; // facing a client: the address it came from
+  // Facing a client: no Invoke API call can be made over HTTP, and the client's address is the one it came from.
+  if (!opts.relay) {
+    delete out[INVOKE_HEADER];
+    out[SOURCE_IP_HEADER] = opts.clientIp;
+  }
   const prior = incoming['x-forwarded-for'];
   out['x-forwarded-for'] = prior ? `${prior}, ${opts.clientIp}` : opts.clientIp;
   out[REQUEST_ID_HEADER] = opts.requestId;
@@ -176,4 +189,80 @@ function withoutHopByHop(headers: IncomingHttpHeaders): Record<string, string | 
     if (value !== undefined && !HOP_BY_HOP.has(name)) out[name] = value;
   }
   return out;
+}
+
+export interface ExchangeOptions {
+  path: string;
+  requestId: string;
+  deadline: number;
+  connections: number;
+  extraHeaders?: Record<string, string>;
+  instanceId: string | null;
+  headers: Record<string, string>;
+  body: Buffer;
+  /** A longer answer is cut off and reported as AetherError `response_too_large`. */
+  maxResponseBytes: number;
+}
+
+export interface Exchanged extends Forwarded {
+  headers: IncomingHttpHeaders;
+  body: Buffer;
+}
+
+/**
+ * A buffered POST to an instance (or a worker) and its whole answer, for callers that must look at it
+ * (the Lambda Invoke API). A worker's own error comes back as the AetherError it was there.
+ */
+export async function exchange(lease: Lease, opts: ExchangeOptions): Promise<Exchanged> {
+  let res: Awaited<ReturnType<Pool['request']>>;
+  try {
+    res = await poolFor(lease.handle, opts.connections).request({
+      method: 'POST',
+      path: opts.path,
+      headers: {
+        ...opts.headers,
+        'content-length': String(opts.body.length),
+        [REQUEST_ID_HEADER]: opts.requestId,
+        [CLIENT_REQUEST_ID_HEADER]: opts.requestId,
+        [DEADLINE_HEADER]: String(opts.deadline),
+        ...opts.extraHeaders,
+      },
+      body: opts.body,
+      headersTimeout: Math.max(1, opts.deadline - Date.now()),
+    });
+  } catch (err) {
+    throw await explain(err, lease, undefined, opts.requestId);
+  }
+  const headers = res.headers as IncomingHttpHeaders;
+  const out: Forwarded = {
+    status: res.statusCode,
+    instanceId: single(headers[INSTANCE_HEADER]) ?? opts.instanceId,
+    error: decodeError(single(headers[ERROR_HEADER])),
+    coldStart: headers[COLD_START_HEADER] === '1',
+  };
+  const chunks: Buffer[] = [];
+  let size = 0;
+  try {
+    for await (const chunk of res.body as AsyncIterable<Buffer>) {
+      size += chunk.length;
+      if (size > opts.maxResponseBytes) {
+        res.body.destroy();
+        throw involving(new AetherError('response_too_large', `the response is larger than ${opts.maxResponseBytes} bytes`), {
+          instanceId: out.instanceId ?? undefined,
+        });
+      }
+      chunks.push(chunk);
+    }
+  } catch (err) {
+    throw await explain(err, lease, undefined, opts.requestId);
+  }
+  const code = single(headers[ERROR_CODE_HEADER]);
+  if (code) {
+    const known = (Object.hasOwn(ERRORS, code) ? code : 'function_error') as ErrorCode;
+    throw involving(new AetherError(known, out.error ?? `the worker answered ${res.statusCode}`), {
+      instanceId: out.instanceId ?? undefined,
+      coldStart: out.coldStart,
+    });
+  }
+  return { ...out, headers, body: Buffer.concat(chunks, size) };
 }

@@ -10,7 +10,15 @@ import type { FunctionRecord } from '../../core/types.js';
 import { clusterAuth } from './auth.js';
 import { toAetherError } from './errors.js';
 import { ERROR_HEADER, REQUEST_ID_HEADER } from '../../guest/agent/protocol.mjs';
-import { CLIENT_REQUEST_ID_HEADER, COLD_START_HEADER, encodeError, forward, type Forwarded, INSTANCE_HEADER } from './forward.js';
+import {
+  CLIENT_REQUEST_ID_HEADER,
+  COLD_START_HEADER,
+  encodeError,
+  ERROR_CODE_HEADER,
+  forward,
+  type Forwarded,
+  INSTANCE_HEADER,
+} from './forward.js';
 import { type InvokeDeps, runInvocation } from './invocation.js';
 import { readRequestBody } from './request-body.js';
 
@@ -31,7 +39,7 @@ export async function invokeRoutes(app: FastifyInstance, deps: InvokeDeps): Prom
     const res = reply.raw;
     const fail = (err: unknown, error: AetherError, outcome: Forwarded) => {
       if (error.code === 'internal') req.log.error({ err }, 'invocation failed');
-      sendError(req.raw, res, error, { ...answerHeaders(requestId, outcome.coldStart, relay), ...errorHeaders(outcome, relay) });
+      sendError(req.raw, res, error, { ...answerHeaders(requestId, outcome.coldStart, relay), ...errorHeaders(error, outcome, relay) });
     };
     let fn: FunctionRecord;
     try {
@@ -85,9 +93,9 @@ function answerHeaders(requestId: string, coldStart: boolean, relay: boolean): R
 }
 
 /** A worker's error answer tells the gateway, which records the invocation, why and where it failed. */
-function errorHeaders(outcome: Forwarded, relay: boolean): Record<string, string> {
+function errorHeaders(error: AetherError, outcome: Forwarded, relay: boolean): Record<string, string> {
   if (!relay) return {};
-  const headers: Record<string, string> = { [ERROR_HEADER]: encodeError(outcome.error ?? '') };
+  const headers: Record<string, string> = { [ERROR_HEADER]: encodeError(outcome.error ?? ''), [ERROR_CODE_HEADER]: error.code };
   if (outcome.instanceId) headers[INSTANCE_HEADER] = outcome.instanceId;
   return headers;
 }

@@ -1,6 +1,6 @@
 /**
  * Running a Lambda-style handler as Lambda's Node.js runtime does: the `context` object, async and
- * callback-style handlers (and the legacy context.succeed/fail/done).
+ * callback-style handlers (and the legacy context.succeed/fail/done), and errors as Lambda reports them.
  */
 import type { LambdaHandler } from './entry.mjs';
 import { type AgentConfig, FUNCTION_ARN_PREFIX } from './protocol.mjs';
@@ -53,4 +53,24 @@ export function invokeHandler(handler: LambdaHandler, event: unknown, config: Ag
 
 function isThenable(value: unknown): value is PromiseLike<unknown> {
   return typeof (value as PromiseLike<unknown> | undefined)?.then === 'function';
+}
+
+/**
+ * A handler's failure as Lambda's Invoke API reports it: errorType and errorMessage, the stack as
+ * `trace` (Lambda's Node.js runtime) and `stackTrace` (its other runtimes and its API docs).
+ */
+export function errorPayload(err: unknown): { errorType: string; errorMessage: string; trace: string[]; stackTrace: string[] } {
+  if (err instanceof Error) {
+    const trace = (err.stack ?? `${err.name}: ${err.message}`).split('\n');
+    return { errorType: err.name || 'Error', errorMessage: err.message, trace, stackTrace: trace };
+  }
+  return { errorType: typeof err, errorMessage: typeof err === 'string' ? err : safeJson(err), trace: [], stackTrace: [] };
+}
+
+function safeJson(value: unknown): string {
+  try {
+    return JSON.stringify(value) ?? String(value);
+  } catch {
+    return String(value);
+  }
 }

@@ -1,18 +1,26 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { LambdaHandler } from './entry.mjs';
 import { errorHeader, type Responder, sendError } from './http-mode.mjs';
-import { type Invocation, invokeHandler } from './lambda-context.mjs';
+import { errorPayload, type Invocation, invokeHandler } from './lambda-context.mjs';
 import { type EventFormat, failureAnswer, type HttpAnswer, MalformedResult, toAnswer, toEvent } from './lambda-events.mjs';
 import { errorMessage, log } from './log.mjs';
-import { type AgentConfig, DEADLINE_HEADER, REQUEST_ID_HEADER, SOURCE_IP_HEADER } from './protocol.mjs';
+import {
+  type AgentConfig,
+  DEADLINE_HEADER,
+  FUNCTION_ERROR_HEADER,
+  INVOKE_HEADER,
+  REQUEST_ID_HEADER,
+  SOURCE_IP_HEADER,
+} from './protocol.mjs';
 
 const MAX_BODY_BYTES = 6 * 1024 * 1024;
 /** When the host sends no deadline: Lambda's maximum run time. */
 const DEFAULT_DEADLINE_MS = 15 * 60 * 1000;
 
 /**
- * Lambda-style `handler(event, context)`: an HTTP request is buffered into an event of the function's
- * event format and the result mapped back to HTTP.
+ * Lambda-style `handler(event, context)`. An HTTP request is buffered into an event of the function's
+ * event format and the result mapped back to HTTP; a Lambda Invoke API call (INVOKE_HEADER) hands its
+ * JSON event over unchanged and answers with the result as JSON.
  */
 export function lambdaResponder(handler: LambdaHandler, config: AgentConfig): Responder {
   const format = config.event_format as EventFormat; // parseConfig admits only these
@@ -28,6 +36,10 @@ export function lambdaResponder(handler: LambdaHandler, config: AgentConfig): Re
       requestId: header(req, REQUEST_ID_HEADER) ?? `${config.instance_id}-${++counter}`,
       deadline: Number(header(req, DEADLINE_HEADER)) || time + DEFAULT_DEADLINE_MS,
     };
+    if (req.headers[INVOKE_HEADER]) {
+      await answerInvoke(res, handler, body, config, inv);
+      return;
+    }
     const event = toEvent(format, {
       method: req.method ?? 'GET',
       url: req.url ?? '/',
@@ -53,6 +65,29 @@ export function lambdaResponder(handler: LambdaHandler, config: AgentConfig): Re
     }
     write(res, answer);
   };
+}
+
+/** An Invoke API call: the event as sent, the result (or the handler's error, marked) as JSON. */
+async function answerInvoke(
+  res: ServerResponse,
+  handler: LambdaHandler,
+  body: Buffer,
+  config: AgentConfig,
+  inv: Invocation,
+): Promise<void> {
+  let payload: string;
+  let failed = false;
+  try {
+    const result = await invokeHandler(handler, JSON.parse(body.toString('utf8')), config, inv);
+    payload = JSON.stringify(result) ?? 'null';
+  } catch (err) {
+    log(`handler failed (request ${inv.requestId}): ${err instanceof Error ? err.stack : errorMessage(err)}`);
+    payload = JSON.stringify(errorPayload(err));
+    failed = true;
+  }
+  const headers: Record<string, string> = { 'content-type': 'application/json' };
+  if (failed) headers[FUNCTION_ERROR_HEADER] = 'Unhandled';
+  write(res, { status: 200, headers, body: Buffer.from(payload) });
 }
 
 function write(res: ServerResponse, answer: HttpAnswer): void {

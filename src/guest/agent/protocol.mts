@@ -75,6 +75,15 @@ export const SOURCE_IP_HEADER = 'x-aether-source-ip';
  */
 export const ERROR_HEADER = 'x-aether-error';
 export const ERROR_HEADER_MAX_CHARS = 2000;
+/**
+ * Set by the host on a Lambda Invoke API call (never passed on from a client): the body is the event
+ * itself, as JSON, and the answer's body the handler's result as JSON. Server-mode and fetch functions
+ * get such calls as `POST /events` (the pass-through path of AWS's Lambda Web Adapter).
+ */
+export const INVOKE_HEADER = 'x-aether-invoke';
+export const INVOKE_PATH = '/events';
+/** On the agent's answer to an Invoke API call: the handler failed (`Unhandled`), the body says how. */
+export const FUNCTION_ERROR_HEADER = 'x-aether-function-error';
 
 /**
  * Handler mode tags each line an invocation writes to stdout/stderr with its request id:

@@ -1,0 +1,226 @@
+/**
+ * The Lambda Invoke API (`POST /2015-03-31/functions/{name}/invocations`), as AWS SDKs and the aws CLI
+ * call it: SigV4-signed, any JSON event, the handler's result (or its error) as the answer, Lambda's
+ * headers, status codes and error shapes. The event reaches the instance like an HTTP invocation does
+ * (same leases, retries and records), marked so that the agent hands it to the handler unchanged.
+ */
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { FUNCTION_ARN_PREFIX, FUNCTION_ERROR_HEADER, INVOKE_HEADER, INVOKE_PATH } from '../../../guest/agent/protocol.mjs';
+import { AetherError } from '../../../core/errors.js';
+import { newInvocationId } from '../../../core/invocations.js';
+import type { FunctionRecord } from '../../../core/types.js';
+import { toAetherError } from '../errors.js';
+import { exchange } from '../forward.js';
+import { type InvocationIds, type InvokeDeps, runInvocation } from '../invocation.js';
+import { invalidParameter, LambdaApiError, sendLambdaError } from './errors.js';
+import { type AccessKey, SigV4Verifier } from './sigv4.js';
+
+/** Lambda's limits for a synchronous invocation's request and response payloads. */
+export const MAX_SYNC_PAYLOAD_BYTES = 6 * 1024 * 1024;
+/** Until versions and aliases exist, every invocation runs the latest code and configuration. */
+const LATEST = '$LATEST';
+
+export interface LambdaApiOptions {
+  invoke: InvokeDeps;
+  keys: AccessKey[];
+}
+
+type InvokeRequest = FastifyRequest<{ Params: { name: string }; Querystring: { Qualifier?: string }; Body: Buffer | undefined }>;
+
+export async function lambdaApiRoutes(app: FastifyInstance, opts: LambdaApiOptions): Promise<void> {
+  const verifier = new SigV4Verifier(opts.keys, 'lambda');
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('*', (_req, payload, done) => {
+    readPayload(payload).then((body) => done(null, body), done);
+  });
+  app.setErrorHandler((err, req, reply) => {
+    const lambdaError = asLambdaError(err);
+    if (lambdaError.status >= 500) req.log.error({ err }, 'Lambda API request failed');
+    return sendLambdaError(reply, lambdaError);
+  });
+  app.addHook('preHandler', async (req) => {
+    await verifier.verify({ method: req.method, url: req.url, headers: req.headers, body: (req.body as Buffer | undefined) ?? EMPTY });
+  });
+
+  app.post('/2015-03-31/functions/:name/invocations', async (req: InvokeRequest, reply) => {
+    const started = Date.now();
+    const id = newInvocationId(started);
+    void reply.header('x-amzn-RequestId', id);
+    const fn = await resolve(opts.invoke, req.params.name, req.query.Qualifier);
+    void reply.header('X-Amz-Executed-Version', LATEST);
+    const type = req.headers['x-amz-invocation-type'] ?? 'RequestResponse';
+    if (type === 'DryRun') return reply.status(204).send();
+    if (type === 'Event') {
+      throw invalidParameter('InvocationType Event is not supported yet: invoke with RequestResponse (the default)');
+    }
+    if (type !== 'RequestResponse') {
+      throw invalidParameter(`InvocationType must be RequestResponse, Event or DryRun, not ${String(type)}`);
+    }
+    const event = jsonPayload(req.body);
+    return invokeSync(opts.invoke, fn, event, { id, requestId: id, started }, reply);
+  });
+}
+
+const EMPTY = Buffer.alloc(0);
+
+async function invokeSync(
+  deps: InvokeDeps,
+  fn: FunctionRecord,
+  event: Buffer,
+  ids: InvocationIds,
+  reply: FastifyReply,
+): Promise<FastifyReply> {
+  const { result, failure } = await runInvocation(deps, fn, ids, {
+    prepare: async () => event,
+    send: async (lease, _prepared, sofar) => {
+      const out = await exchange(lease, {
+        path: (lease.remote?.pathPrefix ?? '') + INVOKE_PATH,
+        requestId: ids.requestId,
+        deadline: Date.now() + fn.timeout_ms + (lease.remote ? deps.startTimeoutMs : 0),
+        connections: lease.remote?.maxConnections ?? fn.concurrency,
+        extraHeaders: lease.remote?.headers,
+        instanceId: sofar.instanceId,
+        headers: { 'content-type': 'application/json', [INVOKE_HEADER]: '1' },
+        body: event,
+        maxResponseBytes: MAX_SYNC_PAYLOAD_BYTES,
+      });
+      // The agent marks a handler's failure; a server-mode function's answer fails when it is no success.
+      const marked = out.headers[FUNCTION_ERROR_HEADER];
+      const functionError = typeof marked === 'string' ? marked : out.status >= 300 ? 'Unhandled' : undefined;
+      return { ...out, status: 200, functionError, error: functionError ? describeFunctionError(out.body, out.status) : out.error };
+    },
+  });
+  const answer = result ?? platformFailure(failure.error, ids.requestId, fn);
+  if (answer.functionError) void reply.header('X-Amz-Function-Error', answer.functionError);
+  return reply.status(200).header('content-type', 'application/json').send(answer.body);
+}
+
+/**
+ * Failures of the function's run are Lambda function errors (200 with X-Amz-Function-Error, as Lambda
+ * reports a timeout or a crashed runtime); the others are API errors in Lambda's shape.
+ */
+function platformFailure(err: AetherError, requestId: string, fn: FunctionRecord): { body: Buffer; functionError: string } {
+  const functionError = (errorType: string, message: string) => ({
+    functionError: 'Unhandled',
+    body: Buffer.from(JSON.stringify({ errorType, errorMessage: `RequestId: ${requestId} Error: ${message}` })),
+  });
+  if (err.code === 'response_too_large') {
+    return functionError(
+      'Function.ResponseSizeTooLarge',
+      `Response payload size exceeded maximum allowed payload size (${MAX_SYNC_PAYLOAD_BYTES} bytes).`,
+    );
+  }
+  if (err.code === 'timeout') return functionError('Sandbox.Timedout', `Task timed out after ${(fn.timeout_ms / 1000).toFixed(2)} seconds`);
+  if (err.status === 502 || err.status === 504) return functionError('Runtime.ExitError', err.message);
+  throw asLambdaError(err);
+}
+
+/** Past this much an oversized payload is no longer drained: the connection is cut instead. */
+const MAX_DRAIN_BYTES = 64 * 1024 * 1024;
+
+/**
+ * The payload, up to Lambda's limit. An oversized one is read to its end and dropped before the 413:
+ * answering while the client still sends would cut the connection under it, and AWS SDKs would
+ * report a network error instead of RequestEntityTooLargeException.
+ */
+async function readPayload(payload: NodeJS.ReadableStream): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of payload as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size <= MAX_SYNC_PAYLOAD_BYTES) chunks.push(chunk);
+    else if (size > MAX_DRAIN_BYTES) throw payloadTooLarge(); // leaving the loop destroys the stream
+  }
+  if (size > MAX_SYNC_PAYLOAD_BYTES) throw payloadTooLarge();
+  return Buffer.concat(chunks, size);
+}
+
+const payloadTooLarge = () =>
+  new LambdaApiError(
+    413,
+    'RequestEntityTooLargeException',
+    `Request must be smaller than ${MAX_SYNC_PAYLOAD_BYTES} bytes for the InvokeFunction operation`,
+  );
+
+/** Aether's errors as the Lambda API names them. */
+function asLambdaError(err: unknown): LambdaApiError {
+  if (err instanceof LambdaApiError) return err;
+  const ae = toAetherError(err);
+  switch (ae.status) {
+    case 400:
+      return new LambdaApiError(400, 'InvalidRequestContentException', ae.message);
+    case 404:
+      return new LambdaApiError(404, 'ResourceNotFoundException', ae.message);
+    case 409:
+      return new LambdaApiError(409, 'ResourceConflictException', ae.message);
+    case 503:
+      if (ae.code === 'queue_full' || ae.code === 'no_capacity') {
+        return new LambdaApiError(429, 'TooManyRequestsException', `Rate Exceeded. ${ae.message}`, {
+          Reason: 'ReservedFunctionConcurrentInvocationLimitExceeded',
+        });
+      }
+      return new LambdaApiError(503, 'ServiceException', ae.message);
+    default:
+      return new LambdaApiError(500, 'ServiceException', ae.status === 500 ? 'internal error' : ae.message);
+  }
+}
+
+/**
+ * The function a FunctionName names: `name`, `name:qualifier`, `123456789012:function:name[:qualifier]`
+ * or a whole ARN (any partition, region and account: Aether has one namespace of functions).
+ */
+async function resolve(deps: InvokeDeps, functionName: string, queryQualifier: string | undefined): Promise<FunctionRecord> {
+  const parts = functionName.split(':');
+  let rest = parts;
+  if (parts[0] === 'arn') {
+    if (parts[2] !== 'lambda' || parts[5] !== 'function') throw invalidParameter(`${functionName} is not a Lambda function ARN`);
+    rest = parts.slice(6);
+  } else if (parts[1] === 'function') {
+    rest = parts.slice(2);
+  }
+  const [name, nameQualifier, ...extra] = rest;
+  if (!name || extra.length > 0) throw invalidParameter(`invalid FunctionName ${functionName}`);
+  if (nameQualifier && queryQualifier && nameQualifier !== queryQualifier) {
+    throw invalidParameter('The derived qualifier from the function name does not match the specified qualifier.');
+  }
+  const qualifier = nameQualifier ?? queryQualifier;
+  const arn = `${FUNCTION_ARN_PREFIX}${name}${qualifier ? `:${qualifier}` : ''}`;
+  let fn: FunctionRecord;
+  try {
+    fn = await deps.functions.get(name);
+  } catch (err) {
+    if (err instanceof AetherError && err.status === 404)
+      throw new LambdaApiError(404, 'ResourceNotFoundException', `Function not found: ${arn}`);
+    throw err;
+  }
+  if (qualifier && qualifier !== LATEST) {
+    throw new LambdaApiError(
+      404,
+      'ResourceNotFoundException',
+      `Function not found: ${arn} (Aether runs $LATEST only: no versions or aliases yet)`,
+    );
+  }
+  return fn;
+}
+
+/** The event as the handler will get it: any JSON value; no payload is `{}`, as on Lambda. */
+function jsonPayload(body: Buffer | undefined): Buffer {
+  if (!body || body.length === 0) return Buffer.from('{}');
+  try {
+    JSON.parse(body.toString('utf8'));
+  } catch (err) {
+    throw new LambdaApiError(400, 'InvalidRequestContentException', `Could not parse request body into json: ${(err as Error).message}`);
+  }
+  return body;
+}
+
+/** For the invocation record: what the handler's error payload says, briefly. */
+function describeFunctionError(body: Buffer, status: number): string {
+  try {
+    const { errorType, errorMessage } = JSON.parse(body.toString('utf8')) as { errorType?: unknown; errorMessage?: unknown };
+    if (typeof errorMessage === 'string') return `${typeof errorType === 'string' ? errorType : 'Error'}: ${errorMessage}`.slice(0, 1000);
+  } catch {
+    // not Lambda's error shape: a server-mode function's answer
+  }
+  return `the function answered the event with HTTP ${status}`;
+}

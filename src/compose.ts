@@ -34,6 +34,8 @@ export async function startIsolation(config: Config, log: Logger, cgroupParent: 
     openFilesLimit: config.openFilesLimit,
     tmpMb: config.tmpMb,
     vmCacheDir: config.vmCacheDir,
+    kernel: config.kernel,
+    firecrackerJailer: config.firecrackerJailer,
     onProgress: (message) => log.info({}, message),
     cgroupParent,
   });

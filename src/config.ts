@@ -5,6 +5,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
+import { ISOLATION_MODES, type IsolationMode } from './adapters/isolation/drivers.js';
 
 const MB = 1024 * 1024;
 /** Where `aether serve` keeps its data and listens unless told otherwise (the CLI looks for it there too). */
@@ -17,8 +18,11 @@ const schema = z.object({
   HOST: z.string().min(1).default('0.0.0.0'),
   AETHER_DATA_DIR: z.string().min(1).default(DEFAULT_DATA_DIR),
   AETHER_API_TOKEN: z.string().min(16, 'must be at least 16 characters').optional(),
-  AETHER_ISOLATION: z.enum(['auto', 'firecracker', 'qemu', 'gvisor', 'bwrap', 'none']).default('auto'),
+  AETHER_ISOLATION: z.enum(ISOLATION_MODES).default('auto'),
   AETHER_VM_CACHE: z.string().min(1).optional(),
+  KERNEL_PATH: z.string().min(1).optional(),
+  KERNEL_MODULES_DIR: z.string().min(1).optional(),
+  FIRECRACKER_JAILER: z.string().min(1).optional(),
   AETHER_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
   AETHER_MAX_UPLOAD_MB: int(1, 10_000).default(50),
   AETHER_MAX_UNPACKED_MB: int(1, 100_000).default(250),
@@ -53,9 +57,13 @@ export interface Config {
   host: string;
   dataDir: string;
   apiToken?: string;
-  isolation: 'auto' | 'firecracker' | 'qemu' | 'gvisor' | 'bwrap' | 'none';
+  isolation: IsolationMode;
   /** Guest kernels and images, shared by every Aether on the host. */
   vmCacheDir: string;
+  /** A guest kernel of your own (default: Debian's cloud kernel), with its `lib/modules/<version>` if it has modules. */
+  kernel: { path?: string; modulesDir?: string };
+  /** Run Firecracker through its jailer at this path. */
+  firecrackerJailer?: string;
   logLevel: string;
   limits: { maxCompressedBytes: number; maxUncompressedBytes: number; maxEntries: number };
   maxQueue: number;
@@ -106,6 +114,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     apiToken: c.AETHER_API_TOKEN,
     isolation: c.AETHER_ISOLATION,
     vmCacheDir: path.resolve(c.AETHER_VM_CACHE ?? (process.getuid?.() === 0 ? '/var/cache/aether/vm' : path.join(c.AETHER_DATA_DIR, 'vm'))),
+    kernel: {
+      path: c.KERNEL_PATH && path.resolve(c.KERNEL_PATH),
+      modulesDir: c.KERNEL_MODULES_DIR && path.resolve(c.KERNEL_MODULES_DIR),
+    },
+    firecrackerJailer: c.FIRECRACKER_JAILER && path.resolve(c.FIRECRACKER_JAILER),
     logLevel: c.AETHER_LOG_LEVEL,
     limits: {
       maxCompressedBytes: c.AETHER_MAX_UPLOAD_MB * MB,

@@ -15,7 +15,7 @@ import { AetherError } from '../src/core/errors.js';
 import type { InstanceHandle, InstanceSpec } from '../src/core/ports.js';
 import { FirecrackerApi, FirecrackerFault } from '../src/adapters/isolation/microvm/firecracker/api.js';
 import { FirecrackerDriver } from '../src/adapters/isolation/microvm/firecracker/driver.js';
-import { jailerCommand, vmCgroups } from '../src/adapters/isolation/microvm/firecracker/jailer.js';
+import { jailerCommand, jailerConfig, vmCgroups } from '../src/adapters/isolation/microvm/firecracker/jailer.js';
 import {
   bridgePlan,
   DEFAULT_NETWORK,
@@ -383,17 +383,13 @@ describe('the driver through the jailer (FIRECRACKER_JAILER, fake-bin/jailer)', 
     // The jailed double runs as uid 200000 and appends to the request log.
     await writeFile(requestLog, '', { flag: 'a' });
     await chmod(requestLog, 0o666);
-    process.env.FIRECRACKER_JAILER = jailerBin;
-    try {
-      jailed = await FirecrackerDriver.create({
-        runDir: path.join(work, 'run'),
-        cacheDir: path.join(work, 'cache'),
-        image,
-        network: new HostNetwork(DEFAULT_NETWORK, async (command) => void commands.push(command)),
-      });
-    } finally {
-      delete process.env.FIRECRACKER_JAILER;
-    }
+    jailed = await FirecrackerDriver.create({
+      runDir: path.join(work, 'run'),
+      cacheDir: path.join(work, 'cache'),
+      image,
+      network: new HostNetwork(DEFAULT_NETWORK, async (command) => void commands.push(command)),
+      jailer: jailerConfig(jailerBin, path.join(work, 'run')),
+    });
   });
 
   test('spawns Firecracker through the jailer, as its own uid, with every file inside the chroot', async () => {

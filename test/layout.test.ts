@@ -2,11 +2,15 @@
  * The source layout's rules, checked on the real import graph of src/ (tools/import-graph.ts): no
  * import cycles, the core knows no adapter, the guest side knows no driver, the agent imports only
  * node's builtins and itself (it is mounted into instances alone), and drivers do not import
- * sideways from each other: what two of them share lives in a module both import.
+ * sideways from each other: what two of them share lives in a module both import. And the one list
+ * of isolation drivers (drivers.ts) is the one the settings and the docs show.
  */
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { isBuiltin } from 'node:module';
 import { describe, test } from 'node:test';
+import { ISOLATION_DRIVERS, ISOLATION_MODES } from '../src/adapters/isolation/drivers.js';
+import { loadConfig } from '../src/config.js';
 import { cycles, importGraph } from '../tools/import-graph.ts';
 
 const graph = importGraph();
@@ -68,5 +72,21 @@ describe('source layout', () => {
       ['instance/', 'microvm/'],
     ];
     for (const [from, to] of pairs) assert.deepEqual(imports(isolation + from, isolation + to), []);
+  });
+});
+
+describe('one list of isolation drivers', () => {
+  test('AETHER_ISOLATION takes auto and exactly the listed drivers', () => {
+    assert.deepEqual(ISOLATION_MODES, ['auto', 'firecracker', 'qemu', 'gvisor', 'bwrap', 'none']);
+    for (const mode of ISOLATION_MODES) assert.equal(loadConfig({ AETHER_ISOLATION: mode }).isolation, mode);
+    assert.throws(() => loadConfig({ AETHER_ISOLATION: 'docker' }), /AETHER_ISOLATION/);
+  });
+
+  test("docs/configuration.md's driver table is the list: names, descriptions, what each needs", () => {
+    const docs = readFileSync(new URL('../docs/configuration.md', import.meta.url), 'utf8');
+    const section = docs.slice(docs.indexOf('### Isolation drivers'));
+    const table = section.slice(section.indexOf('\n|'), section.indexOf('\n\n', section.indexOf('\n|')));
+    const rows = [...table.matchAll(/^\| `(\w+)` \| (.*?) \| (.*?) ?\|$/gm)].map(([, name, what, install]) => [name, { what, install }]);
+    assert.deepEqual(Object.fromEntries(rows), ISOLATION_DRIVERS);
   });
 });

@@ -6,6 +6,7 @@
  */
 import fs from 'node:fs';
 import { Command, type CommanderError } from 'commander';
+import { ISOLATION_MODES } from '../adapters/isolation/drivers.js';
 import { loadClusterConfig, loadConfig, loadWorkerConfig } from '../config.js';
 import { errorMessage } from '../core/errors.js';
 import { clientCommands } from './commands/index.js';
@@ -13,6 +14,8 @@ import { CliError, EXIT } from './exit.js';
 import { untilSignal } from './until-signal.js';
 
 const { version } = JSON.parse(fs.readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+
+const ISOLATION_HELP = `${ISOLATION_MODES.join(' | ')} (AETHER_ISOLATION; docs/configuration.md says what each is)`;
 
 const program = new Command('aether')
   .description('Serverless functions in isolated sandboxes and microVMs')
@@ -37,7 +40,7 @@ program
   .description('run the all-in-one server (API, scheduler and worker in one process)')
   .option('-p, --port <port>', 'listen port (PORT)')
   .option('-d, --data-dir <dir>', 'data directory (AETHER_DATA_DIR)')
-  .option('-i, --isolation <driver>', 'auto | gvisor | bwrap | none (AETHER_ISOLATION)')
+  .option('-i, --isolation <driver>', ISOLATION_HELP)
   .action(async (opts: { port?: string; dataDir?: string; isolation?: string }) => {
     const env = { ...process.env };
     if (opts.port) env.PORT = opts.port;
@@ -61,7 +64,7 @@ program
   .command('worker')
   .description('run a cluster worker: instances of functions on this host, announced in etcd')
   .option('-p, --port <port>', 'listen port for gateways (PORT)')
-  .option('-i, --isolation <driver>', 'auto | gvisor | bwrap | none (AETHER_ISOLATION)')
+  .option('-i, --isolation <driver>', ISOLATION_HELP)
   .action(async (opts: { port?: string; isolation?: string }) => {
     const env = {
       ...process.env,
@@ -80,10 +83,14 @@ program
   .option('--cache-dir <dir>', 'where images are kept (AETHER_VM_CACHE)')
   .option('--kernel <path>', 'a guest kernel of your own (KERNEL_PATH)')
   .action(async (opts: { cacheDir?: string; kernel?: string }) => {
-    const env = { ...process.env, ...(opts.cacheDir ? { AETHER_VM_CACHE: opts.cacheDir } : {}) };
-    const { vmCacheDir } = loadConfig(env);
+    const env = {
+      ...process.env,
+      ...(opts.cacheDir ? { AETHER_VM_CACHE: opts.cacheDir } : {}),
+      ...(opts.kernel ? { KERNEL_PATH: opts.kernel } : {}),
+    };
+    const { vmCacheDir, kernel } = loadConfig(env);
     const { buildImage } = await import('../guest/image/build-image.js');
-    const image = await buildImage({ cacheDir: vmCacheDir, kernelPath: opts.kernel, onProgress: (m) => process.stderr.write(`${m}\n`) });
+    const image = await buildImage({ cacheDir: vmCacheDir, kernel, onProgress: (m) => process.stderr.write(`${m}\n`) });
     process.stdout.write(`${JSON.stringify(image, null, 2)}\n`);
   });
 

@@ -1,7 +1,8 @@
 /**
- * Picks the isolation driver at start-up. Nothing is assumed from what is installed: each candidate
- * must start a real (trivial) function inside its sandbox before it is used. `auto` takes the
- * strongest that works (gVisor, then bubblewrap) and never degrades to no isolation.
+ * Picks the isolation driver (drivers.ts lists them) at start-up. Nothing is assumed from what is
+ * installed: each candidate must really start: a probe VM must boot, a sandbox must run a trivial
+ * function. `auto` takes the strongest that works (Firecracker, then QEMU, only where a KVM probe
+ * boot succeeds; then gVisor, then bubblewrap) and never degrades to no isolation.
  */
 import { execFile } from 'node:child_process';
 import { constants } from 'node:fs';
@@ -11,7 +12,10 @@ import { randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
 import type { IsolationDriver } from '../../core/ports.js';
 import { errorMessage } from '../../core/errors.js';
+import type { KernelChoice } from '../../guest/image/build-image.js';
+import { ISOLATION_DRIVERS, type IsolationMode } from './drivers.js';
 import { FirecrackerDriver } from './microvm/firecracker/driver.js';
+import { jailerConfig } from './microvm/firecracker/jailer.js';
 import { QemuDriver } from './microvm/qemu/driver.js';
 import { BwrapDriver } from './sandbox/bwrap.js';
 import { CgroupTree } from './sandbox/cgroup.js';
@@ -22,8 +26,6 @@ import { mkdirTraversable } from './sandbox/rootfs.js';
 import { UidPool } from './sandbox/uid-pool.js';
 
 const run = promisify(execFile);
-
-export type IsolationMode = 'auto' | 'firecracker' | 'qemu' | 'gvisor' | 'bwrap' | 'none';
 
 export interface SelectOptions {
   /** Where the per-instance channel directories are created. */
@@ -40,6 +42,10 @@ export interface SelectOptions {
   probeTimeoutMs?: number;
   /** Guest kernels, images and code disks for microVMs (shared by every Aether on the host). */
   vmCacheDir?: string;
+  /** The microVMs' guest kernel (KERNEL_PATH, KERNEL_MODULES_DIR). */
+  kernel?: KernelChoice;
+  /** Run Firecracker through the jailer at this path (FIRECRACKER_JAILER). */
+  firecrackerJailer?: string;
   /** Long steps (building the guest image on first use) report here. */
   onProgress?: (message: string) => void;
 }
@@ -52,8 +58,6 @@ export interface SelectedDriver {
 
 interface Candidate {
   name: 'gvisor' | 'bwrap';
-  /** The package that provides it, for the error message. */
-  install: string;
   version(host: SandboxHost): Promise<string>;
   create(host: SandboxHost): IsolationDriver;
 }
@@ -61,7 +65,6 @@ interface Candidate {
 const CANDIDATES: Candidate[] = [
   {
     name: 'gvisor',
-    install: 'apt-get install runsc',
     version: async (host) => {
       const { stdout } = await run('runsc', ['--version'], { env: { PATH: host.hostPath } });
       const release = /version\s+(?:\S*~)?(\d{8})/.exec(stdout)?.[1] ?? stdout.split('\n')[0]!.trim();
@@ -71,7 +74,6 @@ const CANDIDATES: Candidate[] = [
   },
   {
     name: 'bwrap',
-    install: 'apt-get install bubblewrap util-linux',
     version: async (host) => {
       const { stdout } = await run('bwrap', ['--version'], { env: { PATH: host.hostPath } });
       await run('setpriv', ['--version'], { env: { PATH: host.hostPath } });
@@ -87,7 +89,7 @@ export async function selectDriver(mode: IsolationMode, opts: SelectOptions): Pr
   if (mode === 'none') {
     return {
       driver: new NoIsolationDriver({ runDir: opts.runDir }),
-      reason: "functions run as plain host processes with Aether's own user, files and network: development with trusted code only",
+      reason: ISOLATION_DRIVERS.none.what,
     };
   }
   const stateDir = opts.stateDir ?? path.join(path.dirname(path.resolve(opts.runDir)), 'sandbox');
@@ -106,7 +108,12 @@ export async function selectDriver(mode: IsolationMode, opts: SelectOptions): Pr
   const vmCacheDir = opts.vmCacheDir ?? path.join(stateDir, 'vm');
   if (mode === 'firecracker' || (mode === 'auto' && (await microVmPossible('firecracker')))) {
     try {
-      const fc = await FirecrackerDriver.create({ runDir: opts.runDir, cacheDir: vmCacheDir });
+      const fc = await FirecrackerDriver.create({
+        runDir: opts.runDir,
+        cacheDir: vmCacheDir,
+        kernel: opts.kernel,
+        jailer: opts.firecrackerJailer ? jailerConfig(opts.firecrackerJailer, opts.runDir) : undefined,
+      });
       const probe = await fc.probe();
       if (probe.ok) return { driver: fc, reason: `firecracker: ${probe.detail}${cleaned}` };
       failures.push(`firecracker: ${probe.detail}`);
@@ -117,7 +124,7 @@ export async function selectDriver(mode: IsolationMode, opts: SelectOptions): Pr
   }
   if (mode === 'qemu' || (mode === 'auto' && (await microVmPossible('qemu-system-x86_64')))) {
     try {
-      const qemu = await QemuDriver.create({ runDir: opts.runDir, cacheDir: vmCacheDir, onProgress: opts.onProgress });
+      const qemu = await QemuDriver.create({ runDir: opts.runDir, cacheDir: vmCacheDir, kernel: opts.kernel, onProgress: opts.onProgress });
       const why = `qemu: ${qemu.accel.accel} (${qemu.accel.detail})`;
       // Under TCG a microVM takes seconds to boot: only when asked for by name.
       if (mode === 'qemu' || qemu.accel.accel === 'kvm') return { driver: qemu, reason: `${why}${cleaned}` };
@@ -131,7 +138,7 @@ export async function selectDriver(mode: IsolationMode, opts: SelectOptions): Pr
   for (const candidate of candidates) {
     try {
       const version = await candidate.version(host).catch((err: NodeJS.ErrnoException) => {
-        throw new Error(err.code === 'ENOENT' ? `not installed (${candidate.install})` : err.message);
+        throw new Error(err.code === 'ENOENT' ? `not installed (${ISOLATION_DRIVERS[candidate.name].install})` : err.message);
       });
       const driver = candidate.create(host);
       const ms = await probe(driver, host, opts.probeTimeoutMs ?? 15_000);
@@ -141,7 +148,7 @@ export async function selectDriver(mode: IsolationMode, opts: SelectOptions): Pr
       failures.push(`${candidate.name}: ${errorMessage(err)}`);
     }
   }
-  const fix = candidates.map((c) => c.install).join(' or ');
+  const fix = candidates.map((c) => ISOLATION_DRIVERS[c.name].install).join(' or ');
   throw new Error(
     `no working isolation for "${mode}" on this host: ${failures.join('; ')}. ` +
       `To fix: ${fix}, and run Aether as root with the cgroup v1 memory, pids and cpu controllers mounted under /sys/fs/cgroup. ` +

@@ -1,6 +1,6 @@
 /**
  * Builds the microVM guest image, cached by the hash of everything that goes into it:
- * - `kernel`: Debian's cloud kernel (or KERNEL_PATH);
+ * - `kernel`: Debian's cloud kernel, or one of your own (KERNEL_PATH);
  * - `initrd`: a small initramfs (busybox, the virtio modules, /init from init-script.ts), so that the
  *   kernel has little to unpack;
  * - `rootfs`: a read-only ext4 image with the host's node binary, the libraries ldd names for it,
@@ -68,11 +68,15 @@ const FIXED_MTIME = 1_700_000_000;
 export interface BuildImageOptions {
   /** Holds downloaded kernels and built images (`images/<hash>/`). */
   cacheDir: string;
-  /** A kernel of your own instead of Debian's (default: env KERNEL_PATH). */
-  kernelPath?: string;
-  /** With kernelPath: its `lib/modules/<version>` (default: env KERNEL_MODULES_DIR; none = virtio built in). */
-  modulesDir?: string;
+  /** Default: Debian's cloud kernel. */
+  kernel?: KernelChoice;
   onProgress?: (message: string) => void;
+}
+
+/** A guest kernel of your own (KERNEL_PATH), and its `lib/modules/<version>` (KERNEL_MODULES_DIR; none: virtio built in). */
+export interface KernelChoice {
+  path?: string;
+  modulesDir?: string;
 }
 
 export interface GuestImage {
@@ -136,9 +140,8 @@ export async function buildImage(opts: BuildImageOptions): Promise<GuestImage> {
 }
 
 async function resolveKernel(opts: BuildImageOptions, progress: (msg: string) => void): Promise<KernelFiles> {
-  const kernelPath = opts.kernelPath ?? process.env.KERNEL_PATH;
+  const { path: kernelPath, modulesDir } = opts.kernel ?? {};
   if (!kernelPath) return debianCloudKernel(opts.cacheDir, progress);
-  const modulesDir = opts.modulesDir ?? process.env.KERNEL_MODULES_DIR;
   await access(kernelPath, constants.R_OK);
   return { kernel: kernelPath, modulesDir };
 }

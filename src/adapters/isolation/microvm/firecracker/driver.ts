@@ -26,14 +26,14 @@ import {
   MMDS_SOCKET,
   type MmdsInstance,
 } from '../../../../guest/agent/protocol.mjs';
-import { buildImage, type GuestImage } from '../../../../guest/image/build-image.js';
+import { buildImage, type GuestImage, type KernelChoice } from '../../../../guest/image/build-image.js';
 import { agentConfig, openChannel, type InstanceChannel } from '../../channel.js';
 import { launchInstance } from '../../instance/instance.js';
 import type { InstanceOutput } from '../../instance/output.js';
 import { CodeDisks } from '../code-disk.js';
 import { GuestConsole, guestMemoryMb, guestVcpus } from '../guest.js';
 import { FirecrackerApi } from './api.js';
-import { directPlacement, IdPool, jailedPlacement, jailerFromEnv, type JailerConfig, type Placement } from './jailer.js';
+import { directPlacement, IdPool, jailedPlacement, type JailerConfig, type Placement } from './jailer.js';
 import { HostNetwork, type Attachment } from './network.js';
 import { API_SOCKET, GUEST_CID, VSOCK_NAME, vmmPlan } from './vmm.js';
 
@@ -48,11 +48,13 @@ export interface FirecrackerDriverOptions {
   cacheDir: string;
   /** Default `firecracker` on PATH. */
   binary?: string;
-  /** Default: built by src/image (an x86 Firecracker needs an uncompressed vmlinux: see the docs). */
+  /** Default: built by src/guest/image (an x86 Firecracker needs an uncompressed vmlinux: see the docs). */
   image?: Pick<GuestImage, 'kernel' | 'initrd' | 'rootfs'>;
+  /** The kernel the image is built with (KERNEL_PATH, KERNEL_MODULES_DIR), when it is built. */
+  kernel?: KernelChoice;
   /** Default: the real bridge, TAPs and nftables rules (root only). */
   network?: HostNetwork;
-  /** Run Firecracker (then `binary` must be a path) through the jailer. create()'s default: from FIRECRACKER_JAILER. */
+  /** Run Firecracker through the jailer (FIRECRACKER_JAILER: see jailer.ts's jailerConfig). */
   jailer?: JailerConfig;
 }
 
@@ -88,7 +90,7 @@ export class FirecrackerDriver implements IsolationDriver {
 
   /** Finds the binary and the image (building it if needed). Whether KVM works is `probe()`'s question. */
   static async create(opts: FirecrackerDriverOptions): Promise<FirecrackerDriver> {
-    const jailer = opts.jailer ?? jailerFromEnv(process.env, opts.runDir);
+    const { jailer } = opts;
     // The jailer needs the binary's path (--exec-file).
     const binary = jailer ? await onPath(opts.binary ?? 'firecracker') : (opts.binary ?? 'firecracker');
     if (jailer)
@@ -100,7 +102,7 @@ export class FirecrackerDriver implements IsolationDriver {
         err.code === 'ENOENT' ? `${binary} not found (set its path or put it on PATH)` : `${binary} --version failed: ${err.message}`,
       );
     });
-    return new FirecrackerDriver({ ...opts, binary, jailer }, opts.image ?? (await buildImage({ cacheDir: opts.cacheDir })));
+    return new FirecrackerDriver({ ...opts, binary }, opts.image ?? (await buildImage({ cacheDir: opts.cacheDir, kernel: opts.kernel })));
   }
 
   /**

@@ -4,7 +4,7 @@
  * PID) namespace, drops to uid/gid and execs Firecracker inside. Everything Firecracker opens must
  * then be inside that root (hard links of the kernel, images and code disk; the API socket and vsock
  * sockets are created there), so host paths are the chroot's. Set FIRECRACKER_JAILER to the jailer
- * binary to use it (docs/microvm.md); cgroup values come from the function's limits.
+ * binary to use it (docs/configuration.md, docs/microvm.md); cgroup values come from the function's limits.
  */
 import { existsSync } from 'node:fs';
 import { chown, link, mkdir, rm } from 'node:fs/promises';
@@ -68,7 +68,7 @@ export function vmCgroups(version: 1 | 2, memoryMb: number, vcpu: number, vmmOve
     : { 'memory.max': bytes, 'cpu.max': `${quotaUs} ${periodUs}` };
 }
 
-/** How the driver runs Firecracker through the jailer (FIRECRACKER_JAILER, see jailerFromEnv). */
+/** How the driver runs Firecracker through the jailer (FIRECRACKER_JAILER, see jailerConfig). */
 export interface JailerConfig {
   jailer: string;
   /** Must be on the same filesystem as the run and cache directories: files are hard-linked in. */
@@ -78,11 +78,10 @@ export interface JailerConfig {
   cgroupVersion: 1 | 2;
 }
 
-/** FIRECRACKER_JAILER unset: no jailer. Chroots under `<runDir>/jail`, ids from 200000, the host's cgroup version. */
-export function jailerFromEnv(env: NodeJS.ProcessEnv, runDir: string): JailerConfig | undefined {
-  if (!env.FIRECRACKER_JAILER) return undefined;
+/** The jailer at `jailer` (FIRECRACKER_JAILER): chroots under `<runDir>/jail`, ids from 200000, the host's cgroup version. */
+export function jailerConfig(jailer: string, runDir: string): JailerConfig {
   return {
-    jailer: env.FIRECRACKER_JAILER,
+    jailer,
     chrootBase: path.join(runDir, 'jail'),
     idBase: 200_000,
     cgroupVersion: existsSync('/sys/fs/cgroup/cgroup.controllers') ? 2 : 1,

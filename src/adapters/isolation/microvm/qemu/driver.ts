@@ -10,8 +10,9 @@ import { promisify } from 'node:util';
 import type { InstanceSpec, IsolationDriver } from '../../../../core/ports.js';
 import { agentNodeArgs } from '../../../../guest/agent-files.js';
 import { AGENT_MODULES, GUEST_PATHS, MMDS_SOCKET } from '../../../../guest/agent/protocol.mjs';
-import { buildImage, type GuestImage } from '../../../../guest/image/build-image.js';
+import { buildImage, type GuestImage, type KernelChoice } from '../../../../guest/image/build-image.js';
 import { freePort } from '../../../free-port.js';
+import { ISOLATION_DRIVERS } from '../../drivers.js';
 import { agentConfig, openChannel } from '../../channel.js';
 import { CodeDisks } from '../code-disk.js';
 import { guestMemoryMb, guestVcpus } from '../guest.js';
@@ -33,8 +34,8 @@ export interface QemuDriverOptions {
   cacheDir: string;
   /** `auto` boots a probe VM under KVM and falls back to TCG. */
   accel?: 'auto' | Accel;
-  /** A guest kernel of your own (default: env KERNEL_PATH, else Debian's cloud kernel). */
-  kernelPath?: string;
+  /** The guest kernel (KERNEL_PATH, KERNEL_MODULES_DIR; default: Debian's cloud kernel). */
+  kernel?: KernelChoice;
   qemuBinary?: string;
   kvmProbeTimeoutMs?: number;
   onProgress?: (message: string) => void;
@@ -64,10 +65,10 @@ export class QemuDriver implements IsolationDriver {
     const qemu = opts.qemuBinary ?? 'qemu-system-x86_64';
     await run(qemu, ['--version']).catch((err: NodeJS.ErrnoException) => {
       throw new Error(
-        err.code === 'ENOENT' ? `${qemu} not found: apt-get install qemu-system-x86` : `${qemu} --version failed: ${err.message}`,
+        err.code === 'ENOENT' ? `${qemu} not found: ${ISOLATION_DRIVERS.qemu.install}` : `${qemu} --version failed: ${err.message}`,
       );
     });
-    const image = await buildImage({ cacheDir: opts.cacheDir, kernelPath: opts.kernelPath, onProgress: opts.onProgress });
+    const image = await buildImage({ cacheDir: opts.cacheDir, kernel: opts.kernel, onProgress: opts.onProgress });
     const accel =
       opts.accel === 'kvm' || opts.accel === 'tcg'
         ? { accel: opts.accel, detail: 'configured' }

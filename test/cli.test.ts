@@ -1,10 +1,11 @@
-/** The `aether` command itself: start-up errors in one line, and the microVM image build. */
+/** The `aether` command itself: start-up errors in one line, the roles' help, and the microVM image build. */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import { promisify } from 'node:util';
+import { ISOLATION_DRIVERS } from '../src/adapters/isolation/drivers.ts';
 import { ROOT } from './helpers/aether.ts';
 
 const run = promisify(execFile);
@@ -46,4 +47,14 @@ test('aether image build builds the guest image once and then finds it by conten
   const second = JSON.parse((await run(process.execPath, [CLI, 'image', 'build'])).stdout);
   assert.deepEqual(second, first);
   assert.ok(Date.now() - started < 15_000, 'the cached image is found, not rebuilt');
+});
+
+test('the help of serve and worker lists every isolation driver and what an instance is under it', async () => {
+  for (const role of ['serve', 'worker']) {
+    const { stdout } = await run(process.execPath, [CLI, role, '--help']);
+    assert.match(stdout, /^ {2}auto {9}the strongest one that really starts a function/m, role);
+    for (const [name, driver] of Object.entries(ISOLATION_DRIVERS)) {
+      assert.ok(stdout.includes(`\n  ${name.padEnd(12)} ${driver.what}\n`), `${role} --help: ${name}`);
+    }
+  }
 });

@@ -6,7 +6,7 @@
  */
 import fs from 'node:fs';
 import { Command, type CommanderError } from 'commander';
-import { ISOLATION_MODES } from '../adapters/isolation/drivers.js';
+import { ISOLATION_DRIVERS, ISOLATION_MODES } from '../adapters/isolation/drivers.js';
 import { loadClusterConfig, loadConfig, loadWorkerConfig } from '../config.js';
 import { errorMessage } from '../core/errors.js';
 import { clientCommands } from './commands/index.js';
@@ -15,7 +15,13 @@ import { untilSignal } from './until-signal.js';
 
 const { version } = JSON.parse(fs.readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
-const ISOLATION_HELP = `${ISOLATION_MODES.join(' | ')} (AETHER_ISOLATION; docs/configuration.md says what each is)`;
+const ISOLATION_HELP = `${ISOLATION_MODES.join(' | ')} (AETHER_ISOLATION; listed below)`;
+/** After the options of the roles that run functions: every driver and what an instance is under it. */
+const DRIVERS_HELP = [
+  '\nIsolation drivers, strongest first:',
+  `  ${'auto'.padEnd(12)} the strongest one that really starts a function on this host (the log says which and why)`,
+  ...Object.entries(ISOLATION_DRIVERS).map(([name, d]) => `  ${name.padEnd(12)} ${d.what}`),
+].join('\n');
 
 const program = new Command('aether')
   .description('Serverless functions in isolated sandboxes and microVMs')
@@ -41,6 +47,7 @@ program
   .option('-p, --port <port>', 'listen port (PORT)')
   .option('-d, --data-dir <dir>', 'data directory (AETHER_DATA_DIR)')
   .option('-i, --isolation <driver>', ISOLATION_HELP)
+  .addHelpText('after', DRIVERS_HELP)
   .action(async (opts: { port?: string; dataDir?: string; isolation?: string }) => {
     const env = { ...process.env };
     if (opts.port) env.PORT = opts.port;
@@ -65,6 +72,7 @@ program
   .description('run a cluster worker: instances of functions on this host, announced in etcd')
   .option('-p, --port <port>', 'listen port for gateways (PORT)')
   .option('-i, --isolation <driver>', ISOLATION_HELP)
+  .addHelpText('after', DRIVERS_HELP)
   .action(async (opts: { port?: string; isolation?: string }) => {
     const env = {
       ...process.env,

@@ -1,6 +1,7 @@
 /** The human-readable side of a run: aligned tables on stdout. */
 import type { BurstRow } from './burst.js';
 import type { ColdStartRow } from './cold-start.js';
+import type { LogFloodRow } from './log-flood.js';
 import type { ClusterVsSingle } from './compare.js';
 import type { MicroVmRow } from './microvm.js';
 import type { TargetCheck } from './targets.js';
@@ -98,6 +99,44 @@ export function throughputTable(rows: ThroughputRow[]): string {
       r.ratio_vs_nginx ?? '-',
       r.aether_instances,
       `${r.aether_failures}/${r.direct_failures}/${r.nginx_failures ?? '-'}`,
+    ]),
+  );
+}
+
+export function logFloodTable(rows: LogFloodRow[]): string {
+  return table(
+    'Warm latency (ms) while another function prints as fast as it can, against the same function idle (before and after) and while the other only spins',
+    [
+      'setup',
+      'driver',
+      'flood s',
+      'idle p50',
+      'p99',
+      'spin p50',
+      'flood p50',
+      'p99',
+      'x idle p50',
+      'x idle p99',
+      'x spin p50',
+      'printed',
+      'kept',
+      'dropped',
+    ],
+    rows.map((r) => [
+      r.setup,
+      r.driver,
+      r.flood_seconds,
+      fixed(r.idle.p50, 3),
+      fixed(r.idle.p99, 3),
+      fixed(r.spin.p50, 3),
+      fixed(r.flood.p50, 3),
+      fixed(r.flood.p99, 3),
+      r.ratio_p50,
+      r.ratio_p99,
+      r.ratio_spin_p50,
+      r.lines_printed,
+      r.lines_kept,
+      r.lines_dropped,
     ]),
   );
 }

@@ -8,6 +8,8 @@
  *   --microvm      in a --quick run, also boot one microVM (a full run without --cluster boots 5)
  *   --cluster      bubblewrap only, single node next to a cluster (1 gateway + 1 worker on real etcd,
  *                  Redis and S3 started for the run), and how the cluster compares
+ *   --logs         bubblewrap single node only: warm latency of one function while another prints as
+ *                  fast as it can for 30 s, as a ratio to the same function idle
  *   --json <file>  where to write the results (default bench/results/<ISO timestamp>.json)
  */
 import fs from 'node:fs';
@@ -22,9 +24,19 @@ import { measureColdStarts, type ColdStartRow } from './cold-start.js';
 import { compareClusterToSingle } from './compare.js';
 import { startDirect, type DirectServer } from './direct.js';
 import { functionFiles, MODES, type Mode } from './functions.js';
+import { type LogFloodOptions, type LogFloodRow, measureLogFlood } from './log-flood.js';
 import { startNginx } from './nginx.js';
 import { measureMicroVm, type MicroVmRow } from './microvm.js';
-import { burstTable, clusterTable, coldStartTable, microVmTable, targetsTable, throughputTable, warmLatencyTable } from './report.js';
+import {
+  burstTable,
+  clusterTable,
+  coldStartTable,
+  logFloodTable,
+  microVmTable,
+  targetsTable,
+  throughputTable,
+  warmLatencyTable,
+} from './report.js';
 import { checkTargets } from './targets.js';
 import { measureThroughput, type ThroughputOptions, type ThroughputRow } from './throughput.js';
 import { measureWarmLatency, type WarmLatencyRow, type WarmOptions } from './warm-latency.js';
@@ -32,6 +44,8 @@ import { measureWarmLatency, type WarmLatencyRow, type WarmOptions } from './war
 const DRIVERS = ['bwrap', 'gvisor'];
 /** The cluster runs the fastest sandbox, so that what it shows is the cluster's own cost. */
 const CLUSTER_DRIVER = 'bwrap';
+/** The log flood runs on the fastest sandbox too: what it shows is the cost of logging, not of isolation. */
+const LOGS_DRIVER = 'bwrap';
 
 interface Plan {
   coldSamples: number;
@@ -39,6 +53,7 @@ interface Plan {
   microVmSamples: number;
   warm: WarmOptions;
   throughput: ThroughputOptions;
+  logFlood: LogFloodOptions;
 }
 
 /**
@@ -50,12 +65,14 @@ const FULL: Plan = {
   microVmSamples: 5,
   warm: { warmup: 300, rounds: 4, perRound: 500 },
   throughput: { warmupSeconds: 0.5, rounds: 2, seconds: 2 },
+  logFlood: { floodSeconds: 30, spinSeconds: 10, idleSeconds: 10, warmup: 300 },
 };
 const QUICK: Plan = {
   coldSamples: 3,
   microVmSamples: 0,
   warm: { warmup: 50, rounds: 2, perRound: 100 },
   throughput: { warmupSeconds: 0.5, rounds: 1, seconds: 1 },
+  logFlood: { floodSeconds: 5, spinSeconds: 2, idleSeconds: 2, warmup: 50 },
 };
 
 /**
@@ -69,6 +86,7 @@ const { values: args } = parseArgs({
     quick: { type: 'boolean', default: false },
     cluster: { type: 'boolean', default: false },
     microvm: { type: 'boolean', default: false },
+    logs: { type: 'boolean', default: false },
     json: { type: 'string' },
   },
 });
@@ -84,7 +102,7 @@ const machine = {
   kernel: os.release(),
 };
 console.log(
-  `Aether bench ${startedAt.toISOString()}${args.quick ? ' (--quick: smoke run, few samples)' : ''}${args.cluster ? ' (--cluster: single node vs cluster, bwrap)' : ''}`,
+  `Aether bench ${startedAt.toISOString()}${args.quick ? ' (--quick: smoke run, few samples)' : ''}${args.cluster ? ' (--cluster: single node vs cluster, bwrap)' : ''}${args.logs ? ' (--logs: warm latency under a log flood, bwrap)' : ''}`,
 );
 console.log(
   `machine: ${machine.cpus} cpus (${machine.cpu_model}), ${machine.memory_gb} GiB, load average at start ${machine.load_average_start.join(' ')}, node ${machine.node}, linux ${machine.kernel}`,
@@ -94,23 +112,26 @@ const cold: ColdStartRow[] = [];
 const warm: WarmLatencyRow[] = [];
 const throughput: ThroughputRow[] = [];
 const bursts: BurstRow[] = [];
+const logFlood: LogFloodRow[] = [];
 type Ran = { ran: boolean; reason?: string };
 const drivers: Record<string, Ran> = {};
 let cluster: Ran | undefined;
 let microvm: (Ran & { cold_start?: MicroVmRow }) | undefined;
 
+// --logs compares a function with itself (idle, under a flood): no baselines, no other set-ups.
+const baselineModes = args.logs ? [] : MODES;
 const direct = new Map<Mode, DirectServer>();
 const nginx = new Map<Mode, DirectServer>();
-let nginxRan: Ran = { ran: true };
+let nginxRan: Ran = args.logs ? { ran: false, reason: 'not needed by --logs' } : { ran: true };
 try {
-  for (const mode of MODES) direct.set(mode, await startDirect(mode));
+  for (const mode of baselineModes) direct.set(mode, await startDirect(mode));
   try {
-    for (const mode of MODES) nginx.set(mode, await startNginx(direct.get(mode)!.url));
+    for (const mode of baselineModes) nginx.set(mode, await startNginx(direct.get(mode)!.url));
   } catch (err) {
     nginxRan = { ran: false, reason: err instanceof Error ? err.message : String(err) };
     console.log(`\nno nginx baseline: ${nginxRan.reason}`);
   }
-  for (const driver of args.cluster ? [CLUSTER_DRIVER] : DRIVERS) {
+  for (const driver of args.logs ? [] : args.cluster ? [CLUSTER_DRIVER] : DRIVERS) {
     drivers[driver] = await measure(driver, () => startSingleNode(driver));
   }
   if (args.cluster) {
@@ -125,9 +146,10 @@ try {
 } finally {
   await Promise.all([...direct.values(), ...nginx.values()].map((d) => d.stop()));
 }
+if (args.logs) drivers[LOGS_DRIVER] = await floodScenario();
 
 // After the sandboxes, with the baseline servers gone: a microVM boot wants every cycle it can get.
-if (plan.microVmSamples > 0 && !args.cluster) {
+if (plan.microVmSamples > 0 && !args.cluster && !args.logs) {
   progress(`microvm: ${plan.microVmSamples} cold boots of the qemu driver`);
   microvm = await measureMicroVm(plan.microVmSamples, progress).then(
     (row) => ({ ran: true, cold_start: row }),
@@ -171,7 +193,25 @@ async function measure(label: string, start: () => Promise<AetherServer>): Promi
   return { ran: true };
 }
 
-const targets = checkTargets(cold, warm, throughput, bursts);
+/** The --logs scenario on its own single node: nothing else runs meanwhile. */
+async function floodScenario(): Promise<Ran> {
+  let aether: AetherServer;
+  try {
+    aether = await startSingleNode(LOGS_DRIVER);
+  } catch (err) {
+    const reason = err instanceof Error ? err.message : String(err);
+    console.log(`\nskipping the log flood: Aether does not start: ${reason}`);
+    return { ran: false, reason };
+  }
+  try {
+    logFlood.push(await measureLogFlood(aether, plan.logFlood, progress));
+  } finally {
+    await aether.stop();
+  }
+  return { ran: true };
+}
+
+const targets = checkTargets(cold, warm, throughput, bursts, logFlood);
 const results = {
   started_at: startedAt.toISOString(),
   duration_s: Math.round((performance.now() - t0) / 100) / 10,
@@ -185,6 +225,7 @@ const results = {
   warm_latency: warm,
   throughput,
   burst: bursts,
+  ...(logFlood.length && { log_flood: logFlood }),
   targets,
 };
 
@@ -194,6 +235,7 @@ if (warm.length) console.log(warmLatencyTable(warm));
 if (throughput.length) console.log(throughputTable(throughput));
 if (bursts.length) console.log(burstTable(bursts));
 if (results.cluster_vs_single?.length) console.log(clusterTable(results.cluster_vs_single));
+if (logFlood.length) console.log(logFloodTable(logFlood));
 console.log(targetsTable(targets));
 
 const out = args.json ?? path.join(import.meta.dirname, 'results', `${startedAt.toISOString().replace(/[-:]|\.\d+/g, '')}.json`);

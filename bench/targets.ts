@@ -9,6 +9,7 @@
 import type { Setup } from './aether.js';
 import type { BurstRow } from './burst.js';
 import type { ColdStartRow } from './cold-start.js';
+import type { LogFloodRow } from './log-flood.js';
 import type { ThroughputRow } from './throughput.js';
 import type { WarmLatencyRow } from './warm-latency.js';
 
@@ -86,6 +87,11 @@ function burst(r: BurstRow, cold: ColdStartRow[]): TargetCheck[] {
   ];
 }
 
+/** Issue 8: another function printing as fast as it can costs a warm request at most 20 % of its idle latency. */
+function logFlood(r: LogFloodRow): TargetCheck[] {
+  return [check('warm p50 under a log flood vs idle', r, r.ratio_p50, '<=', 1.2, 'x')];
+}
+
 /** What needs pre-warmed pools, snapshots or real-app functions in the bench, none of which exist yet. */
 const NOT_IMPLEMENTED: TargetCheck[] = [
   notImplemented('cold start p50 from pool', 'bwrap', 25, 'ms'),
@@ -96,12 +102,19 @@ const NOT_IMPLEMENTED: TargetCheck[] = [
   notImplemented('microVM cold start p50 from snapshot', 'qemu', 1000, 'ms'),
 ];
 
-export function checkTargets(cold: ColdStartRow[], warm: WarmLatencyRow[], throughput: ThroughputRow[], bursts: BurstRow[]): TargetCheck[] {
+export function checkTargets(
+  cold: ColdStartRow[],
+  warm: WarmLatencyRow[],
+  throughput: ThroughputRow[],
+  bursts: BurstRow[],
+  floods: LogFloodRow[] = [],
+): TargetCheck[] {
   return [
     ...cold.flatMap(coldStart),
     ...throughput.flatMap(throughputVsNginx),
     ...warm.flatMap(warmOverhead),
     ...bursts.flatMap((b) => burst(b, cold)),
+    ...floods.flatMap(logFlood),
     ...NOT_IMPLEMENTED,
   ];
 }

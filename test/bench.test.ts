@@ -46,9 +46,9 @@ async function benchRun(args: string[], check: (r: any, stdout: string) => void)
     const r = JSON.parse(fs.readFileSync(jsonFile, 'utf8'));
     assert.equal(r.quick, true);
     check(r, stdout);
-    // The nginx baseline ran (setup installs it), and every target is judged on its number, or is a
-    // MISS with the reason it has none (what is not implemented yet is listed, not left out).
-    assert.deepEqual(r.nginx, { ran: true });
+    // The nginx baseline ran (setup installs it; --logs needs none), and every target is judged on its
+    // number, or is a MISS with the reason it has none (what is not implemented yet is listed, not left out).
+    assert.deepEqual(r.nginx, args.includes('--logs') ? { ran: false, reason: 'not needed by --logs' } : { ran: true });
     for (const t of r.targets) {
       if (t.value === null) assert.ok(!t.pass && t.note, JSON.stringify(t));
       else assert.equal(t.pass, t.must === '<=' ? t.value <= t.limit : t.value >= t.limit, JSON.stringify(t));
@@ -158,5 +158,27 @@ test('bench --quick --cluster measures a gateway + worker cluster next to a sing
     const cold = (setup: string) => r.cold_start.find((x: any) => x.setup === setup && x.mode === 'handler').aether.p50;
     assert.equal(r.cluster_vs_single.find((x: any) => x.metric === 'cold start p50' && x.mode === 'handler').cluster, cold('cluster'));
     assert.match(stdout, /Cluster \(1 gateway \+ 1 worker/);
+  });
+});
+
+test('bench --quick --logs measures warm latency under a log flood against idle, and accounts for every flood line', {
+  timeout: 120_000,
+}, async () => {
+  await benchRun(['--logs'], (r, stdout) => {
+    assert.deepEqual(r.drivers, { bwrap: { ran: true } });
+    assert.deepEqual([r.cold_start, r.warm_latency, r.throughput], [[], [], []], 'only the flood scenario runs');
+    assert.equal(r.log_flood.length, 1);
+    const row = r.log_flood[0];
+    assertNumbers(row, ['idle.p50', 'idle.p99', 'spin.p50', 'flood.p50', 'flood.p99', 'ratio_p50', 'ratio_spin_p50'], 'log_flood');
+    assert.equal(row.ratio_p50, Math.round((row.flood.p50 / row.idle.p50) * 100) / 100);
+    assert.ok(row.lines_printed > 10_000, `printed ${row.lines_printed}`);
+    assert.equal(row.lines_kept + row.lines_dropped, row.lines_printed, 'every printed line is kept or counted as dropped');
+    assert.ok(row.lines_kept <= (row.flood_seconds + 2) * 1000, `kept ${row.lines_kept} at 1000 lines/s`);
+    const flood = r.targets.filter((t: any) => t.target === 'warm p50 under a log flood vs idle');
+    assert.deepEqual(
+      flood.map((t: any) => [t.value, t.limit]),
+      [[row.ratio_p50, 1.2]],
+    );
+    assert.match(stdout, /Warm latency \(ms\) while another function prints as fast as it can/);
   });
 });

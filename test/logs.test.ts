@@ -117,17 +117,19 @@ describe('function logs on one node (bwrap)', () => {
     await a.deploy({ name: 'multi', concurrency: 1, env_vars: { API_KEY: SECRET } }, { 'handler.js': ECHO });
     const follower = await followLogs(a.url, 'multi');
     try {
-      // Concurrency 1 and three requests at once: three instances, none running when the client connected.
-      const res = await Promise.all([0, 1, 2].map((i) => a.invoke('multi', `/?tag=req${i}&n=2&wait=300`)));
+      // Concurrency 1 and three requests at once: more instances, none running when the client connected
+      // (how many depends on whether a request ends before a later instance is ready).
+      const res = await Promise.all([0, 1, 2].map((i) => a.invoke('multi', `/?tag=req${i}&n=2&wait=1000`)));
       assert.deepEqual(
         res.map((r) => r.status),
         [200, 200, 200],
       );
       const lines = await follower.waitFor((l) => l.filter((x) => x.stream === 'stdout').length === 6, 'six stdout lines');
-      const started = lines.filter((l) => l.event === 'started');
-      assert.equal(started.length, 3);
+      const started = new Set(lines.filter((l) => l.event === 'started').map((l) => l.instance_id));
       const stdout = lines.filter((l) => l.stream === 'stdout');
-      assert.equal(new Set(stdout.map((l) => l.instance_id)).size, 3);
+      const printedBy = new Set(stdout.map((l) => l.instance_id));
+      assert.ok(printedBy.size >= 2, `lines from ${printedBy.size} instances`);
+      for (const id of printedBy) assert.ok(started.has(id), 'each of them started after the client connected');
       assert.deepEqual(messages(stdout).sort(), ['req0 0', 'req0 1', 'req1 0', 'req1 1', 'req2 0', 'req2 1']);
       // Each event's id is the line's cursor: a reconnect with Last-Event-ID continues after it.
       const res2 = await fetch(`${a.url}/api/functions/multi/logs?follow=1`, {

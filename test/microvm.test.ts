@@ -214,6 +214,7 @@ describe('QEMU microVM driver (TCG)', () => {
         const os = require('node:os');
         const { execSync } = require('node:child_process');
         console.log('function loaded');
+        console.log('y'.repeat(40000));
         const attempt = (fn) => { try { fn(); return 'allowed'; } catch (err) { return err.code; } };
         const dial = (options) => new Promise((resolve) => {
           const s = net.connect(options);
@@ -286,6 +287,11 @@ describe('QEMU microVM driver (TCG)', () => {
     assert.deepEqual(JSON.parse((await get(instance, '/zombies')).body), { zombies: 0 }, 'init does not reap orphans');
 
     assert.ok(logs.stdout.includes('function loaded'), `stdout: ${JSON.stringify(logs.stdout)}`);
+    assert.deepEqual(
+      logs.stdout.filter((l) => l.startsWith('y')).map((l) => l.length),
+      [16384, 16384, 7232],
+      'a long line reaches the log in pieces of at most 16 KiB, as on every driver',
+    );
     assert.ok(logs.stderr.includes('info requested'), `stderr: ${JSON.stringify(logs.stderr)}`);
     assert.ok(!logs.stdout.concat(logs.stderr).some((l) => l.includes('hello from the host')), 'env values were logged');
 

@@ -277,6 +277,25 @@ describe('the driver against the double', () => {
     assert.equal(exit.reason, 'stopped');
   });
 
+  test("the guest's report of the agent's exit condemns the instance at once and ends it, whatever its power-off does", async () => {
+    process.env.FC_DOUBLE_GUEST = 'lingering';
+    const exiting = path.join(work, 'exiting');
+    await mkdir(exiting, { mode: 0o755 });
+    await writeFile(
+      path.join(exiting, 'index.js'),
+      "exports.handler = async (event) => { if (event.path === '/exit') setTimeout(() => process.exit(3), 50); return 'bye'; };\n",
+      { mode: 0o644 },
+    );
+    const instance = await driver.start(spec('lingering', { codeDir: exiting }));
+    assert.equal((await invoke(instance, '/exit')).body, 'bye');
+    assert.equal(await instance.condemned, 'exited with code 3');
+    await assert.rejects(instance.connect(), (err: AetherError) => err.code === 'instance_stopped');
+    const condemnedAt = Date.now();
+    const exit = await instance.exited; // the double never ends by itself: only the host's kill ends it
+    assert.ok(Date.now() - condemnedAt < 3000, `ended ${Date.now() - condemnedAt} ms after the report`);
+    assert.deepEqual([exit.code, exit.signal, exit.reason], [3, null, 'exited with code 3']);
+  });
+
   test("Firecracker's fault message is the start error, and nothing is left behind", async () => {
     process.env.FC_DOUBLE_GUEST = 'agent';
     const broken = new FirecrackerDriver(

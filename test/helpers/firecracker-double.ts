@@ -48,10 +48,13 @@ export const REQUIRED: Record<string, { definition?: string; fields: string[] }>
   'GET /': { fields: [] },
 };
 
-export type GuestBehaviour = 'agent' | 'deaf' | 'silent';
+export type GuestBehaviour = 'agent' | 'deaf' | 'silent' | 'lingering';
 
 export interface DoubleOptions {
-  /** agent: boots, runs the agent, stops on ctrl-alt-del; deaf: the same but ignores ctrl-alt-del; silent: never boots. */
+  /**
+   * agent: boots, runs the agent, stops on ctrl-alt-del; deaf: the same but ignores ctrl-alt-del; silent: never
+   * boots; lingering: reports the agent's exit but never finishes powering off.
+   */
   guest: GuestBehaviour;
   /** The serial console (Firecracker's stdout). */
   console(line: string): void;
@@ -383,7 +386,7 @@ class SimulatedGuest {
     }
     agent.once('close', (status, signal) => {
       this.log(`${INIT_EVENTS.agentExited}${signal ? 128 + constants.signals[signal] : status}`);
-      this.end();
+      if (this.opts.guest !== 'lingering') this.end();
     });
   }
 

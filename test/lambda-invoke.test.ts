@@ -30,6 +30,16 @@ const FAIL = `exports.handler = (event, context, callback) => {
 };`;
 const SLOW = `exports.handler = async (event) => { await new Promise((r) => setTimeout(r, event.ms)); return { slept: event.ms }; };`;
 const BIG = `exports.handler = async () => 'x'.repeat(7 * 1024 * 1024);`;
+const TALK = `exports.handler = async (event) => {
+  console.log('hello from ' + event.who);
+  await new Promise((r) => setTimeout(r, 20));
+  for (let i = 0; i < (event.lines ?? 0); i++) console.log(event.who + ' line ' + i + ' ' + '.'.repeat(80));
+  console.error('a warning for ' + event.who);
+  return 'ok';
+};`;
+
+/** The decoded X-Amz-Log-Result of an invocation. */
+const tailOf = (out: { LogResult?: string }) => Buffer.from(out.LogResult ?? '', 'base64').toString();
 
 function lambdaClient(url: string, credentials = KEY): LambdaClient {
   return new LambdaClient({ endpoint: url, region: 'eu-central-1', credentials, maxAttempts: 1 });
@@ -177,6 +187,32 @@ describe('Lambda Invoke API, single node', () => {
     assert.deepEqual(payload(await first), { slept: 1500 });
   });
 
+  test("LogType Tail: the last 4 KB of exactly this invocation's lines, up to its END line", async () => {
+    await a.deploy({ name: 'talk' }, { 'handler.js': TALK });
+    const [one, two] = await Promise.all(
+      ['one', 'two'].map((who) => invoke({ FunctionName: 'talk', LogType: 'Tail', Payload: encode({ who }) })),
+    );
+    for (const [out, who, other] of [
+      [one!, 'one', 'two'],
+      [two!, 'two', 'one'],
+    ] as const) {
+      const lines = tailOf(out).trimEnd().split('\n');
+      assert.deepEqual(
+        lines,
+        [`hello from ${who}`, `a warning for ${who}`, `END RequestId: ${out.$metadata.requestId}`],
+        `${who} (not ${other})`,
+      );
+    }
+    assert.equal((await invoke({ FunctionName: 'talk', Payload: encode({ who: 'quiet' }) })).LogResult, undefined, 'no tail unless asked');
+
+    const long = await invoke({ FunctionName: 'talk', LogType: 'Tail', Payload: encode({ who: 'long', lines: 100 }) });
+    const tail = tailOf(long);
+    assert.ok(Buffer.byteLength(tail) <= 4096 && Buffer.byteLength(tail) > 3500, `${Buffer.byteLength(tail)} bytes`);
+    assert.match(tail, /long line 99 \.+\n(a warning for long\n)?END RequestId: \S+\n$/);
+    assert.match(tail, /a warning for long/);
+    assert.doesNotMatch(tail, /hello from long/, 'only the last 4 KB');
+  });
+
   test('a server-mode function gets the event as POST /events and answers with the payload', async () => {
     await a.deploy({ name: 'server' }, { 'handler.js': SERVER_CJS });
     const got = payload(await invoke({ FunctionName: 'server', Payload: encode({ from: 'sdk' }) }));
@@ -216,7 +252,7 @@ describe('Lambda Invoke API, single node', () => {
     );
   });
 
-  test('the aws CLI (botocore): invoke, and a function error', {
+  test('the aws CLI (botocore): invoke, a function error, the log tail', {
     skip: !existsSync(AWS_CLI) && `${AWS_CLI} is missing: apt-get install awscli`,
   }, async () => {
     const dir = await mkdtemp(join(tmpdir(), 'aether-awscli-'));
@@ -239,6 +275,8 @@ describe('Lambda Invoke API, single node', () => {
           a.url,
           '--function-name',
           fn,
+          '--log-type',
+          'Tail',
           '--cli-binary-format',
           'raw-in-base64-out',
           '--payload',
@@ -257,6 +295,8 @@ describe('Lambda Invoke API, single node', () => {
       const failed = await cli('fail', '{"n":9}');
       assert.equal(failed.meta.FunctionError, 'Unhandled');
       assert.equal(failed.result.errorMessage, 'bad input: 9');
+      assert.ok(failed.meta.LogResult, JSON.stringify(failed.meta));
+      assert.match(Buffer.from(failed.meta.LogResult, 'base64').toString(), /handler failed .*TypeError: bad input: 9[\s\S]*END RequestId/);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
@@ -297,6 +337,10 @@ describe('Lambda Invoke API, cluster (gateway -> worker)', () => {
     assert.equal(payload(slow).errorType, 'Sandbox.Timedout');
     const missing = await lambdaError(client.send(new InvokeCommand({ FunctionName: 'nope' })));
     assert.equal(missing.name, 'ResourceNotFoundException');
+    await gateway.deploy({ name: 'talk' }, { 'handler.js': TALK });
+    const talked = await client.send(new InvokeCommand({ FunctionName: 'talk', LogType: 'Tail', Payload: encode({ who: 'worker' }) }));
+    assert.match(tailOf(talked), /^(hello from worker\na warning for worker|a warning for worker\nhello from worker)\nEND RequestId: /);
+    assert.ok(tailOf(talked).endsWith(`END RequestId: ${talked.$metadata.requestId}\n`));
 
     const http = await gateway.invoke('echo', '/p?q=1', { headers: { 'x-aether-invoke': '1' } });
     const { event } = await http.json();

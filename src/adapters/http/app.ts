@@ -55,7 +55,9 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     });
   }
   const { lambdaKeys } = opts;
-  if (lambdaKeys?.length) await app.register(async (scope) => lambdaApiRoutes(scope, { invoke: opts.invoke, keys: lambdaKeys }));
+  if (lambdaKeys?.length && api) {
+    await app.register(async (scope) => lambdaApiRoutes(scope, { invoke: opts.invoke, keys: lambdaKeys, logs: api.functions }));
+  }
   await app.register(async (scope) => invokeRoutes(scope, opts.invoke));
   return app;
 }

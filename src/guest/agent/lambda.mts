@@ -9,6 +9,8 @@ import {
   DEADLINE_HEADER,
   FUNCTION_ERROR_HEADER,
   INVOKE_HEADER,
+  LOG_END_HEADER,
+  LOG_END_LINE,
   REQUEST_ID_HEADER,
   SOURCE_IP_HEADER,
 } from './protocol.mjs';
@@ -37,7 +39,7 @@ export function lambdaResponder(handler: LambdaHandler, config: AgentConfig): Re
       deadline: Number(header(req, DEADLINE_HEADER)) || time + DEFAULT_DEADLINE_MS,
     };
     if (req.headers[INVOKE_HEADER]) {
-      await answerInvoke(res, handler, body, config, inv);
+      await answerInvoke(res, handler, body, config, inv, req.headers[LOG_END_HEADER] !== undefined);
       return;
     }
     const event = toEvent(format, {
@@ -74,6 +76,7 @@ async function answerInvoke(
   body: Buffer,
   config: AgentConfig,
   inv: Invocation,
+  logEnd: boolean,
 ): Promise<void> {
   let payload: string;
   let failed = false;
@@ -87,6 +90,8 @@ async function answerInvoke(
   }
   const headers: Record<string, string> = { 'content-type': 'application/json' };
   if (failed) headers[FUNCTION_ERROR_HEADER] = 'Unhandled';
+  // On both streams (tagged, like all its lines): the host has every line once it has both.
+  if (logEnd) for (const stream of [process.stdout, process.stderr]) stream.write(`${LOG_END_LINE}${inv.requestId}\n`);
   write(res, { status: 200, headers, body: Buffer.from(payload) });
 }
 

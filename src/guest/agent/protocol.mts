@@ -84,6 +84,13 @@ export const INVOKE_HEADER = 'x-aether-invoke';
 export const INVOKE_PATH = '/events';
 /** On the agent's answer to an Invoke API call: the handler failed (`Unhandled`), the body says how. */
 export const FUNCTION_ERROR_HEADER = 'x-aether-function-error';
+/**
+ * On an Invoke API call whose client wants the log tail: once the handler settled, the agent writes
+ * LOG_END_LINE and the request id as the invocation's last line on stdout and on stderr; with both,
+ * the host has all its lines (the two streams reach it independently).
+ */
+export const LOG_END_HEADER = 'x-aether-log-end';
+export const LOG_END_LINE = 'END RequestId: ';
 
 /**
  * Handler mode tags each line an invocation writes to stdout/stderr with its request id:

@@ -4,10 +4,19 @@
  * headers, status codes and error shapes. The event reaches the instance like an HTTP invocation does
  * (same leases, retries and records), marked so that the agent hands it to the handler unchanged.
  */
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { FUNCTION_ARN_PREFIX, FUNCTION_ERROR_HEADER, INVOKE_HEADER, INVOKE_PATH } from '../../../guest/agent/protocol.mjs';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import {
+  FUNCTION_ARN_PREFIX,
+  FUNCTION_ERROR_HEADER,
+  INVOKE_HEADER,
+  INVOKE_PATH,
+  LOG_END_HEADER,
+  LOG_END_LINE,
+} from '../../../guest/agent/protocol.mjs';
 import { AetherError } from '../../../core/errors.js';
+import type { FunctionService } from '../../../core/functions.js';
 import { newInvocationId } from '../../../core/invocations.js';
+import type { LogLine } from '../../../core/logs.js';
 import type { FunctionRecord } from '../../../core/types.js';
 import { toAetherError } from '../errors.js';
 import { exchange } from '../forward.js';
@@ -23,7 +32,14 @@ const LATEST = '$LATEST';
 export interface LambdaApiOptions {
   invoke: InvokeDeps;
   keys: AccessKey[];
+  /** Function logs, for X-Amz-Log-Type: Tail. */
+  logs: Pick<FunctionService, 'followLogs'>;
 }
+
+/** Lambda's log tail: the last 4 KB of the invocation's lines. */
+const TAIL_BYTES = 4096;
+/** How long the answer waits for the invocation's last line to reach the log store. */
+const TAIL_WAIT_MS = 2000;
 
 type InvokeRequest = FastifyRequest<{ Params: { name: string }; Querystring: { Qualifier?: string }; Body: Buffer | undefined }>;
 
@@ -56,20 +72,41 @@ export async function lambdaApiRoutes(app: FastifyInstance, opts: LambdaApiOptio
     if (type !== 'RequestResponse') {
       throw invalidParameter(`InvocationType must be RequestResponse, Event or DryRun, not ${String(type)}`);
     }
+    const logType = req.headers['x-amz-log-type'] ?? 'None';
+    if (logType !== 'None' && logType !== 'Tail') throw invalidParameter(`LogType must be None or Tail, not ${String(logType)}`);
     const event = jsonPayload(req.body);
-    return invokeSync(opts.invoke, fn, event, { id, requestId: id, started }, reply);
+    const ids = { id, requestId: id, started };
+    let answer: SyncAnswer;
+    if (logType === 'Tail') {
+      // The log is followed from before the invocation starts: none of its lines can be missed.
+      const abort = new AbortController();
+      let timer: NodeJS.Timeout | undefined;
+      try {
+        const tail = logTail(await opts.logs.followLogs(fn.id, { request_id: id }, { since: started }, abort.signal), id, abort);
+        answer = await invokeSync(opts.invoke, fn, event, ids, true);
+        timer = setTimeout(() => abort.abort(), TAIL_WAIT_MS);
+        void reply.header('X-Amz-Log-Result', Buffer.from(await tail).toString('base64'));
+      } finally {
+        clearTimeout(timer);
+        abort.abort();
+      }
+    } else {
+      answer = await invokeSync(opts.invoke, fn, event, ids, false);
+    }
+    if (answer.functionError) void reply.header('X-Amz-Function-Error', answer.functionError);
+    return reply.status(200).header('content-type', 'application/json').send(answer.body);
   });
 }
 
 const EMPTY = Buffer.alloc(0);
 
-async function invokeSync(
-  deps: InvokeDeps,
-  fn: FunctionRecord,
-  event: Buffer,
-  ids: InvocationIds,
-  reply: FastifyReply,
-): Promise<FastifyReply> {
+/** The payload (the result, or the error report) and whether the function failed. */
+interface SyncAnswer {
+  body: Buffer;
+  functionError?: string;
+}
+
+async function invokeSync(deps: InvokeDeps, fn: FunctionRecord, event: Buffer, ids: InvocationIds, logEnd: boolean): Promise<SyncAnswer> {
   const { result, failure } = await runInvocation(deps, fn, ids, {
     prepare: async () => event,
     send: async (lease, _prepared, sofar) => {
@@ -80,7 +117,7 @@ async function invokeSync(
         connections: lease.remote?.maxConnections ?? fn.concurrency,
         extraHeaders: lease.remote?.headers,
         instanceId: sofar.instanceId,
-        headers: { 'content-type': 'application/json', [INVOKE_HEADER]: '1' },
+        headers: { 'content-type': 'application/json', [INVOKE_HEADER]: '1', ...(logEnd ? { [LOG_END_HEADER]: '1' } : {}) },
         body: event,
         maxResponseBytes: MAX_SYNC_PAYLOAD_BYTES,
       });
@@ -90,16 +127,38 @@ async function invokeSync(
       return { ...out, status: 200, functionError, error: functionError ? describeFunctionError(out.body, out.status) : out.error };
     },
   });
-  const answer = result ?? platformFailure(failure.error, ids.requestId, fn);
-  if (answer.functionError) void reply.header('X-Amz-Function-Error', answer.functionError);
-  return reply.status(200).header('content-type', 'application/json').send(answer.body);
+  return result ?? platformFailure(failure.error, ids.requestId, fn);
+}
+
+/**
+ * The invocation's last TAIL_BYTES of log lines: collected until the agent's end line arrives (or
+ * TAIL_WAIT_MS after the answer is ready: a server-mode function writes none, a crashed one may not).
+ */
+async function logTail(batches: AsyncIterable<LogLine[]>, requestId: string, abort: AbortController): Promise<string> {
+  const end = `${LOG_END_LINE}${requestId}`;
+  const ended = new Set<string>();
+  let text = '';
+  try {
+    for await (const batch of batches) {
+      for (const line of batch) {
+        if (line.message === end) ended.add(line.stream);
+        else text = `${text}${line.message}\n`.slice(-TAIL_BYTES * 2);
+      }
+      if (ended.size === 2) break;
+    }
+  } catch (err) {
+    if (!abort.signal.aborted) throw err;
+  }
+  if (ended.size > 0) text += `${end}\n`; // once, last, as Lambda's END line
+  const bytes = Buffer.from(text);
+  return bytes.length <= TAIL_BYTES ? text : bytes.subarray(bytes.length - TAIL_BYTES).toString();
 }
 
 /**
  * Failures of the function's run are Lambda function errors (200 with X-Amz-Function-Error, as Lambda
  * reports a timeout or a crashed runtime); the others are API errors in Lambda's shape.
  */
-function platformFailure(err: AetherError, requestId: string, fn: FunctionRecord): { body: Buffer; functionError: string } {
+function platformFailure(err: AetherError, requestId: string, fn: FunctionRecord): SyncAnswer {
   const functionError = (errorType: string, message: string) => ({
     functionError: 'Unhandled',
     body: Buffer.from(JSON.stringify({ errorType, errorMessage: `RequestId: ${requestId} Error: ${message}` })),

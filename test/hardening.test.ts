@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
 import { after, before, describe, test } from 'node:test';
-import { sandboxDrivers, startAether, type Aether } from './helpers/aether.ts';
+import { ROOT, sandboxDrivers, startAether, type Aether } from './helpers/aether.ts';
 import { until } from './helpers/wait.ts';
 
 /** Echoes how many body bytes it got, in server mode and in handler mode. */
@@ -211,6 +211,47 @@ for (const driver of sandboxDrivers()) {
         connected.every((n) => n > 200),
         `connections made per instance: ${connected}`,
       );
+    });
+  });
+}
+
+/** What an instance can see of the host that runs it: processes' command lines and environments, mounts, /dev. */
+const LAYOUT = `const fs = require('fs');
+const read = (p) => { try { return fs.readFileSync(p, 'utf8'); } catch (e) { return e.code; } };
+const tryWrite = (p) => { try { fs.writeFileSync(p, 'x'); fs.unlinkSync(p); return 'written'; } catch (e) { return e.code; } };
+exports.handler = async () => {
+  const pids = fs.readdirSync('/proc').filter((p) => /^\\d+$/.test(p));
+  const shm = fs.statfsSync('/dev/shm');
+  return { statusCode: 200, body: JSON.stringify({
+    cmdlines: pids.map((p) => read('/proc/' + p + '/cmdline').split('\\0').join(' ')),
+    environs: pids.map((p) => read('/proc/' + p + '/environ').split('\\0').join(' ')),
+    mounts: read('/proc/self/mountinfo'),
+    dev: tryWrite('/dev/probe'),
+    shm: tryWrite('/dev/shm/probe'),
+    shmBytes: shm.blocks * shm.bsize,
+  }) };
+};`;
+
+for (const driver of sandboxDrivers()) {
+  describe(`what a function sees of the host (${driver})`, () => {
+    let a: Aether;
+    before(async () => {
+      a = await startAether({ isolation: driver, env: { AETHER_TMP_MB: '16' } });
+    });
+    after(() => a?.stop());
+
+    test('no host paths in command lines or environments, /dev read-only, a sized /dev/shm', async () => {
+      const { code_hash: hash } = await a.deploy({ name: 'layout', memory_mb: 96 }, { 'handler.js': LAYOUT });
+      const res = await a.invoke('layout');
+      assert.equal(res.status, 200);
+      const seen = await res.json();
+      for (const what of [...seen.cmdlines, ...seen.environs]) {
+        for (const secret of [a.dataDir, ROOT, hash]) assert.ok(!what.includes(secret), `${secret} shows in: ${what}`);
+      }
+      assert.ok(!seen.mounts.includes(ROOT), `the checkout path shows in the mount table:\n${seen.mounts}`);
+      assert.notEqual(seen.dev, 'written');
+      // Sized like /tmp where it is writable (bwrap); gVisor's is not writable by the function at all.
+      if (seen.shm === 'written' || driver === 'bwrap') assert.equal(seen.shmBytes, 16 * 1024 * 1024);
     });
   });
 }

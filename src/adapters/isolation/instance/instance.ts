@@ -39,6 +39,8 @@ export interface InstancePlan {
   env?: Record<string, string>;
   /** Default: stdin, stdout and stderr as pipes. */
   stdio?: StdioOptions;
+  /** Its working directory (default: Aether's). */
+  cwd?: string;
   /** Owned by the instance from here on, closed when it ends: connections, and a kill on an auth failure. */
   channel?: InstanceChannel;
   /**
@@ -103,7 +105,7 @@ export class Instance implements InstanceHandle {
     this.output = new InstanceOutput(plan.onLog);
     this.condemned = new Promise((resolve) => (this.condemn = resolve));
     // detached: its own process group, so that signals reach everything it started, and none meant for the host reach it.
-    this.child = spawn(plan.command, plan.args, { env: plan.env, stdio: plan.stdio ?? 'pipe', detached: true });
+    this.child = spawn(plan.command, plan.args, { env: plan.env, cwd: plan.cwd, stdio: plan.stdio ?? 'pipe', detached: true });
     this.child.stdin?.on('error', () => {}); // EPIPE when it dies early: the exit path reports that
     this.ended = processExit(this.child).then((exit) => {
       this.hasEnded = true;

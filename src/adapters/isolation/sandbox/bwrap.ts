@@ -2,25 +2,41 @@
  * bubblewrap driver: each instance is `bwrap` with every namespace unshared (network: loopback only),
  * running as its own unprivileged uid with no new privileges, inside its cgroups. The filesystem is
  * the read-only skeleton of rootfs.ts.
+ *
+ * What the instance sees of its host is kept neutral: bwrap is its PID 1, so its options (which name
+ * host paths) go in on descriptor 3 rather than on its command line, it runs with an empty environment
+ * in `/`, and /dev is read-only with a /dev/shm as small as /tmp. Bind mounts still show their
+ * source's path inside its filesystem in /proc/self/mountinfo (the data dir's code and channel dirs,
+ * the state dir's root and agent): bwrap has no way around that; gVisor presents its own mount table.
  */
 import type { InstanceHandle, InstanceSpec, IsolationDriver } from '../../../core/ports.js';
 import { agentNodeArgs } from '../../../guest/agent-files.js';
 import { GUEST_PATHS } from '../../../guest/agent/protocol.mjs';
+import { commandPath } from '../command-path.js';
 import { launchSandboxed, type Sandbox, type SandboxCommand, type SandboxHost } from './host.js';
 
 const MB = 1024 * 1024;
 
 /**
- * Runs as root: enters the cgroups (each `cgroup.procs` path given before `--`), lowers the open
- * files limit (soft and hard: the instance cannot raise it again) to $1, then execs the rest. The
- * pid stays the same through every exec, so nothing runs outside the cgroups, ever.
+ * Runs as root: enters the cgroups (each `cgroup.procs` path given
+ * before `--`), lowers the open files limit (soft and hard: the instance cannot raise it again) to
+ * the next argument, then execs the rest. The pid stays the same through every exec, so nothing runs
+ * outside the cgroups, ever.
  */
 const ENTER_CGROUPS = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 1; shift; done; shift; ulimit -n "$1" || exit 1; shift; exec "$@"';
 
 export class BwrapDriver implements IsolationDriver {
   readonly name = 'bwrap';
+  /** Absolute paths: the sandbox's host processes run without PATH (their environment is visible inside). */
+  private readonly commands: Promise<{ setpriv: string; bwrap: string }>;
 
-  constructor(private readonly host: SandboxHost) {}
+  constructor(private readonly host: SandboxHost) {
+    this.commands = Promise.all([commandPath('setpriv', host.hostPath), commandPath('bwrap', host.hostPath)]).then(([setpriv, bwrap]) => ({
+      setpriv,
+      bwrap,
+    }));
+    this.commands.catch(() => {}); // reported by the first start
+  }
 
   /** The per-Aether cgroup parent would otherwise stay behind, empty, in every controller. */
   close(): Promise<void> {
@@ -31,10 +47,11 @@ export class BwrapDriver implements IsolationDriver {
     return launchSandboxed(this.host, spec, async (sandbox) => this.command(spec, sandbox));
   }
 
-  private command(spec: InstanceSpec, { uid, cgroup, channel }: Sandbox): SandboxCommand {
+  private async command(spec: InstanceSpec, { uid, cgroup, channel }: Sandbox): Promise<SandboxCommand> {
     const { root, agentDir, nodePath, tmpMb } = this.host;
+    const { setpriv, bwrap } = await this.commands;
     const id = String(uid);
-    const bwrap = [
+    const options = [
       ...['--unshare-all', '--unshare-user', '--disable-userns', '--die-with-parent', '--new-session'],
       ...['--uid', id, '--gid', id, '--hostname', 'fn', '--clearenv'],
       ...['--ro-bind', root.dir, '/'],
@@ -43,12 +60,11 @@ export class BwrapDriver implements IsolationDriver {
       ...['--ro-bind', agentDir, GUEST_PATHS.agent],
       ...['--ro-bind', channel.dir, GUEST_PATHS.run],
       ...['--proc', '/proc', '--dev', '/dev'],
+      ...['--size', String(tmpMb * MB), '--tmpfs', '/dev/shm', '--remount-ro', '/dev'],
       ...['--size', String(tmpMb * MB), '--tmpfs', '/tmp'],
-      '--',
-      nodePath,
-      ...agentNodeArgs(spec.memoryMb, GUEST_PATHS.agent),
     ];
-    const setpriv = ['setpriv', '--reuid', id, '--regid', id, '--clear-groups', '--no-new-privs'];
+    const dropPrivileges = [setpriv, '--reuid', id, '--regid', id, '--clear-groups', '--no-new-privs'];
+    const limit = String(this.host.openFilesLimit);
     return {
       command: '/bin/sh',
       args: [
@@ -57,12 +73,17 @@ export class BwrapDriver implements IsolationDriver {
         'aether-sandbox',
         ...cgroup.procsFiles,
         '--',
-        String(this.host.openFilesLimit),
-        ...setpriv,
-        'bwrap',
-        ...bwrap,
+        limit,
+        ...dropPrivileges,
+        bwrap,
+        '--args',
+        '3',
+        '--',
+        nodePath,
+        ...agentNodeArgs(spec.memoryMb, GUEST_PATHS.agent),
       ],
-      env: { PATH: this.host.hostPath },
+      env: {},
+      input3: options.map((option) => `${option}\0`).join(''),
     };
   }
 }

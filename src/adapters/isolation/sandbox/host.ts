@@ -3,7 +3,8 @@
  * stderr are the function's, its token goes in on stdin), and for bwrap and gVisor also a uid of its
  * own, cgroups with its limits and its channel, all undone once the sandbox is gone (or failed to start).
  */
-import { readdir, realpath, rm } from 'node:fs/promises';
+import { chmod, cp, readdir, realpath, rename, rm, stat } from 'node:fs/promises';
+import type { Writable } from 'node:stream';
 import path from 'node:path';
 import type { InstanceHandle, InstanceSpec } from '../../../core/ports.js';
 import { agentDir } from '../../../guest/agent-files.js';
@@ -44,7 +45,28 @@ export async function prepareSandboxHost(opts: SandboxOptions): Promise<SandboxH
   if (!root.runtimeBinds.some((dir) => nodePath.startsWith(`${dir}/`))) {
     throw new Error(`node (${nodePath}) is outside the directories mounted into sandboxes (${root.runtimeBinds.join(', ')})`);
   }
-  return { ...opts, root, agentDir: agentDir(), nodePath, hostPath: process.env.PATH || '/usr/sbin:/usr/bin:/sbin:/bin' };
+  const agent = await copyAgent(opts.stateDir);
+  return { ...opts, root, agentDir: agent, nodePath, hostPath: process.env.PATH || '/usr/sbin:/usr/bin:/sbin:/bin' };
+}
+
+/**
+ * The agent as instances mount it: a copy in the state dir, readable by every uid, so that sandboxes
+ * neither see the path of Aether's own installation (in their mount table) nor need to get through
+ * it (a checkout in a private home directory).
+ */
+async function copyAgent(stateDir: string): Promise<string> {
+  const dir = path.join(stateDir, 'agent');
+  const fresh = `${dir}.${process.pid}`;
+  await rm(fresh, { recursive: true, force: true });
+  await cp(agentDir(), fresh, { recursive: true });
+  for (const entry of ['', ...(await readdir(fresh, { recursive: true }))]) {
+    const file = path.join(fresh, entry);
+    await chmod(file, (await stat(file)).isDirectory() ? 0o755 : 0o644);
+  }
+  // Running instances keep the copy they mounted; new ones get this one.
+  await rm(dir, { recursive: true, force: true });
+  await rename(fresh, dir);
+  return dir;
 }
 
 export interface Sandbox {
@@ -58,6 +80,8 @@ export interface SandboxCommand {
   args: string[];
   /** The whole environment of the process (nothing is inherited from the host). */
   env: Record<string, string>;
+  /** Written to the process's descriptor 3, then closed (bwrap reads its options there: `--args 3`). */
+  input3?: string;
   /** Driver-specific teardown (e.g. runsc state), run after the process is gone, before the cgroup goes. */
   cleanup?(): Promise<void>;
 }
@@ -71,10 +95,17 @@ export function agentProcess(spec: InstanceSpec, channel: InstanceChannel, comma
     command: command.command,
     args: command.args,
     env: command.env,
+    stdio: command.input3 === undefined ? undefined : ['pipe', 'pipe', 'pipe', 'pipe'],
+    cwd: '/', // a sandbox's host processes may be visible inside it (bwrap's PID 1): nothing of Aether's paths
     channel,
     start: async (child, output) => {
       output.function('stdout', child.stdout!);
       output.function('stderr', child.stderr!);
+      if (command.input3 !== undefined) {
+        const fd3 = child.stdio[3] as Writable;
+        fd3.on('error', () => {}); // EPIPE when it dies early: the exit path reports that
+        fd3.end(command.input3);
+      }
       // The agent blocks on stdin until this, and fetches its config with the token.
       child.stdin!.end(`${channel.token}\n`);
       await channel.ready;

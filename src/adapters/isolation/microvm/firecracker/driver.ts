@@ -28,6 +28,7 @@ import {
 } from '../../../../guest/agent/protocol.mjs';
 import { buildImage, type GuestImage, type KernelChoice } from '../../../../guest/image/build-image.js';
 import { agentConfig, openChannel, type InstanceChannel } from '../../channel.js';
+import { commandPath } from '../../command-path.js';
 import { launchInstance } from '../../instance/instance.js';
 import type { InstanceOutput } from '../../instance/output.js';
 import { CodeDisks } from '../code-disk.js';
@@ -92,7 +93,7 @@ export class FirecrackerDriver implements IsolationDriver {
   static async create(opts: FirecrackerDriverOptions): Promise<FirecrackerDriver> {
     const { jailer } = opts;
     // The jailer needs the binary's path (--exec-file).
-    const binary = jailer ? await onPath(opts.binary ?? 'firecracker') : (opts.binary ?? 'firecracker');
+    const binary = jailer ? await commandPath(opts.binary ?? 'firecracker') : (opts.binary ?? 'firecracker');
     if (jailer)
       await access(jailer.jailer, constants.X_OK).catch(() => {
         throw new Error(`the jailer ${jailer.jailer} (FIRECRACKER_JAILER) is not an executable file`);
@@ -367,22 +368,6 @@ async function listenForOutput(placement: Placement, output: InstanceOutput, ser
     await once(server, 'listening');
     if (placement.owner) await chown(socketPath, placement.owner.uid, placement.owner.gid);
   }
-}
-
-/** The executable `name` would run: the jailer takes a path. */
-async function onPath(name: string): Promise<string> {
-  if (name.includes('/')) return path.resolve(name);
-  for (const dir of (process.env.PATH ?? '').split(':').filter(Boolean)) {
-    const file = path.resolve(dir, name);
-    if (
-      await access(file, constants.X_OK).then(
-        () => true,
-        () => false,
-      )
-    )
-      return file;
-  }
-  throw new Error(`${name} not found on PATH`);
 }
 
 const rootDrive = (rootfs: string) => ({ drive_id: 'rootfs', path_on_host: rootfs, is_root_device: true, is_read_only: true });

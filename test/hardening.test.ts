@@ -6,6 +6,8 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { ROOT, sandboxDrivers, startAether, type Aether } from './helpers/aether.ts';
 import { until } from './helpers/wait.ts';
@@ -255,3 +257,32 @@ for (const driver of sandboxDrivers()) {
     });
   });
 }
+
+describe('bwrap with Aether or its data under a private (0700) directory', () => {
+  // Stands for a home directory such as /root: only its owner may pass through.
+  const home = fs.mkdtempSync(path.join(os.tmpdir(), 'aether-home-'));
+  fs.chmodSync(home, 0o700);
+  after(() => fs.rmSync(home, { recursive: true, force: true }));
+
+  test('an installation there works: instances get a copy of the agent', { timeout: 60_000 }, async () => {
+    const install = path.join(home, 'aether');
+    fs.mkdirSync(install);
+    fs.cpSync(path.join(ROOT, 'dist'), path.join(install, 'dist'), { recursive: true });
+    fs.copyFileSync(path.join(ROOT, 'package.json'), path.join(install, 'package.json'));
+    fs.symlinkSync(path.join(ROOT, 'node_modules'), path.join(install, 'node_modules'));
+    const a = await startAether({ isolation: 'bwrap', root: install });
+    try {
+      await a.deploy({ name: 'echo', memory_mb: 96 }, { 'handler.js': HANDLER_ECHO });
+      assert.equal(await (await a.invoke('echo', '/', { method: 'POST', body: 'hi' })).text(), '2');
+    } finally {
+      await a.stop();
+    }
+  });
+
+  test('a data dir there: the start says which directory and what to change', async () => {
+    const dataDir = path.join(home, 'data');
+    await assert.rejects(startAether({ isolation: 'bwrap', dataDir }), (err: Error) =>
+      err.message.includes(`${home} (mode 0700) does not let other users through. Run \`chmod o+x ${home}\``),
+    );
+  });
+});

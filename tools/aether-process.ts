@@ -22,6 +22,8 @@ export interface LaunchOptions {
   env?: Record<string, string>;
   /** Each line Aether writes, stdout and stderr, for as long as it runs. */
   onLine?: (line: string) => void;
+  /** The installation to run (its root, holding dist/): default this checkout. */
+  root?: string;
 }
 
 export interface AetherProcess {
@@ -36,7 +38,7 @@ export interface AetherProcess {
 
 /** Starts Aether; rejects (with its last words) if it exits or stays silent before serving. */
 export async function launchAether(opts: LaunchOptions): Promise<AetherProcess> {
-  const proc = spawn(process.execPath, [path.join(ROOT, 'dist/cli/main.js'), opts.role], {
+  const proc = spawn(process.execPath, [path.join(opts.root ?? ROOT, 'dist/cli/main.js'), opts.role], {
     env: {
       ...process.env,
       PORT: '0',

@@ -30,7 +30,7 @@ export function makeZip(files: Record<string, string>): Uint8Array<ArrayBuffer> 
 }
 
 export async function startAether(
-  opts: { role?: 'serve' | 'gateway' | 'worker'; isolation?: string; env?: Record<string, string>; dataDir?: string } = {},
+  opts: { role?: 'serve' | 'gateway' | 'worker'; isolation?: string; env?: Record<string, string>; dataDir?: string; root?: string } = {},
 ): Promise<Aether> {
   const dataDir = opts.dataDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'aether-test-'));
   const logs: string[] = [];
@@ -41,6 +41,7 @@ export async function startAether(
     isolation: opts.isolation ?? 'auto',
     env: opts.env,
     onLine: (line) => logs.push(line),
+    root: opts.root,
   });
 
   const a: Aether = {

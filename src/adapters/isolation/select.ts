@@ -77,6 +77,7 @@ const CANDIDATES: Candidate[] = [
     version: async (host) => {
       const { stdout } = await run('bwrap', ['--version'], { env: { PATH: host.hostPath } });
       await run('setpriv', ['--version'], { env: { PATH: host.hostPath } });
+      await BwrapDriver.checkReachable(host);
       return stdout.trim();
     },
     create: (host) => new BwrapDriver(host),
@@ -135,10 +136,14 @@ export async function selectDriver(mode: IsolationMode, opts: SelectOptions): Pr
     }
   }
   const candidates = CANDIDATES.filter((c) => mode === 'auto' || c.name === mode);
+  const missing: string[] = [];
   for (const candidate of candidates) {
     try {
       const version = await candidate.version(host).catch((err: NodeJS.ErrnoException) => {
-        throw new Error(err.code === 'ENOENT' ? `not installed (${ISOLATION_DRIVERS[candidate.name].install})` : err.message);
+        if (err.code !== 'ENOENT') throw err;
+        const { install } = ISOLATION_DRIVERS[candidate.name];
+        missing.push(install);
+        throw new Error(`not installed (${install})`);
       });
       const driver = candidate.create(host);
       const ms = await probe(driver, host, opts.probeTimeoutMs ?? 15_000);
@@ -148,10 +153,11 @@ export async function selectDriver(mode: IsolationMode, opts: SelectOptions): Pr
       failures.push(`${candidate.name}: ${errorMessage(err)}`);
     }
   }
-  const fix = candidates.map((c) => ISOLATION_DRIVERS[c.name].install).join(' or ');
+  // Suggest installing only what is missing: a sandbox that is there but failed says why above.
+  const install = missing.length > 0 ? `${missing.join(' or ')}, and ` : '';
   throw new Error(
     `no working isolation for "${mode}" on this host: ${failures.join('; ')}. ` +
-      `To fix: ${fix}, and run Aether as root with the cgroup v1 memory, pids and cpu controllers mounted under /sys/fs/cgroup. ` +
+      `To fix: ${install}run Aether as root with the cgroup v1 memory, pids and cpu controllers mounted under /sys/fs/cgroup. ` +
       '(AETHER_ISOLATION=none runs functions without any isolation: development with trusted code only.)',
   );
 }

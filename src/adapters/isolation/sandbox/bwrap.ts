@@ -13,7 +13,7 @@ import type { InstanceHandle, InstanceSpec, IsolationDriver } from '../../../cor
 import { agentNodeArgs } from '../../../guest/agent-files.js';
 import { GUEST_PATHS } from '../../../guest/agent/protocol.mjs';
 import { commandPath } from '../command-path.js';
-import { launchSandboxed, type Sandbox, type SandboxCommand, type SandboxHost } from './host.js';
+import { launchSandboxed, type Sandbox, type SandboxCommand, type SandboxHost, untraversable } from './host.js';
 
 const MB = 1024 * 1024;
 
@@ -36,6 +36,23 @@ export class BwrapDriver implements IsolationDriver {
       bwrap,
     }));
     this.commands.catch(() => {}); // reported by the first start
+  }
+
+  /**
+   * Sandboxes run as other users: every directory above the data dir must let them through. Says
+   * exactly which one does not and what to change, rather than letting bwrap fail to start.
+   */
+  static async checkReachable(host: SandboxHost): Promise<void> {
+    for (const dir of [host.runDir, host.stateDir]) {
+      const blocking = await untraversable(dir);
+      if (blocking) {
+        const mode = blocking.mode.toString(8).padStart(4, '0');
+        throw new Error(
+          `sandbox uids cannot reach ${dir}: ${blocking.dir} (mode ${mode}) does not let other users through. ` +
+            `Run \`chmod o+x ${blocking.dir}\` (they need to pass through it, not to read it), or set AETHER_DATA_DIR to a directory outside it`,
+        );
+      }
+    }
   }
 
   /** The per-Aether cgroup parent would otherwise stay behind, empty, in every controller. */

@@ -69,6 +69,21 @@ async function copyAgent(stateDir: string): Promise<string> {
   return dir;
 }
 
+/** The first directory on the way to `dir` (itself included) that other users, and so sandboxes, cannot pass through. */
+export async function untraversable(dir: string): Promise<{ dir: string; mode: number } | undefined> {
+  let current = '/';
+  for (const part of ['', ...path.resolve(dir).split('/').filter(Boolean)]) {
+    current = path.join(current, part);
+    const mode = await stat(current).then(
+      (s) => s.mode,
+      () => undefined,
+    );
+    if (mode === undefined) return undefined; // created later, traversable
+    if ((mode & 0o001) === 0) return { dir: current, mode: mode & 0o7777 };
+  }
+  return undefined;
+}
+
 export interface Sandbox {
   uid: number;
   cgroup: InstanceCgroup;

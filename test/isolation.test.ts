@@ -130,7 +130,12 @@ function processesOf(uid: number): number[] {
     .readdirSync('/proc')
     .filter((p) => /^\d+$/.test(p))
     .filter((p) => {
-      const status = fs.readFileSync(`/proc/${p}/status`, 'utf8');
+      let status: string;
+      try {
+        status = fs.readFileSync(`/proc/${p}/status`, 'utf8');
+      } catch {
+        return false; // gone since the listing (ESRCH, ENOENT)
+      }
       return status.match(/^Uid:\s+(\d+)/m)?.[1] === String(uid) && !/^State:\s+Z/m.test(status);
     })
     .map(Number);

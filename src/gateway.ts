@@ -23,6 +23,7 @@ import { FunctionService } from './core/functions.js';
 import type { WorkerInfo } from './core/ports.js';
 import type { InstanceInfo } from './core/types.js';
 import { prepareDataDir, type RunningServer } from './compose.js';
+import { AETHER_VERSION } from './version.js';
 
 export async function startGateway(config: ClusterConfig, logger: Logger = pino({ level: config.logLevel })): Promise<RunningServer> {
   prepareDataDir(config.dataDir);
@@ -56,10 +57,20 @@ export async function startGateway(config: ClusterConfig, logger: Logger = pino(
   const logs = new RedisLogStore(redis, config.functionLogs, logger);
   const functions = new FunctionService(store, code, invocations, router, startFailures, logs);
 
+  const startedAt = new Date().toISOString();
   const app = await buildApp({
     logger,
-    health: () => ({ role: 'gateway', workers: discovery.workers().length }),
-    api: { token: config.apiToken, functions, maxUploadBytes: config.limits.maxCompressedBytes, workers: () => discovery.workers() },
+    token: config.apiToken,
+    system: {
+      info: () => ({
+        role: 'gateway',
+        version: AETHER_VERSION,
+        node: process.version,
+        started_at: startedAt,
+        workers: discovery.workers().length,
+      }),
+    },
+    api: { functions, maxUploadBytes: config.limits.maxCompressedBytes, workers: () => discovery.workers() },
     lambdaKeys: config.lambdaKey && [config.lambdaKey],
     invoke: { functions, router, invocations, startTimeoutMs: config.startTimeoutMs, body: config.body },
   });

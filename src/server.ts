@@ -3,6 +3,7 @@
  * code store, the chosen isolation driver, Fastify) into the core and starts listening.
  */
 import { createHash } from 'node:crypto';
+import os from 'node:os';
 import path from 'node:path';
 import { pino, type Logger } from 'pino';
 import { LocalCodeStore } from './adapters/code/local-code-store.js';
@@ -15,6 +16,9 @@ import { FunctionService } from './core/functions.js';
 import { Scheduler } from './core/scheduler.js';
 import { LocalStartFailures } from './core/start-failures.js';
 import { functionLogs, poolSettings, prepareDataDir, startIsolation, type RunningServer } from './compose.js';
+import { AETHER_VERSION } from './version.js';
+
+const MB = 1024 * 1024;
 
 export async function startServer(config: Config, logger: Logger = pino({ level: config.logLevel })): Promise<RunningServer> {
   prepareDataDir(config.dataDir);
@@ -43,10 +47,21 @@ export async function startServer(config: Config, logger: Logger = pino({ level:
   const functions = new FunctionService(store, code, store, scheduler, startFailures, logs);
   for (const fn of await store.list()) scheduler.updated(fn); // warm min_instances after a restart
 
+  const startedAt = new Date().toISOString();
   const app = await buildApp({
     logger,
-    health: () => ({ isolation: driver.name, isolation_reason: reason }),
-    api: { token, functions, maxUploadBytes: config.limits.maxCompressedBytes },
+    token,
+    system: {
+      info: () => ({
+        role: 'serve',
+        version: AETHER_VERSION,
+        node: process.version,
+        started_at: startedAt,
+        isolation: { driver: driver.name, reason },
+        capacity: { cpus: os.availableParallelism(), memory_mb: Math.round(os.totalmem() / MB), instances: scheduler.instanceCount() },
+      }),
+    },
+    api: { functions, maxUploadBytes: config.limits.maxCompressedBytes },
     lambdaKeys: config.lambdaKey && [config.lambdaKey],
     invoke: { functions, router: scheduler, invocations: store, startTimeoutMs: config.startTimeoutMs, body: config.body },
   });

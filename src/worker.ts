@@ -21,6 +21,7 @@ import { errorMessage, notFound } from './core/errors.js';
 import type { WorkerInfo } from './core/ports.js';
 import { Scheduler } from './core/scheduler.js';
 import { functionLogs, poolSettings, prepareDataDir, startIsolation, type RunningServer } from './compose.js';
+import { AETHER_VERSION } from './version.js';
 
 const MB = 1024 * 1024;
 /** How long start-up waits for Redis (its first connection), as connectRedis does. */
@@ -105,9 +106,26 @@ export async function startWorker(config: WorkerConfig, logger: Logger = pino({ 
       return fn;
     },
   };
+  const capacity = {
+    cpus: os.availableParallelism(),
+    memory_mb: Math.round(os.totalmem() / MB),
+    max_instances: config.maxInstances ?? Math.max(1, Math.floor((os.totalmem() * 0.75) / (128 * MB))),
+  };
+  const startedAt = new Date().toISOString();
   const app = await buildApp({
     logger: log,
-    health: () => ({ role: 'worker', worker_id: workerId, isolation: driver.name, isolation_reason: reason }),
+    token: config.apiToken,
+    system: {
+      info: () => ({
+        role: 'worker',
+        version: AETHER_VERSION,
+        node: process.version,
+        started_at: startedAt,
+        worker_id: workerId,
+        isolation: { driver: driver.name, reason },
+        capacity: { ...capacity, instances: scheduler.instanceCount() },
+      }),
+    },
     invoke: {
       functions: lookup,
       router: scheduler,
@@ -115,7 +133,7 @@ export async function startWorker(config: WorkerConfig, logger: Logger = pino({ 
       body: config.body,
       requireToken: config.apiToken,
     },
-    internal: { token: config.apiToken, instances: (id) => scheduler.instances(id).map((i) => ({ ...i, worker_id: workerId })) },
+    internal: { instances: (id) => scheduler.instances(id).map((i) => ({ ...i, worker_id: workerId })) },
   });
   await app.listen({ port: config.port, host: config.host });
   const port = (app.server.address() as { port: number }).port;
@@ -125,11 +143,9 @@ export async function startWorker(config: WorkerConfig, logger: Logger = pino({ 
     url,
     driver: driver.name,
     driver_reason: reason,
-    cpus: os.availableParallelism(),
-    memory_mb: Math.round(os.totalmem() / MB),
-    max_instances: config.maxInstances ?? Math.max(1, Math.floor((os.totalmem() * 0.75) / (128 * MB))),
+    ...capacity,
     instances: scheduler.instanceCount(),
-    started_at: new Date().toISOString(),
+    started_at: startedAt,
   };
   await discovery.registerWorker(info);
   registered(info);

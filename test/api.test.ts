@@ -9,13 +9,18 @@ describe('management API', () => {
   });
   after(() => a.stop());
 
-  test('healthz answers without a token', async () => {
+  test('healthz answers without a token and tells nothing about the host; /api/system does, with the token', async () => {
     const res = await fetch(`${a.url}/healthz`);
     assert.equal(res.status, 200);
-    const health = await res.json();
-    assert.equal(health.status, 'ok');
-    assert.ok(['gvisor', 'bwrap', 'qemu'].includes(health.isolation));
-    assert.match(health.isolation_reason, new RegExp(`^${health.isolation}: `));
+    assert.deepEqual(await res.json(), { status: 'ok' });
+    assert.equal((await fetch(`${a.url}/api/system`)).status, 401);
+    const system = await a.api('GET', '/api/system');
+    assert.equal(system.status, 200);
+    assert.equal(system.body.role, 'serve');
+    assert.equal(system.body.node, process.version);
+    assert.ok(['gvisor', 'bwrap', 'qemu'].includes(system.body.isolation.driver));
+    assert.match(system.body.isolation.reason, new RegExp(`^${system.body.isolation.driver}: `));
+    assert.ok(system.body.capacity.cpus > 0 && system.body.capacity.memory_mb > 0);
   });
 
   test('/api requires the bearer token', async () => {

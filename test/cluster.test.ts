@@ -9,6 +9,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import { HANDLER_CJS, startAether, TOKEN, type Aether } from './helpers/aether.ts';
+import { assertValidOpenApi } from './helpers/openapi.ts';
 import { startServices, type Services } from './helpers/services.ts';
 import { until } from './helpers/wait.ts';
 
@@ -90,6 +91,18 @@ describe('cluster mode', () => {
       Array(10).fill(200),
     );
     assert.equal((await g0().api('GET', '/api/functions/herd/instances')).body.length, 1);
+  });
+
+  test('gateways and workers: /healthz tells nothing, /api/system does with the token, and each describes its API', async () => {
+    for (const node of [...gateways, ...workers]) {
+      assert.deepEqual(await (await fetch(`${node.url}/healthz`)).json(), { status: 'ok' });
+      assert.equal((await fetch(`${node.url}/api/system`)).status, 401);
+      await assertValidOpenApi((await node.api('GET', '/api/openapi.json')).body);
+    }
+    const worker = (await workers[0]!.api('GET', '/api/system')).body;
+    assert.deepEqual([worker.role, worker.worker_id, worker.isolation.driver], ['worker', 'w0', 'bwrap']);
+    const gateway = (await g1().api('GET', '/api/system')).body;
+    assert.deepEqual([gateway.role, gateway.workers], ['gateway', 2]);
   });
 
   test('S3 down during an upload: 503, and the previous code keeps serving', async () => {

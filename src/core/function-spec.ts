@@ -64,16 +64,29 @@ const NAME = z
     'name must be a DNS label: 1-63 lowercase letters, digits or "-", not starting or ending with "-"',
   );
 
-const createSchema = z
+/** POST /api/functions. */
+export const createFunctionSchema = z
   .strictObject({ name: NAME, ...configShape })
   .partial()
   .required({ name: true, runtime: true });
 /** PUT replaces the configuration (omitted fields return to defaults); PATCH changes only what it names. */
-const replaceSchema = z
+export const replaceFunctionSchema = z
   .strictObject({ name: NAME, ...configShape })
   .partial()
   .required({ runtime: true });
-const patchSchema = z.strictObject({ name: NAME, ...configShape }).partial();
+export const patchFunctionSchema = z.strictObject({ name: NAME, ...configShape }).partial();
+
+/** A function record as publicView shows it: its configuration, env var values masked (the API adds its status: FunctionView). */
+export const functionRecordSchema = z.strictObject({
+  id: z.string(),
+  name: NAME,
+  ...configShape,
+  version: z.number().int().min(0).describe('bumped by every code upload and configuration change'),
+  code_hash: z.string().nullable().describe('sha256 of the uploaded archive; null before the first upload'),
+  code_size: z.number().int().nullable(),
+  created_at: z.iso.datetime(),
+  updated_at: z.iso.datetime(),
+});
 
 type Config = Omit<FunctionRecord, 'id' | 'version' | 'code_hash' | 'code_size' | 'created_at' | 'updated_at'>;
 
@@ -83,7 +96,7 @@ function checkScaling(c: Config): Config {
 }
 
 export function newFunction(body: unknown, now = new Date()): FunctionRecord {
-  const input = validate(createSchema, body);
+  const input = validate(createFunctionSchema, body);
   const config = checkScaling({ ...FUNCTION_DEFAULTS, ...input } as Config);
   const ts = now.toISOString();
   return { id: randomUUID(), ...config, version: 0, code_hash: null, code_size: null, created_at: ts, updated_at: ts };
@@ -91,7 +104,7 @@ export function newFunction(body: unknown, now = new Date()): FunctionRecord {
 
 /** Applies a PUT (replace) or PATCH (merge) body; the result is a new version when the config changed. */
 export function changeFunction(fn: FunctionRecord, body: unknown, mode: 'replace' | 'patch', now = new Date()): FunctionRecord {
-  const input = mode === 'replace' ? validate(replaceSchema, body) : validate(patchSchema, body);
+  const input = mode === 'replace' ? validate(replaceFunctionSchema, body) : validate(patchFunctionSchema, body);
   const base = mode === 'replace' ? { ...FUNCTION_DEFAULTS, name: fn.name } : fn;
   const next = checkScaling({ ...base, ...input } as Config);
   const changed = (Object.keys(next) as (keyof Config)[]).some((k) => JSON.stringify(next[k]) !== JSON.stringify(fn[k]));

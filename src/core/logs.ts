@@ -94,9 +94,11 @@ export const isCursor = (s: string) => CURSOR.test(s);
 const cursor = z.string().regex(CURSOR, 'must be a cursor: the id of a line from an earlier answer');
 const id = z.string().min(1).max(128);
 
+const KNOWN_PARAMS = 'since, until, limit, instance, request_id, stream, before, after, follow';
+
 function querySchema(now: () => number) {
-  return z
-    .object({
+  return z.strictObject(
+    {
       since: timeParam(now).optional(),
       until: timeParam(now).optional(),
       limit: z.coerce.number().int().min(1).max(MAX_LOG_PAGE).default(DEFAULT_LOG_PAGE),
@@ -106,9 +108,18 @@ function querySchema(now: () => number) {
       before: cursor.optional(),
       after: cursor.optional(),
       follow: z.enum(['1', 'true', '0', 'false']).optional(),
-    })
-    .strict();
+    },
+    {
+      error: (iss) =>
+        iss.code === 'unrecognized_keys'
+          ? `Unrecognized key: ${iss.keys.map((k) => `"${k}"`).join(', ')} (known: ${KNOWN_PARAMS})`
+          : undefined,
+    },
+  );
 }
+
+/** The query string of `GET /api/functions/{id}/logs`: the route validates with it (and the API description shows it). */
+export const logQuerySchema = querySchema(Date.now);
 
 export interface LogRequest {
   query: LogQuery;
@@ -121,11 +132,14 @@ export function parseLogRequest(params: unknown, now: () => number = Date.now): 
   if (!result.success) {
     const issue = result.error.issues[0]!;
     const where = issue.path.length ? `${issue.path.join('.')}: ` : '';
-    const hint =
-      issue.code === 'unrecognized_keys' ? ' (known: since, until, limit, instance, request_id, stream, before, after, follow)' : '';
-    throw badRequest(`invalid log query: ${where}${issue.message}${hint}`);
+    throw badRequest(`invalid log query: ${where}${issue.message}`);
   }
-  const { follow, ...query } = result.data;
+  return logRequest(result.data);
+}
+
+/** What a query string that passed logQuerySchema asks for; 400 when its parameters contradict each other. */
+export function logRequest(params: z.output<typeof logQuerySchema>): LogRequest {
+  const { follow, ...query } = params;
   if (query.since !== undefined && query.until !== undefined && query.since > query.until) {
     throw badRequest('invalid log query: since is after until');
   }

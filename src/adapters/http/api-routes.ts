@@ -3,12 +3,22 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import multipart from '@fastify/multipart';
 import { z } from 'zod';
 import { badRequest, AetherError } from '../../core/errors.js';
+import { createFunctionSchema, patchFunctionSchema, replaceFunctionSchema } from '../../core/function-spec.js';
 import type { FunctionService } from '../../core/functions.js';
 import { INVOCATIONS_KEPT } from '../../core/invocations.js';
 import type { ArchiveFormat, WorkerInfo } from '../../core/ports.js';
-import { validate } from '../../core/validate.js';
+import type { ZodTypeProvider } from './openapi.js';
+import { CodeUploadResult, FunctionParams, FunctionView, InstanceInfoSchema, InvocationRecordSchema, WorkerInfoSchema } from './schemas.js';
 
-type IdParams = { Params: { id: string } };
+const ARCHIVE_TYPES = [
+  'application/zip',
+  'application/x-zip-compressed',
+  'application/gzip',
+  'application/x-gzip',
+  'application/x-tar+gzip',
+  'application/octet-stream',
+];
+const archive = z.file().describe('a zip, or a gzipped tar (.tar.gz)');
 
 const flag = z.enum(['true', 'false'], { error: 'must be true or false' }).transform((v) => v === 'true');
 
@@ -24,47 +34,131 @@ export const invocationsQuery = z.strictObject({
 });
 
 export async function apiRoutes(
-  app: FastifyInstance,
+  scope: FastifyInstance,
   opts: { functions: FunctionService; maxUploadBytes: number; workers?: () => WorkerInfo[] },
 ): Promise<void> {
+  const app = scope.withTypeProvider<ZodTypeProvider>();
   const fns = opts.functions;
   const workers = opts.workers;
-  if (workers) app.get('/api/workers', async () => workers());
+  const tags = ['functions'];
+  const params = FunctionParams;
+  if (workers) {
+    app.get(
+      '/api/workers',
+      {
+        schema: {
+          summary: 'Cluster mode: the live workers, their capacity and driver',
+          tags: ['cluster'],
+          response: { 200: WorkerInfoSchema.array() },
+        },
+      },
+      async () => workers(),
+    );
+  }
 
-  app.post('/api/functions', async (req, reply) => reply.status(201).send(fns.view(await fns.create(req.body))));
-  app.get('/api/functions', async () => (await fns.list()).map((fn) => fns.view(fn)));
-  app.get<IdParams>('/api/functions/:id', async (req) => fns.view(await fns.get(req.params.id)));
-  app.put<IdParams>('/api/functions/:id', async (req) => fns.view(await fns.change(req.params.id, req.body, 'replace')));
-  app.patch<IdParams>('/api/functions/:id', async (req) => fns.view(await fns.change(req.params.id, req.body, 'patch')));
-  app.delete<IdParams>('/api/functions/:id', async (req, reply) => {
-    await fns.delete(req.params.id);
-    return reply.status(204).send();
-  });
-  app.get<IdParams>('/api/functions/:id/instances', async (req) => fns.instances(req.params.id));
-  app.get<IdParams>('/api/functions/:id/invocations', async (req) => {
-    const q = validate(invocationsQuery, req.query);
-    const failed = q.status === undefined ? undefined : q.status === 'error';
-    return fns.invocations(req.params.id, { limit: q.limit, before: q.before, failed, coldStart: q.cold_start });
-  });
+  app.post(
+    '/api/functions',
+    { schema: { summary: 'Create a function', tags, body: createFunctionSchema, response: { 201: FunctionView } } },
+    async (req, reply) => reply.status(201).send(fns.view(await fns.create(req.body))),
+  );
+  app.get(
+    '/api/functions',
+    { schema: { summary: 'List functions (env var values masked)', tags, response: { 200: FunctionView.array() } } },
+    async () => (await fns.list()).map((fn) => fns.view(fn)),
+  );
+  app.get(
+    '/api/functions/:id',
+    { schema: { summary: 'A function (env var values masked)', tags, params, response: { 200: FunctionView } } },
+    async (req) => fns.view(await fns.get(req.params.id)),
+  );
+  app.put(
+    '/api/functions/:id',
+    {
+      schema: {
+        summary: 'Replace the configuration (omitted fields return to defaults); new instances get it, old ones drain',
+        tags,
+        params,
+        body: replaceFunctionSchema,
+        response: { 200: FunctionView },
+      },
+    },
+    async (req) => fns.view(await fns.change(req.params.id, req.body, 'replace')),
+  );
+  app.patch(
+    '/api/functions/:id',
+    {
+      schema: {
+        summary: 'Change the fields given; new instances get them, old ones drain',
+        tags,
+        params,
+        body: patchFunctionSchema,
+        response: { 200: FunctionView },
+      },
+    },
+    async (req) => fns.view(await fns.change(req.params.id, req.body, 'patch')),
+  );
+  app.delete(
+    '/api/functions/:id',
+    {
+      schema: {
+        summary: 'Delete a function: stops its instances, removes its code',
+        tags,
+        params,
+        response: { 204: { description: 'deleted' } },
+      },
+    },
+    async (req, reply) => {
+      await fns.delete(req.params.id);
+      return reply.status(204).send();
+    },
+  );
+  app.get(
+    '/api/functions/:id/instances',
+    { schema: { summary: "A function's instances", tags, params, response: { 200: InstanceInfoSchema.array() } } },
+    async (req) => fns.instances(req.params.id),
+  );
+  app.get(
+    '/api/functions/:id/invocations',
+    {
+      schema: {
+        summary: 'Invocation records, newest first, paged and filtered',
+        tags,
+        params,
+        querystring: invocationsQuery,
+        response: { 200: InvocationRecordSchema.array() },
+      },
+    },
+    async (req) => {
+      const q = req.query;
+      const failed = q.status === undefined ? undefined : q.status === 'error';
+      return fns.invocations(req.params.id, { limit: q.limit, before: q.before, failed, coldStart: q.cold_start });
+    },
+  );
 
   // Code upload: a multipart field "file" or the archive as the raw body; streamed, never buffered.
-  await app.register(async (scope) => {
-    await scope.register(multipart, { limits: { fileSize: opts.maxUploadBytes, files: 1, fields: 10 } });
-    for (const type of [
-      'application/zip',
-      'application/x-zip-compressed',
-      'application/gzip',
-      'application/x-gzip',
-      'application/x-tar+gzip',
-      'application/octet-stream',
-    ]) {
-      scope.addContentTypeParser(type, (_req, payload, done) => done(null, payload));
-    }
-    scope.post<IdParams>('/api/functions/:id/code', async (req, reply) => {
-      const { stream, format } = await archiveFrom(req, opts.maxUploadBytes);
-      const fn = await fns.uploadCode(req.params.id, stream, format);
-      return reply.status(200).send({ id: fn.id, code_hash: fn.code_hash, code_size: fn.code_size, version: fn.version });
-    });
+  await app.register(async (upload) => {
+    await upload.register(multipart, { limits: { fileSize: opts.maxUploadBytes, files: 1, fields: 10 } });
+    for (const type of ARCHIVE_TYPES) upload.addContentTypeParser(type, (_req, payload, done) => done(null, payload));
+    upload.withTypeProvider<ZodTypeProvider>().post(
+      '/api/functions/:id/code',
+      {
+        schema: {
+          summary: "Upload the function's code; a rejected archive leaves the old code serving",
+          tags,
+          params,
+          consumes: {
+            'multipart/form-data': z.object({ file: archive }),
+            ...Object.fromEntries(ARCHIVE_TYPES.map((type) => [type, archive])),
+          },
+          response: { 200: CodeUploadResult },
+        },
+      },
+      async (req, reply) => {
+        const { stream, format } = await archiveFrom(req, opts.maxUploadBytes);
+        const fn = await fns.uploadCode(req.params.id, stream, format);
+        return reply.status(200).send({ id: fn.id, code_hash: fn.code_hash!, code_size: fn.code_size!, version: fn.version });
+      },
+    );
   });
 }
 

@@ -1,6 +1,7 @@
 /**
  * The HTTP front door. All-in-one server and gateway: management API (token required) and
  * invocation routes. Worker: invocation routes and an internal instance listing, for gateways only.
+ * Every role: /healthz, /api/system and /api/openapi.json (system-routes.ts).
  */
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { FunctionService } from '../../core/functions.js';
@@ -14,17 +15,21 @@ import { invokeRoutes } from './invoke-route.js';
 import { logRoutes } from './logs-route.js';
 import { lambdaApiRoutes } from './lambda/invoke-api.js';
 import type { AccessKey } from './lambda/sigv4.js';
+import { describedRoutes, requireAuth, type ZodTypeProvider } from './openapi.js';
+import { FunctionParams, InstanceInfoSchema } from './schemas.js';
+import { systemRoutes, type SystemDeps } from './system-routes.js';
 
 export interface AppOptions {
   logger: FastifyBaseLogger;
-  /** Extra facts for /healthz, e.g. the isolation driver in use. */
-  health: () => object;
+  /** The API token: clients present it on /api (bearer); in a cluster, gateways present it to workers too. */
+  token: string;
+  system: SystemDeps;
   invoke: InvokeDeps;
   /** The Lambda Invoke API, signed with one of these keys; absent: no such routes. */
   lambdaKeys?: AccessKey[];
-  api?: { token: string; functions: FunctionService; maxUploadBytes: number; workers?: () => WorkerInfo[] };
+  api?: { functions: FunctionService; maxUploadBytes: number; workers?: () => WorkerInfo[] };
   /** Worker only: what gateways may ask about its instances. */
-  internal?: { token: string; instances(functionId: string): InstanceInfo[] };
+  internal?: { instances(functionId: string): InstanceInfo[] };
 }
 
 export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
@@ -37,21 +42,32 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     forceCloseConnections: true,
   });
   installErrorHandling(app);
+  const { routes } = describedRoutes(app);
 
-  app.get('/healthz', async () => ({ status: 'ok', ...opts.health() }));
-
+  await systemRoutes(app, { ...opts.system, token: opts.token, routes });
   const { api, internal } = opts;
   if (api) {
     await app.register(async (scope) => {
-      scope.addHook('onRequest', bearerAuth(api.token));
+      requireAuth(scope, 'token', bearerAuth(opts.token));
       await apiRoutes(scope, api);
       await logRoutes(scope, api.functions);
     });
   }
   if (internal) {
     await app.register(async (scope) => {
-      scope.addHook('onRequest', clusterAuth(internal.token));
-      scope.get<{ Params: { id: string } }>('/internal/functions/:id/instances', async (req) => internal.instances(req.params.id));
+      requireAuth(scope, 'cluster', clusterAuth(opts.token));
+      scope.withTypeProvider<ZodTypeProvider>().get(
+        '/internal/functions/:id/instances',
+        {
+          schema: {
+            summary: "A worker's instances of a function (gateways only)",
+            tags: ['cluster'],
+            params: FunctionParams,
+            response: { 200: InstanceInfoSchema.array() },
+          },
+        },
+        async (req) => internal.instances(req.params.id),
+      );
     });
   }
   const { lambdaKeys } = opts;

@@ -7,6 +7,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { AetherError } from '../../core/errors.js';
 import { newInvocationId, validRequestId } from '../../core/invocations.js';
 import type { FunctionRecord } from '../../core/types.js';
+import { z } from 'zod';
 import { clusterAuth } from './auth.js';
 import { toAetherError } from './errors.js';
 import { ERROR_HEADER, REQUEST_ID_HEADER } from '../../guest/agent/protocol.mjs';
@@ -20,13 +21,15 @@ import {
   INSTANCE_HEADER,
 } from './forward.js';
 import { type InvokeDeps, runInvocation } from './invocation.js';
+import { requireAuth } from './openapi.js';
 import { readRequestBody } from './request-body.js';
+import { FunctionParams } from './schemas.js';
 
 export async function invokeRoutes(app: FastifyInstance, deps: InvokeDeps): Promise<void> {
   // Bodies are streamed to the instance untouched: no parser may read them here.
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', (_req, _payload, done) => done(null));
-  if (deps.requireToken) app.addHook('onRequest', clusterAuth(deps.requireToken));
+  if (deps.requireToken) requireAuth(app, 'cluster', clusterAuth(deps.requireToken));
   // A cluster worker answers a gateway, which records the invocation from what the worker tells it.
   const relay = deps.requireToken !== undefined;
 
@@ -72,8 +75,28 @@ export async function invokeRoutes(app: FastifyInstance, deps: InvokeDeps): Prom
     );
     if (failure) fail(failure.cause, failure.error, failure.outcome);
   };
-  app.all('/functions/:id', handler);
-  app.all('/functions/:id/*', handler);
+  const description =
+    'Method, path, query, headers and body reach the function; its response streams back. Every answer carries X-Request-Id. ' +
+    'Errors Aether answers itself are JSON: 408 body too slow, 502 crashed, 503 no capacity, 504 timeout.';
+  const response = { 200: { description: "the function's response", content: { '*/*': { schema: z.unknown() } } } };
+  app.all(
+    '/functions/:id',
+    { schema: { summary: 'Invoke a function', description, tags: ['invoke'], params: FunctionParams, response } },
+    handler,
+  );
+  app.all(
+    '/functions/:id/*',
+    {
+      schema: {
+        summary: 'Invoke a function at a path',
+        description,
+        tags: ['invoke'],
+        params: FunctionParams.extend({ '*': z.string().describe('the rest of the path, as the function sees it (may contain "/")') }),
+        response,
+      },
+    },
+    handler,
+  );
 }
 
 /** The request path as the function sees it: everything after /functions/{id}, query included. */

@@ -5,9 +5,12 @@
  */
 import { fastifySSE } from '@fastify/sse';
 import type { FastifyInstance } from 'fastify';
+import { z } from 'zod';
 import { badRequest, unavailable } from '../../core/errors.js';
 import type { FunctionService } from '../../core/functions.js';
-import { isCursor, type LogLine, parseLogRequest } from '../../core/logs.js';
+import { isCursor, type LogLine, logQuerySchema, logRequest } from '../../core/logs.js';
+import type { ZodTypeProvider } from './openapi.js';
+import { FunctionParams, LogPageSchema } from './schemas.js';
 
 /** Each follower holds a connection (and in a cluster a Redis connection): bounded per process. */
 const MAX_FOLLOWERS = 200;
@@ -17,8 +20,20 @@ export async function logRoutes(app: FastifyInstance, fns: Pick<FunctionService,
   await app.register(fastifySSE, { heartbeatInterval: HEARTBEAT_MS });
   let followers = 0;
 
-  app.get<{ Params: { id: string } }>('/api/functions/:id/logs', { sse: 'manual' }, async (req, reply) => {
-    const { query, follow } = parseLogRequest(req.query);
+  const schema = {
+    summary: "A function's log lines, paged; with follow=1 new lines as Server-Sent Events until the client leaves",
+    tags: ['functions'],
+    params: FunctionParams,
+    querystring: logQuerySchema,
+    response: {
+      200: {
+        description: 'a page of lines; with follow=1 an event stream (id: the cursor, data: a line as JSON)',
+        content: { 'application/json': { schema: LogPageSchema }, 'text/event-stream': { schema: z.string() } },
+      },
+    },
+  };
+  app.withTypeProvider<ZodTypeProvider>().get('/api/functions/:id/logs', { sse: 'manual', schema }, async (req, reply) => {
+    const { query, follow } = logRequest(req.query);
     if (!follow) return fns.logs(req.params.id, query);
 
     const lastEventId = req.headers['last-event-id'] as string | undefined;

@@ -13,6 +13,7 @@ import {
   LOG_END_HEADER,
   LOG_END_LINE,
 } from '../../../guest/agent/protocol.mjs';
+import { z } from 'zod';
 import { AetherError } from '../../../core/errors.js';
 import type { FunctionService } from '../../../core/functions.js';
 import { newInvocationId } from '../../../core/invocations.js';
@@ -21,6 +22,7 @@ import type { FunctionRecord } from '../../../core/types.js';
 import { toAetherError } from '../errors.js';
 import { exchange } from '../forward.js';
 import { type InvocationIds, type InvokeDeps, runInvocation } from '../invocation.js';
+import { requireAuth } from '../openapi.js';
 import { invalidParameter, LambdaApiError, sendLambdaError } from './errors.js';
 import { type AccessKey, SigV4Verifier } from './sigv4.js';
 
@@ -54,11 +56,16 @@ export async function lambdaApiRoutes(app: FastifyInstance, opts: LambdaApiOptio
     if (lambdaError.status >= 500) req.log.error({ err }, 'Lambda API request failed');
     return sendLambdaError(reply, lambdaError);
   });
-  app.addHook('preHandler', async (req) => {
-    await verifier.verify({ method: req.method, url: req.url, headers: req.headers, body: (req.body as Buffer | undefined) ?? EMPTY });
-  });
+  requireAuth(
+    app,
+    'sigv4',
+    async (req) => {
+      await verifier.verify({ method: req.method, url: req.url, headers: req.headers, body: (req.body as Buffer | undefined) ?? EMPTY });
+    },
+    'preHandler',
+  );
 
-  app.post('/2015-03-31/functions/:name/invocations', async (req: InvokeRequest, reply) => {
+  app.post('/2015-03-31/functions/:name/invocations', { schema: invokeSchema }, async (req: InvokeRequest, reply) => {
     const started = Date.now();
     const id = newInvocationId(started);
     void reply.header('x-amzn-RequestId', id);
@@ -99,6 +106,26 @@ export async function lambdaApiRoutes(app: FastifyInstance, opts: LambdaApiOptio
 }
 
 const EMPTY = Buffer.alloc(0);
+
+const invokeSchema = {
+  summary: 'Lambda Invoke API: run a function with a JSON event (AWS SDKs, aws lambda invoke)',
+  tags: ['lambda'],
+  params: z.object({ name: z.string().min(1).describe("the function's name, id or ARN") }),
+  querystring: z.object({ Qualifier: z.string().optional().describe('only $LATEST for now') }),
+  consumes: { 'application/json': z.unknown().describe('the event: any JSON, up to 6 MB') },
+  response: {
+    200: {
+      description:
+        "the handler's result; a function error has X-Amz-Function-Error and {errorType, errorMessage}; with X-Amz-Log-Type: Tail, X-Amz-Log-Result has the run's last log lines (base64)",
+      content: { 'application/json': { schema: z.unknown() } },
+    },
+    204: { description: 'InvocationType DryRun: the caller may invoke the function' },
+    default: {
+      description: "Lambda's error shape, its type also in x-amzn-ErrorType",
+      content: { 'application/json': { schema: z.object({ Type: z.enum(['User', 'Service']), message: z.string() }) } },
+    },
+  },
+};
 
 /** The payload (the result, or the error report) and whether the function failed. */
 interface SyncAnswer {

@@ -1,0 +1,111 @@
+/**
+ * Zod schemas of the HTTP API's own shapes (the function configuration's are in core/function-spec.ts).
+ * Routes validate their params and query with them and the OpenAPI document is generated from them.
+ * Response schemas are strict: a field added to a record must be added here (the API tests parse real
+ * responses with them).
+ */
+import { z } from 'zod';
+import { functionRecordSchema } from '../../core/function-spec.js';
+import { LOG_STREAMS } from '../../core/logs.js';
+
+export const ErrorBody = z.strictObject({
+  error: z.strictObject({
+    code: z.string().describe('stable, machine-readable: validation_failed, not_found, queue_full, ...'),
+    message: z.string().describe('what went wrong and how to fix it'),
+  }),
+});
+
+export const FunctionParams = z.strictObject({
+  id: z.string().min(1).max(100).describe('the function id or its name'),
+});
+
+/** A function as the API shows it: the record (env var values masked) and whether it is failing to start. */
+export const FunctionView = functionRecordSchema.extend({
+  status: z.enum(['ok', 'failing']).describe('failing: its instances fail to start; new starts back off exponentially'),
+  last_error: z.string().nullable().describe('why the last start failed'),
+  failing_since: z.iso.datetime().nullable(),
+});
+
+export const InstanceInfoSchema = z.strictObject({
+  id: z.string(),
+  state: z.enum(['starting', 'ready', 'draining', 'stopping', 'stopped']),
+  version: z.number().int(),
+  started_at: z.iso.datetime(),
+  in_flight: z.number().int().min(0),
+  served: z.number().int().min(0),
+  worker_id: z.string().optional().describe('cluster mode: the worker that runs it'),
+});
+
+export const InvocationRecordSchema = z.strictObject({
+  id: z.string().describe('unique, sorts by start time (UUIDv7): pass the last of a page as `before` for the next'),
+  request_id: z.string().describe("the client's X-Request-Id if it was valid, else the same as id"),
+  function_id: z.string(),
+  started_at: z.iso.datetime(),
+  status: z.number().int(),
+  duration_ms: z.number().min(0),
+  cold_start: z.boolean().describe('the request waited for a new instance'),
+  instance_id: z.string().nullable().describe('the instance that served it, failed, or failed to start'),
+  error: z.string().nullable().describe('why it failed; null otherwise'),
+});
+
+export const LogLineSchema = z.strictObject({
+  id: z.string().describe('an opaque cursor: pass it as before/after (or Last-Event-ID) to continue'),
+  time: z.iso.datetime(),
+  function_id: z.string(),
+  version: z.number().int(),
+  instance_id: z.string().nullable(),
+  stream: z.enum(LOG_STREAMS).describe("platform: Aether's own events about the function"),
+  request_id: z.string().nullable().describe('handler mode: the invocation that wrote it'),
+  event: z.enum(['started', 'start_failed', 'crashed', 'oom', 'timeout', 'stopped', 'dropped']).nullable(),
+  message: z.string(),
+});
+
+export const LogPageSchema = z.strictObject({
+  lines: LogLineSchema.array().describe('oldest first'),
+  before: z.string().nullable().describe('?before= for the previous (older) page; null when there is none'),
+  after: z.string().nullable().describe('?after= to continue forward'),
+});
+
+export const WorkerInfoSchema = z.strictObject({
+  id: z.string(),
+  url: z.string(),
+  driver: z.string(),
+  driver_reason: z.string(),
+  cpus: z.number().int(),
+  memory_mb: z.number().int(),
+  max_instances: z.number().int(),
+  instances: z.number().int(),
+  started_at: z.iso.datetime(),
+});
+
+export const CodeUploadResult = z.strictObject({
+  id: z.string(),
+  code_hash: z.string(),
+  code_size: z.number().int(),
+  version: z.number().int(),
+});
+
+export const Health = z.strictObject({ status: z.literal('ok') });
+
+/** GET /api/system: what /healthz no longer tells anyone without a token. */
+export const SystemInfo = z.strictObject({
+  role: z.enum(['serve', 'gateway', 'worker']),
+  version: z.string().describe("Aether's version"),
+  node: z.string().describe('the Node.js version'),
+  started_at: z.iso.datetime(),
+  isolation: z
+    .strictObject({ driver: z.string(), reason: z.string() })
+    .optional()
+    .describe('serve and worker: the isolation driver and why it was chosen'),
+  capacity: z
+    .strictObject({
+      cpus: z.number().int(),
+      memory_mb: z.number().int(),
+      instances: z.number().int().describe('instances running now'),
+      max_instances: z.number().int().optional().describe('worker: instances it offers'),
+    })
+    .optional(),
+  worker_id: z.string().optional(),
+  workers: z.number().int().optional().describe('gateway: live workers'),
+});
+export type SystemInfo = z.infer<typeof SystemInfo>;

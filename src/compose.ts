@@ -5,7 +5,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
+import { startMetricsListener } from './adapters/http/system-routes.js';
 import { selectDriver, type SelectedDriver } from './adapters/isolation/select.js';
+import { PrometheusMetrics, type PrometheusSources } from './adapters/metrics/prometheus.js';
 import type { Config, FunctionLogSettings } from './config.js';
 import { LogWriter } from './core/log-writer.js';
 import type { PoolDeps, PoolSettings } from './core/pool.js';
@@ -43,6 +45,18 @@ export async function startIsolation(config: Config, log: Logger, cgroupParent: 
   if (driver.name === 'none') log.warn({ isolation: 'none' }, `NO ISOLATION: ${reason}`);
   else log.info({ isolation: driver.name }, `isolation: ${reason}`);
   return selected;
+}
+
+/** The process's metrics, and their own listener when AETHER_METRICS_LISTEN asks for one. */
+export async function startMetrics(
+  config: Config,
+  logger: Logger,
+  sources: Omit<PrometheusSources, 'log'>,
+): Promise<{ metrics: PrometheusMetrics; close(): Promise<void> }> {
+  const metrics = new PrometheusMetrics({ ...sources, log: logger });
+  const listener = config.metricsListen && (await startMetricsListener(config.metricsListen, metrics, logger));
+  if (listener) logger.info({ address: listener.server.address() }, 'serving /metrics without a token on its own listener');
+  return { metrics, close: async () => void (await listener?.close()) };
 }
 
 export function poolSettings(config: Config): PoolSettings {

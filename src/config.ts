@@ -50,6 +50,19 @@ const schema = z.object({
     .regex(/^\w{16,128}$/, 'must be 16-128 letters, digits or "_" (like an AWS access key id)')
     .optional(),
   AETHER_LAMBDA_SECRET_ACCESS_KEY: z.string().min(16, 'must be at least 16 characters').optional(),
+  AETHER_METRICS_PUBLIC: z
+    .enum(['0', '1', 'false', 'true'], { error: 'must be 1 or 0' })
+    .default('0')
+    .transform((v) => v === '1' || v === 'true'),
+  AETHER_METRICS_LISTEN: z
+    .string()
+    .regex(/^(\[[0-9a-fA-F:.]+\]|[^:\s]+):\d{1,5}$/, 'must be host:port, e.g. 127.0.0.1:9464')
+    .transform((s) => {
+      const at = s.lastIndexOf(':');
+      return { host: s.slice(0, at).replace(/^\[(.*)\]$/, '$1'), port: Number(s.slice(at + 1)) };
+    })
+    .refine((a) => a.port <= 65535, 'port must be at most 65535')
+    .optional(),
 });
 
 export interface Config {
@@ -81,6 +94,10 @@ export interface Config {
   /** The access key the Lambda Invoke API checks signatures against; no key, no Invoke API. */
   lambdaKey?: { accessKeyId: string; secretAccessKey: string };
   functionLogs: FunctionLogSettings;
+  /** GET /metrics without the token on the main port. */
+  metricsPublic: boolean;
+  /** A listener of its own that serves /metrics without the token (bind it where only scrapers reach). */
+  metricsListen?: { host: string; port: number };
 }
 
 /** Function log lines: storage bounds, the per-function rate limit, echo into the server's own log. */
@@ -147,6 +164,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       echoLevel: c.AETHER_FUNCTION_LOG_LEVEL,
     },
     lambdaKey: keyId && secret ? { accessKeyId: keyId, secretAccessKey: secret } : undefined,
+    metricsPublic: c.AETHER_METRICS_PUBLIC,
+    metricsListen: c.AETHER_METRICS_LISTEN,
   };
 }
 

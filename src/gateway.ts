@@ -22,7 +22,7 @@ import { ClusterRouter } from './core/cluster-router.js';
 import { FunctionService } from './core/functions.js';
 import type { WorkerInfo } from './core/ports.js';
 import type { InstanceInfo } from './core/types.js';
-import { prepareDataDir, type RunningServer } from './compose.js';
+import { prepareDataDir, startMetrics, type RunningServer } from './compose.js';
 import { AETHER_VERSION } from './version.js';
 
 export async function startGateway(config: ClusterConfig, logger: Logger = pino({ level: config.logLevel })): Promise<RunningServer> {
@@ -56,6 +56,8 @@ export async function startGateway(config: ClusterConfig, logger: Logger = pino(
   // Gateways only read logs (workers write them), but deleting a function removes its stream here.
   const logs = new RedisLogStore(redis, config.functionLogs, logger);
   const functions = new FunctionService(store, code, invocations, router, startFailures, logs);
+  const telemetry = await startMetrics(config, logger, { functionNames: async () => (await store.list()).map((fn) => fn.name) });
+  const { metrics } = telemetry;
 
   const startedAt = new Date().toISOString();
   const app = await buildApp({
@@ -69,10 +71,12 @@ export async function startGateway(config: ClusterConfig, logger: Logger = pino(
         started_at: startedAt,
         workers: discovery.workers().length,
       }),
+      metrics,
+      metricsPublic: config.metricsPublic,
     },
     api: { functions, maxUploadBytes: config.limits.maxCompressedBytes, workers: () => discovery.workers() },
     lambdaKeys: config.lambdaKey && [config.lambdaKey],
-    invoke: { functions, router, invocations, startTimeoutMs: config.startTimeoutMs, body: config.body },
+    invoke: { functions, router, invocations, metrics, startTimeoutMs: config.startTimeoutMs, body: config.body },
   });
   await app.listen({ port: config.port, host: config.host });
   const port = (app.server.address() as { port: number }).port;
@@ -84,6 +88,7 @@ export async function startGateway(config: ClusterConfig, logger: Logger = pino(
     driver: 'cluster',
     close: async () => {
       await app.close();
+      await telemetry.close();
       await discovery.close();
       startFailures.close();
       store.close();

@@ -15,7 +15,7 @@ import type { Config } from './config.js';
 import { FunctionService } from './core/functions.js';
 import { Scheduler } from './core/scheduler.js';
 import { LocalStartFailures } from './core/start-failures.js';
-import { functionLogs, poolSettings, prepareDataDir, startIsolation, type RunningServer } from './compose.js';
+import { functionLogs, poolSettings, prepareDataDir, startIsolation, startMetrics, type RunningServer } from './compose.js';
 import { AETHER_VERSION } from './version.js';
 
 const MB = 1024 * 1024;
@@ -36,13 +36,19 @@ export async function startServer(config: Config, logger: Logger = pino({ level:
   const logs = new SqliteLogStore(path.join(config.dataDir, 'logs.db'), config.functionLogs, logger);
   const code = new LocalCodeStore(path.join(config.dataDir, 'code'), config.limits);
   const startFailures = new LocalStartFailures();
-  const scheduler = new Scheduler({
+  const telemetry = await startMetrics(config, logger, {
+    functionNames: async () => (await store.list()).map((fn) => fn.name),
+    instances: () => scheduler.instanceCounts(),
+  });
+  const { metrics } = telemetry;
+  const scheduler: Scheduler = new Scheduler({
     driver,
     startFailures,
     codeDir: (hash) => code.dir(hash),
     log: logger,
+    metrics,
     settings: poolSettings(config),
-    ...functionLogs(config.functionLogs, logger, logs),
+    ...functionLogs(config.functionLogs, logger, logs, { onDropped: (fn, lines) => metrics.logLinesDropped(fn, lines) }),
   });
   const functions = new FunctionService(store, code, store, scheduler, startFailures, logs);
   for (const fn of await store.list()) scheduler.updated(fn); // warm min_instances after a restart
@@ -60,10 +66,12 @@ export async function startServer(config: Config, logger: Logger = pino({ level:
         isolation: { driver: driver.name, reason },
         capacity: { cpus: os.availableParallelism(), memory_mb: Math.round(os.totalmem() / MB), instances: scheduler.instanceCount() },
       }),
+      metrics,
+      metricsPublic: config.metricsPublic,
     },
     api: { functions, maxUploadBytes: config.limits.maxCompressedBytes },
     lambdaKeys: config.lambdaKey && [config.lambdaKey],
-    invoke: { functions, router: scheduler, invocations: store, startTimeoutMs: config.startTimeoutMs, body: config.body },
+    invoke: { functions, router: scheduler, invocations: store, metrics, startTimeoutMs: config.startTimeoutMs, body: config.body },
   });
   const address = await app.listen({ port: config.port, host: config.host });
   logger.info({ url: address, data_dir: config.dataDir }, 'aether is serving');
@@ -74,6 +82,7 @@ export async function startServer(config: Config, logger: Logger = pino({ level:
     driver: driver.name,
     close: async () => {
       await app.close();
+      await telemetry.close();
       await scheduler.shutdown();
       store.close();
       logs.close();

@@ -14,13 +14,14 @@ import { EtcdStartFailures } from './adapters/etcd/start-failures.js';
 import { buildApp } from './adapters/http/app.js';
 import { createRedis, ready as redisReady } from './adapters/redis/connection.js';
 import { RedisLogStore } from './adapters/redis/log-stream.js';
+import { enqueuedAt } from './adapters/redis/provision-jobs.js';
 import { ProvisionQueue } from './adapters/redis/provision-queue.js';
 import { S3CodeStore } from './adapters/s3/s3-code-store.js';
 import type { WorkerConfig } from './config.js';
 import { errorMessage, notFound } from './core/errors.js';
 import type { WorkerInfo } from './core/ports.js';
 import { Scheduler } from './core/scheduler.js';
-import { functionLogs, poolSettings, prepareDataDir, startIsolation, type RunningServer } from './compose.js';
+import { functionLogs, poolSettings, prepareDataDir, startIsolation, startMetrics, type RunningServer } from './compose.js';
 import { AETHER_VERSION } from './version.js';
 
 const MB = 1024 * 1024;
@@ -52,13 +53,19 @@ export async function startWorker(config: WorkerConfig, logger: Logger = pino({ 
     discovery.updateWorker(info).catch((err: Error) => log.warn({ err: err.message }, 'could not update the worker registration'));
   };
   const startFailures = new EtcdStartFailures(config.etcdEndpoints, { log });
-  const scheduler = new Scheduler({
+  const telemetry = await startMetrics(config, log, {
+    functionNames: async () => (await functions.list()).map((fn) => fn.name),
+    instances: () => scheduler.instanceCounts(),
+  });
+  const { metrics } = telemetry;
+  const scheduler: Scheduler = new Scheduler({
     driver,
     startFailures,
     codeDir: (hash) => code.dir(hash),
     log,
+    metrics,
     settings: poolSettings(config),
-    ...functionLogs(config.functionLogs, log, logs),
+    ...functionLogs(config.functionLogs, log, logs, { onDropped: (fn, lines) => metrics.logLinesDropped(fn, lines) }),
     onInstanceReady: (fn, instanceId) => {
       const startedAt = new Date().toISOString();
       void registration.then(({ url }) => {
@@ -125,10 +132,13 @@ export async function startWorker(config: WorkerConfig, logger: Logger = pino({ 
         isolation: { driver: driver.name, reason },
         capacity: { ...capacity, instances: scheduler.instanceCount() },
       }),
+      metrics,
+      metricsPublic: config.metricsPublic,
     },
     invoke: {
       functions: lookup,
       router: scheduler,
+      metrics,
       startTimeoutMs: config.startTimeoutMs,
       body: config.body,
       requireToken: config.apiToken,
@@ -153,6 +163,7 @@ export async function startWorker(config: WorkerConfig, logger: Logger = pino({ 
     workerId,
     isAlive: (id) => discovery.hasWorker(id),
     handle: async (job) => {
+      metrics.provisionLag(Date.now() - enqueuedAt(job.jobId));
       const fn = await functions.get(job.functionId);
       if (!fn || fn.version !== job.version) return; // deleted or redeployed meanwhile: nobody waits for this version
       await scheduler.provision(fn);
@@ -167,6 +178,7 @@ export async function startWorker(config: WorkerConfig, logger: Logger = pino({ 
     close: async () => {
       await consumer.stop();
       await app.close();
+      await telemetry.close();
       await scheduler.shutdown();
       await logs.close();
       await discovery.close();

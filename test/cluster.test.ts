@@ -9,7 +9,9 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import { HANDLER_CJS, startAether, TOKEN, type Aether } from './helpers/aether.ts';
+import { scrape } from './helpers/metrics.ts';
 import { assertValidOpenApi } from './helpers/openapi.ts';
+import { startPrometheus } from './helpers/prometheus.ts';
 import { startServices, type Services } from './helpers/services.ts';
 import { until } from './helpers/wait.ts';
 
@@ -103,6 +105,35 @@ describe('cluster mode', () => {
     assert.deepEqual([worker.role, worker.worker_id, worker.isolation.driver], ['worker', 'w0', 'bwrap']);
     const gateway = (await g1().api('GET', '/api/system')).body;
     assert.deepEqual([gateway.role, gateway.workers], ['gateway', 2]);
+  });
+
+  test('every gateway and worker serves metrics; a real Prometheus counts what each was sent', async (t) => {
+    const prom = await startPrometheus({ gateway: gateways.map((g) => g.url), worker: workers.map((w) => w.url) });
+    t.after(() => prom.stop());
+    const q = (expr: string) => prom.query(expr);
+    await g0().deploy({ name: 'metered', concurrency: 4 }, { 'handler.js': HELLO });
+    const sent = [7, 5];
+    const res = await Promise.all(
+      sent.flatMap((n, g) => Array.from({ length: n }, (_, i) => gateways[g]!.invoke('metered', `/item/${i}`))),
+    );
+    assert.deepEqual(
+      res.map((r) => r.status),
+      Array(12).fill(200),
+    );
+    await prom.scrapedSince(Date.now());
+    for (const [g, n] of sent.entries()) {
+      const where = `job="gateway",instance="${new URL(gateways[g]!.url).host}",function="metered"`;
+      assert.equal(await q(`sum(aether_invocations_total{${where},outcome="success"})`), n, `gateway ${g}`);
+      assert.equal(await q(`sum(aether_invocation_duration_seconds_count{${where}})`), n);
+    }
+    // Workers count what gateways forwarded to them, and the instances they started for it.
+    assert.equal(await q('sum(aether_invocations_total{job="worker",function="metered",outcome="success"})'), 12);
+    const instances = (await g0().api('GET', '/api/functions/metered/instances')).body;
+    assert.equal(await q('sum(aether_cold_start_duration_seconds_count{job="worker",function="metered"})'), instances.length);
+    assert.equal(await q('sum(aether_instances{job="worker",function="metered",state="ready"})'), instances.length);
+    assert.ok((await q('sum(aether_provision_queue_lag_seconds_count{job="worker"})')) >= 1, 'cold starts came through the queue');
+    assert.equal(await q('count(aether_instances{job="gateway"})'), 0, 'gateways run no instances');
+    for (const node of [...gateways, ...workers]) await scrape(node.url); // promtool's check, on every role
   });
 
   test('S3 down during an upload: 503, and the previous code keeps serving', async () => {

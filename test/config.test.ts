@@ -64,6 +64,17 @@ test('the Lambda Invoke API key: both parts or neither, off by default', () => {
   );
 });
 
+test('metrics access: token by default, public, or a listener of its own', () => {
+  assert.equal(loadConfig({}).metricsPublic, false);
+  assert.equal(loadConfig({}).metricsListen, undefined);
+  assert.equal(loadConfig({ AETHER_METRICS_PUBLIC: '1' }).metricsPublic, true);
+  assert.deepEqual(loadConfig({ AETHER_METRICS_LISTEN: '10.0.0.5:9464' }).metricsListen, { host: '10.0.0.5', port: 9464 });
+  assert.deepEqual(loadConfig({ AETHER_METRICS_LISTEN: '[::1]:9464' }).metricsListen, { host: '::1', port: 9464 });
+  assert.throws(() => loadConfig({ AETHER_METRICS_PUBLIC: 'yes' }), /AETHER_METRICS_PUBLIC: must be 1 or 0/);
+  assert.throws(() => loadConfig({ AETHER_METRICS_LISTEN: '9464' }), /AETHER_METRICS_LISTEN: must be host:port/);
+  assert.throws(() => loadConfig({ AETHER_METRICS_LISTEN: 'host:99999' }), /AETHER_METRICS_LISTEN: port must be at most 65535/);
+});
+
 test('cluster: the original names, defaults, and what is missing', () => {
   const c = loadClusterConfig(cluster);
   assert.deepEqual(c.etcdEndpoints, ['http://10.0.0.1:2379', 'http://10.0.0.2:2379']);

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import os from 'node:os';
 import { after, before, describe, test } from 'node:test';
 import { startAether, type Aether } from './helpers/aether.ts';
+import { scrape } from './helpers/metrics.ts';
 
 const PROBE = `
 const fs = require('fs');
@@ -43,6 +44,12 @@ describe('microVMs (qemu) through the API', () => {
     assert.notEqual(out.uid, 0);
     const inv = (await a.api('GET', '/api/functions/vm-handler/invocations')).body;
     assert.equal(inv[0].cold_start, true);
+    // The VM's boot, phase by phase, in the metrics: one observation per phase for this one boot.
+    const m = await scrape(a.url);
+    assert.equal(m.histogramCount('aether_cold_start_duration_seconds', { function: 'vm-handler' }), 1);
+    for (const phase of ['vmm', 'kernel', 'init', 'agent']) {
+      assert.equal(m.histogramCount('aether_microvm_boot_phase_seconds', { phase }), 1, phase);
+    }
   });
 
   test('a server-mode function answers through the VM', async () => {

@@ -8,7 +8,7 @@ import type { Socket } from 'node:net';
 import { test } from 'node:test';
 import { newFunction } from '../src/core/function-spec.js';
 import { FunctionPool, type PoolDeps } from '../src/core/pool.js';
-import type { ExitInfo, InstanceHandle, InstanceSpec, IsolationDriver } from '../src/core/ports.js';
+import type { ExitInfo, InstanceHandle, InstanceSpec, IsolationDriver, Metrics } from '../src/core/ports.js';
 import { LocalStartFailures } from '../src/core/start-failures.js';
 
 /** A stand-in instance: ready at once, never reachable, remembers whether it was stopped. */
@@ -43,6 +43,16 @@ class FakeDriver implements IsolationDriver {
   }
 }
 
+/** Metrics are not what these tests look at (metrics.test.ts scrapes a real server). */
+const noMetrics: Metrics = {
+  invocationStarted: () => ({ waiting() {}, running() {}, done() {} }),
+  coldStart() {},
+  startFailed() {},
+  oomKilled() {},
+  logLinesDropped() {},
+  provisionLag() {},
+};
+
 interface Logged {
   level: string;
   msg?: string;
@@ -63,6 +73,7 @@ function pool(deps: Partial<PoolDeps> & { driver: IsolationDriver }, logs: Logge
       startBackoff: { initialMs: 1000, maxMs: 1000 },
     },
     startFailures: new LocalStartFailures(),
+    metrics: noMetrics,
     onInstanceLog: () => {},
     ...deps,
   });

@@ -29,6 +29,7 @@ export const OS_PACKAGES = [
   'redis-server', // cluster mode
   'nginx-light', // the benchmark's proxy baseline
   'awscli', // a real Lambda Invoke API client for its tests
+  'prometheus', // metrics tests: a real Prometheus scraping Aether, and promtool's check
 ];
 
 const readJson = (file) => {

@@ -7,7 +7,7 @@
 import { randomUUID } from 'node:crypto';
 import { type AetherError, badGateway, conflict, errorMessage, involving, notFound, timedOut, unavailable } from './errors.js';
 import type { InstanceEvent } from './log-writer.js';
-import type { ExitInfo, InstanceHandle, IsolationDriver, Logger } from './ports.js';
+import type { ExitInfo, InstanceHandle, IsolationDriver, Logger, Metrics } from './ports.js';
 import { afterCrash, keepMinimumCount, type ScalingLimits, scaleDownVictims, scaleUpCount } from './scaling.js';
 import {
   afterStartFailure,
@@ -35,6 +35,7 @@ export interface PoolDeps {
   driver: IsolationDriver;
   codeDir(hash: string): Promise<string>;
   log: Logger;
+  metrics: Metrics;
   settings: PoolSettings;
   /** Shared with the API (and in a cluster with every worker and gateway). */
   startFailures: StartFailures;
@@ -115,6 +116,11 @@ export class FunctionPool {
 
   get functionId(): string {
     return this.fn.id;
+  }
+
+  /** The function's current record. */
+  get record(): FunctionRecord {
+    return this.fn;
   }
 
   /** Waits (bounded by the deadline) for a free slot on a ready instance of the current version. */
@@ -353,6 +359,7 @@ export class FunctionPool {
     } catch (err) {
       this.instances.delete(inst.id);
       const message = errorMessage(err);
+      this.deps.metrics.startFailed(fn);
       this.deps.log.error({ function: fn.name, instance: inst.id, err: message }, 'instance failed to start');
       this.deps.onInstanceEvent?.(fn, inst.id, { type: 'start_failed', error: message });
       if (!this.closed && fn.version === this.fn.version) this.startFailed(fn, message, inst.id);
@@ -369,6 +376,7 @@ export class FunctionPool {
       this.onExit(inst, exit);
     });
     const ms = this.now() - started;
+    this.deps.metrics.coldStart(fn, ms, handle.boot);
     this.deps.log.info({ function: fn.name, instance: inst.id, version: inst.version, ms }, 'instance ready');
     if (inst.state === 'draining' || this.closed) {
       void this.stop(inst);
@@ -411,6 +419,7 @@ export class FunctionPool {
     const expected = inst.state === 'draining' || inst.state === 'stopped';
     inst.state = 'stopped';
     this.forget(inst);
+    if (exit.oom) this.deps.metrics.oomKilled(this.fn);
     if (!expected) {
       this.deps.log.warn(
         { function: this.fn.name, instance: inst.id, code: exit.code, signal: exit.signal, reason: exit.reason },

@@ -3,6 +3,7 @@
  * later etcd/Redis/S3/QEMU/Firecracker) implement them; the core never imports an adapter.
  */
 import type { Socket } from 'node:net';
+import type { InvocationOutcome } from './invocation-outcome.js';
 import type { InvocationQuery } from './invocations.js';
 import type { LogEntry, LogFilter, LogPage, LogQuery, LogLine } from './logs.js';
 import type { EventFormat, FunctionRecord, InstanceInfo, InvocationRecord } from './types.js';
@@ -110,6 +111,16 @@ export interface InstanceHandle {
   readonly exited: Promise<ExitInfo>;
   /** Stops the instance: asks politely, then kills after graceMs. Idempotent. */
   stop(graceMs?: number): Promise<void>;
+  /** Where the start-up time went, where the driver measures it (the microVM drivers). */
+  readonly boot?: BootPhases;
+}
+
+/** A microVM's start-up, phase by phase, in ms: VMM start, guest kernel, init, agent ready. */
+export interface BootPhases {
+  vmm?: number;
+  kernel?: number;
+  init?: number;
+  agent?: number;
 }
 
 export interface IsolationDriver {
@@ -184,4 +195,31 @@ export interface ProvisionRequests {
   request(req: ProvisionRequest): Promise<{ jobId: string; enqueued: boolean }>;
   /** Withdraws a job nobody waits for any more (its cold start timed out). */
   cancel(jobId: string, req: ProvisionRequest): Promise<void>;
+}
+
+/**
+ * What Aether counts about itself, for Prometheus (the adapter under adapters/metrics). Calls are
+ * fire and forget and never fail. Series are per function *name* (never a path or request id), and
+ * a deleted function's series go away.
+ */
+export interface Metrics {
+  /** One invocation through this process, from the moment its function is known. */
+  invocationStarted(fn: FunctionRecord): InvocationMetrics;
+  /** An instance became ready after `ms`; microVMs add their boot phases. */
+  coldStart(fn: FunctionRecord, ms: number, phases?: BootPhases): void;
+  /** An instance failed to start. */
+  startFailed(fn: FunctionRecord): void;
+  /** An instance was killed for exceeding its memory limit. */
+  oomKilled(fn: FunctionRecord): void;
+  /** Lines of a function's output that the log pipeline dropped (rate limit, backpressure). */
+  logLinesDropped(fn: FunctionRecord, lines: number): void;
+  /** Cluster worker: how long a provisioning job waited in the queue before this worker took it. */
+  provisionLag(ms: number): void;
+}
+
+/** One invocation's progress: waiting for an instance, then running on one (again waiting on a retry), then done. */
+export interface InvocationMetrics {
+  waiting(): void;
+  running(): void;
+  done(outcome: InvocationOutcome, ms: number): void;
 }

@@ -4,7 +4,7 @@
  */
 import { FunctionPool, type Lease, type PoolDeps } from './pool.js';
 import type { Placement } from './ports.js';
-import type { FunctionRecord, InstanceInfo } from './types.js';
+import type { FunctionRecord, InstanceInfo, InstanceState } from './types.js';
 
 /** Hands out a slot for one invocation: the local Scheduler, or a gateway's cluster router. */
 export interface Router {
@@ -32,6 +32,17 @@ export class Scheduler implements Router, Placement {
   /** Starts an instance ahead of requests (a cluster provisioning job). */
   provision(fn: FunctionRecord): Promise<void> {
     return this.pool(fn).provision();
+  }
+
+  /** Instances per function and state, for metrics. */
+  instanceCounts(): { fn: FunctionRecord; state: InstanceState; count: number }[] {
+    const out: { fn: FunctionRecord; state: InstanceState; count: number }[] = [];
+    for (const pool of this.pools.values()) {
+      const counts = new Map<InstanceState, number>();
+      for (const i of pool.info()) counts.set(i.state, (counts.get(i.state) ?? 0) + 1);
+      for (const [state, count] of counts) out.push({ fn: pool.record, state, count });
+    }
+    return out;
   }
 
   /** Live instances across all functions (a worker's load). */

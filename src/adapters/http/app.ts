@@ -1,7 +1,7 @@
 /**
  * The HTTP front door. All-in-one server and gateway: management API (token required) and
  * invocation routes. Worker: invocation routes and an internal instance listing, for gateways only.
- * Every role: /healthz, /api/system and /api/openapi.json (system-routes.ts).
+ * Every role: /healthz, /api/system, /metrics and /api/openapi.json (system-routes.ts).
  */
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { FunctionService } from '../../core/functions.js';

@@ -90,6 +90,8 @@ export interface Forwarded {
   status: number;
   instanceId: string | null;
   error: string | null;
+  /** A worker's own error answer (ERROR_CODE_HEADER), not the function's: its code. */
+  errorCode?: ErrorCode;
   coldStart: boolean;
 }
 
@@ -118,6 +120,7 @@ export async function forward(req: IncomingMessage, res: ServerResponse, lease: 
         out.status = statusCode;
         out.instanceId = single(upstream[INSTANCE_HEADER]) ?? out.instanceId;
         out.error = decodeError(single(upstream[ERROR_HEADER]));
+        out.errorCode = errorCodeOf(single(upstream[ERROR_CODE_HEADER]));
         out.coldStart = upstream[COLD_START_HEADER] === '1';
         const answer = withoutHopByHop(upstream);
         if (!opts.relay) for (const name of AETHER_FACTS) delete answer[name];
@@ -131,6 +134,12 @@ export async function forward(req: IncomingMessage, res: ServerResponse, lease: 
     res.destroy(); // the client sees a truncated response rather than a silently short one
   }
   return out;
+}
+
+/** A worker's ERROR_CODE_HEADER as one of Aether's codes (an unknown one, from a newer worker: function_error). */
+function errorCodeOf(value: string | undefined): ErrorCode | undefined {
+  if (value === undefined) return undefined;
+  return Object.hasOwn(ERRORS, value) ? (value as ErrorCode) : 'function_error';
 }
 
 /** An error message as ERROR_HEADER carries it (as the agent writes it too): cut, then URI-encoded. */
@@ -256,10 +265,9 @@ export async function exchange(lease: Lease, opts: ExchangeOptions): Promise<Exc
   } catch (err) {
     throw await explain(err, lease, undefined, opts.requestId);
   }
-  const code = single(headers[ERROR_CODE_HEADER]);
+  const code = errorCodeOf(single(headers[ERROR_CODE_HEADER]));
   if (code) {
-    const known = (Object.hasOwn(ERRORS, code) ? code : 'function_error') as ErrorCode;
-    throw involving(new AetherError(known, out.error ?? `the worker answered ${res.statusCode}`), {
+    throw involving(new AetherError(code, out.error ?? `the worker answered ${res.statusCode}`), {
       instanceId: out.instanceId ?? undefined,
       coldStart: out.coldStart,
     });

@@ -6,7 +6,8 @@
 import { AetherError } from '../../core/errors.js';
 import type { FunctionService } from '../../core/functions.js';
 import type { Lease } from '../../core/pool.js';
-import type { InvocationLog } from '../../core/ports.js';
+import { invocationOutcome } from '../../core/invocation-outcome.js';
+import type { InvocationLog, Metrics } from '../../core/ports.js';
 import type { Router } from '../../core/scheduler.js';
 import type { FunctionRecord } from '../../core/types.js';
 import { toAetherError } from './errors.js';
@@ -19,6 +20,7 @@ export interface InvokeDeps {
   router: Router;
   /** Where invocations are recorded; a cluster worker leaves that to the gateway. */
   invocations?: InvocationLog;
+  metrics: Metrics;
   startTimeoutMs: number;
   body: BodyLimits;
   /** Cluster workers only take invocations from gateways, which present this token. */
@@ -58,12 +60,15 @@ export async function runInvocation<P, T extends Forwarded>(
 ): Promise<{ result: T; failure?: undefined } | { result?: undefined; failure: Failure }> {
   let lease: Lease | undefined;
   let outcome: Forwarded = { status: 0, instanceId: null, error: null, coldStart: false };
+  const progress = deps.metrics.invocationStarted(fn);
   try {
     const prepared = await steps.prepare();
     // Waiting for an instance may include a cold start; timeout_ms bounds the function's own run.
     const deadline = Date.now() + deps.startTimeoutMs + fn.timeout_ms;
     for (let attempt = 0; ; attempt++) {
+      progress.waiting();
       lease = await deps.router.acquire(fn, deadline);
+      progress.running();
       outcome = { ...outcome, instanceId: lease.remote ? null : lease.instanceId, coldStart: outcome.coldStart || lease.coldStart };
       try {
         const result = await steps.send(lease, prepared, outcome);
@@ -85,12 +90,14 @@ export async function runInvocation<P, T extends Forwarded>(
     outcome = {
       status: error.status,
       error: error.message,
+      errorCode: error.code,
       instanceId: error.context.instanceId ?? outcome.instanceId,
       coldStart: outcome.coldStart || error.context.coldStart === true,
     };
     return { failure: { error, cause: err, outcome } };
   } finally {
     lease?.release();
+    progress.done(invocationOutcome(outcome), Date.now() - ids.started);
     deps.invocations?.record({
       id: ids.id,
       request_id: ids.requestId,

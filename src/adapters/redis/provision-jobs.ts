@@ -27,6 +27,11 @@ export const dedupeKey = (s: ProvisionSlot) => `aether:provisioning:${s.function
  */
 const jobIdOf = (entryId: string, workerId: string) => `${entryId}@${workerId}`;
 
+/** When the job was added: stream entry ids start with Redis' clock in ms. */
+export function enqueuedAt(jobId: string): number {
+  return Number(parseJobId(jobId).entryId.split('-')[0]);
+}
+
 function parseJobId(jobId: string): { entryId: string; workerId: string } {
   const at = jobId.indexOf('@');
   if (at <= 0 || at === jobId.length - 1) throw new Error(`invalid provisioning job id "${jobId}"`);

@@ -56,7 +56,7 @@ export async function prepareSandboxHost(opts: SandboxOptions): Promise<SandboxH
  */
 async function copyAgent(stateDir: string): Promise<string> {
   const dir = path.join(stateDir, 'agent');
-  const fresh = `${dir}.${process.pid}`;
+  const fresh = `${dir}.new`; // a fixed name: what a crash mid-copy leaves is replaced next time
   await rm(fresh, { recursive: true, force: true });
   await cp(agentDir(), fresh, { recursive: true });
   for (const entry of ['', ...(await readdir(fresh, { recursive: true }))]) {

@@ -16,7 +16,7 @@ import { SqliteStore } from '../src/adapters/store/sqlite-store.js';
 import { INVOCATIONS_KEPT, newInvocationId, type InvocationQuery } from '../src/core/invocations.js';
 import type { InvocationLog, Logger } from '../src/core/ports.js';
 import type { InvocationRecord } from '../src/core/types.js';
-import { freePort, ServiceProcess } from './helpers/services.ts';
+import { freePort, redisProcess, type ServiceProcess } from './helpers/services.ts';
 import { until } from './helpers/wait.ts';
 
 const T0 = 1_700_000_000_000;
@@ -151,16 +151,7 @@ let redisServer: ServiceProcess | undefined;
 let redis: Redis | undefined;
 contract('Redis', async () => {
   const port = await freePort();
-  redisServer = new ServiceProcess('redis', port, 'redis-server', [
-    '--port',
-    String(port),
-    '--bind',
-    '127.0.0.1',
-    '--save',
-    '',
-    '--appendonly',
-    'no',
-  ]);
+  redisServer = redisProcess(port);
   await redisServer.start();
   redis = await connectRedis(`127.0.0.1:${port}`);
   const log = new RedisInvocationLog(redis, silent);

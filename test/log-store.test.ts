@@ -19,7 +19,7 @@ import { type LogEntry, type LogLine, parseLogRequest } from '../src/core/logs.j
 import type { LogReader, Logger } from '../src/core/ports.js';
 import type { FunctionRecord } from '../src/core/types.js';
 import { secretMasker } from '../src/secret-mask.js';
-import { freePort, ServiceProcess } from './helpers/services.js';
+import { freePort, redisProcess, type ServiceProcess } from './helpers/services.js';
 
 const quiet: Logger = { debug() {}, info() {}, warn() {}, error() {} };
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'aether-logstore-'));
@@ -348,16 +348,7 @@ describe('redis', () => {
 
   before(async () => {
     const port = await freePort();
-    server = new ServiceProcess('redis', port, 'redis-server', [
-      '--port',
-      String(port),
-      '--bind',
-      '127.0.0.1',
-      '--save',
-      '',
-      '--appendonly',
-      'no',
-    ]);
+    server = redisProcess(port);
     await server.start();
     addr = `127.0.0.1:${port}`;
     redis = await connectRedis(addr);

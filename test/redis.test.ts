@@ -20,7 +20,7 @@ import { newInvocationId } from '../src/core/invocations.js';
 import { connectRedis } from '../src/adapters/redis/connection.js';
 import { RedisInvocationLog } from '../src/adapters/redis/invocation-log.js';
 import { ProvisionQueue, type ConsumeOptions, type ProvisionJob, type ProvisionRequest } from '../src/adapters/redis/provision-queue.js';
-import { freePort, ServiceProcess } from './helpers/services.js';
+import { freePort, redisProcess, type ServiceProcess } from './helpers/services.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const FAST = { blockMs: 500, takeoverIntervalMs: 200, claimIdleMs: 300, retryMs: 100 };
@@ -35,18 +35,7 @@ const consumers: { stop(): Promise<void> }[] = [];
 before(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'aether-redis-'));
   const port = await freePort();
-  server = new ServiceProcess('redis', port, 'redis-server', [
-    '--port',
-    String(port),
-    '--bind',
-    '127.0.0.1',
-    '--save',
-    '',
-    '--appendonly',
-    'no',
-    '--dir',
-    dir,
-  ]);
+  server = redisProcess(port, dir);
   await server.start();
   addr = `127.0.0.1:${port}`;
   raw = await client();

@@ -84,18 +84,7 @@ export async function startServices(): Promise<Services> {
     '--log-level',
     'error',
   ]);
-  const redis = new ServiceProcess('redis', redisPort, 'redis-server', [
-    '--port',
-    String(redisPort),
-    '--bind',
-    '127.0.0.1',
-    '--save',
-    '',
-    '--appendonly',
-    'no',
-    '--dir',
-    dir,
-  ]);
+  const redis = redisProcess(redisPort, dir);
   let s3server: S3rver | undefined;
   const s3 = {
     port: s3Port,
@@ -127,4 +116,10 @@ export async function startServices(): Promise<Services> {
       fs.rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** A redis-server on loopback without persistence (its dump, if any, goes to `dir`). */
+export function redisProcess(port: number, dir?: string): ServiceProcess {
+  const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'];
+  return new ServiceProcess('redis', port, 'redis-server', dir ? [...args, '--dir', dir] : args);
 }

@@ -113,6 +113,7 @@ const setup = (dir: string, env?: Record<string, string>) => runToEnd(process.ex
 const count = (text: string, what: string) => text.split(what).length - 1;
 const OS_PACKAGES = /export const OS_PACKAGES = \[([^\]]*)\]/
   .exec(fs.readFileSync(path.join(ROOT, 'scripts/lib/setup.mjs'), 'utf8'))![1]!
+  .replace(/\/\/.*$/gm, '') // comments may hold quotes ("promtool's")
   .match(/'[^']+'/g)!
   .map((q) => q.slice(1, -1));
 

@@ -7,16 +7,7 @@
  * (oldest lines first; freed pages go back to the file system by incremental vacuum).
  */
 import Database from 'better-sqlite3';
-import {
-  type LogEntry,
-  type LogFilter,
-  type LogLine,
-  type LogPage,
-  type LogQuery,
-  type LogStream,
-  type PlatformEvent,
-  toLogLine,
-} from '../../core/logs.js';
+import { type LogEntry, type LogFilter, type LogLine, type LogPage, type LogQuery, toLogLine } from '../../core/logs.js';
 import type { LogReader, LogSink, Logger } from '../../core/ports.js';
 
 export interface SqliteLogSettings {
@@ -34,17 +25,8 @@ const MAX_PENDING = 100_000;
 const DELETE_STEP = 20_000;
 const FOLLOW_BATCH = 500;
 
-interface Row {
-  seq: number;
-  function_id: string;
-  time: number;
-  version: number;
-  instance_id: string | null;
-  stream: LogStream;
-  request_id: string | null;
-  event: PlatformEvent | null;
-  message: string;
-}
+/** A stored line: the entry as written, plus its sequence number (the cursor). */
+type Row = LogEntry & { seq: number };
 
 const toLine = ({ seq, ...e }: Row): LogLine => toLogLine(String(seq), e);
 const seqOf = (cursor: string) => Number.parseInt(cursor, 10);

@@ -315,7 +315,8 @@ describe('the image in Firecracker mode, booted under QEMU/TCG', {
   test('a template (no instance in MMDS) says awaiting-config and keeps polling', async () => {
     mmds.instance = undefined;
     mmds.requests.length = 0;
-    const { console: out } = await boot(/awaiting-config/, 60_000);
+    // Stop only once the whole line is out: the console arrives in chunks that can split it.
+    const { console: out } = await boot(/awaiting-config up=\S*\n/, 60_000);
     inOrder(out, [/\[aether-init\] mounted /, /\[aether-init\] awaiting-config up=/]);
     assert.doesNotMatch(out, /fatal:|\[aether-init\] config /);
     assert.ok(mmds.requests.includes('GET /aether'));

@@ -44,6 +44,7 @@ describe('OpenAPI description', () => {
       'POST /api/functions/{id}/code',
       'GET /api/functions/{id}/instances',
       'GET /api/functions/{id}/invocations',
+      'GET /api/functions/{id}/stats',
       'POST /functions/{id}/{path}',
       'GET /functions/{id}',
     ]) {

@@ -4,7 +4,8 @@
  */
 import { changeFunction, newFunction, publicView } from './function-spec.js';
 import { notFound } from './errors.js';
-import type { InvocationQuery } from './invocations.js';
+import { invocationStats, type InvocationStats, type StatsWindow } from './invocation-stats.js';
+import { INVOCATIONS_KEPT, type InvocationQuery } from './invocations.js';
 import type { LogFilter, LogLine, LogPage, LogQuery } from './logs.js';
 import type { ArchiveFormat, CodeStore, FunctionStore, InvocationLog, LogReader, Placement } from './ports.js';
 import { functionStatus, type StartFailures } from './start-failures.js';
@@ -86,6 +87,12 @@ export class FunctionService {
 
   async invocations(idOrName: string, query: InvocationQuery): Promise<InvocationRecord[]> {
     return this.invocationLog.query((await this.get(idOrName)).id, query);
+  }
+
+  /** Rates, errors and latency over a recent window, from the kept invocation records (at most INVOCATIONS_KEPT read). */
+  async stats(idOrName: string, window: StatsWindow, now = Date.now()): Promise<InvocationStats> {
+    const records = await this.invocationLog.query((await this.get(idOrName)).id, { limit: INVOCATIONS_KEPT });
+    return invocationStats(records, window, now, INVOCATIONS_KEPT);
   }
 
   async logs(idOrName: string, q: LogQuery): Promise<LogPage> {

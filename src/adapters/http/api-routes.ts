@@ -8,7 +8,15 @@ import type { FunctionService } from '../../core/functions.js';
 import { INVOCATIONS_KEPT } from '../../core/invocations.js';
 import type { ArchiveFormat, WorkerInfo } from '../../core/ports.js';
 import type { ZodTypeProvider } from './openapi.js';
-import { CodeUploadResult, FunctionParams, FunctionView, InstanceInfoSchema, InvocationRecordSchema, WorkerInfoSchema } from './schemas.js';
+import {
+  CodeUploadResult,
+  FunctionParams,
+  FunctionView,
+  InstanceInfoSchema,
+  InvocationRecordSchema,
+  InvocationStatsSchema,
+  WorkerInfoSchema,
+} from './schemas.js';
 
 const ARCHIVE_TYPES = [
   'application/zip',
@@ -32,6 +40,24 @@ export const invocationsQuery = z.strictObject({
   status: z.enum(['ok', 'error'], { error: 'must be ok or error' }).optional(),
   cold_start: flag.optional(),
 });
+
+/** GET /api/functions/{id}/stats: at most MAX_BUCKETS buckets, so that a response stays small. */
+const MAX_BUCKETS = 1440;
+export const statsQuery = z
+  .strictObject({
+    window: z.coerce
+      .number()
+      .int()
+      .min(60)
+      .max(7 * 86_400)
+      .default(3600)
+      .describe('seconds back from now'),
+    step: z.coerce.number().int().min(1).max(86_400).default(60).describe('seconds per bucket'),
+  })
+  .refine((q) => q.window / q.step <= MAX_BUCKETS, {
+    path: ['step'],
+    error: `window / step must be at most ${MAX_BUCKETS} buckets: use a larger step`,
+  });
 
 export async function apiRoutes(
   scope: FastifyInstance,
@@ -133,6 +159,20 @@ export async function apiRoutes(
       const failed = q.status === undefined ? undefined : q.status === 'error';
       return fns.invocations(req.params.id, { limit: q.limit, before: q.before, failed, coldStart: q.cold_start });
     },
+  );
+
+  app.get(
+    '/api/functions/:id/stats',
+    {
+      schema: {
+        summary: 'Request rate, errors and p50/p99 latency over a recent window, in buckets, from the kept invocation records',
+        tags,
+        params,
+        querystring: statsQuery,
+        response: { 200: InvocationStatsSchema },
+      },
+    },
+    async (req) => fns.stats(req.params.id, { window_s: req.query.window, step_s: req.query.step }),
   );
 
   // Code upload: a multipart field "file" or the archive as the raw body; streamed, never buffered.

@@ -66,6 +66,38 @@ export const LogPageSchema = z.strictObject({
   after: z.string().nullable().describe('?after= to continue forward'),
 });
 
+const latency = z.number().min(0).nullable().describe('ms; null without invocations');
+
+export const InvocationStatsSchema = z.strictObject({
+  window_s: z.number().int(),
+  step_s: z.number().int(),
+  from: z.iso.datetime().describe('the first bucket starts here (aligned to a multiple of step_s)'),
+  to: z.iso.datetime(),
+  complete: z
+    .boolean()
+    .describe('false: more invocations happened than the last 1000 records kept, and the numbers cover `since` to `to` only'),
+  since: z.iso.datetime(),
+  totals: z.strictObject({
+    count: z.number().int(),
+    errors: z.number().int().describe('invocations with an error or a 5xx answer'),
+    cold_starts: z.number().int(),
+    error_rate: z.number().min(0).max(1).nullable(),
+    rate_per_s: z.number().min(0),
+    p50_ms: latency,
+    p99_ms: latency,
+  }),
+  buckets: z
+    .strictObject({
+      start: z.iso.datetime(),
+      count: z.number().int(),
+      errors: z.number().int(),
+      p50_ms: latency,
+      p99_ms: latency,
+    })
+    .array()
+    .describe('oldest first, one per step'),
+});
+
 export const WorkerInfoSchema = z.strictObject({
   id: z.string(),
   url: z.string(),

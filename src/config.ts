@@ -28,6 +28,7 @@ const schema = z.object({
   AETHER_MAX_UNPACKED_MB: int(1, 100_000).default(250),
   AETHER_MAX_ENTRIES: int(1, 1_000_000).default(10_000),
   AETHER_MAX_QUEUE: int(0, 100_000).default(1000),
+  AETHER_VERSIONS_KEPT: int(1, 10_000).default(10),
   AETHER_BODY_BUFFER_KB: int(1, 1024 * 1024).default(1024),
   AETHER_BODY_TIMEOUT_MS: int(100, 3_600_000).default(30_000),
   AETHER_BODY_IDLE_TIMEOUT_MS: int(100, 3_600_000).default(10_000),
@@ -80,6 +81,8 @@ export interface Config {
   logLevel: string;
   limits: { maxCompressedBytes: number; maxUncompressedBytes: number; maxEntries: number };
   maxQueue: number;
+  /** The newest versions of a function whose code is kept (besides those an alias runs). */
+  versionsKept: number;
   /** How invocation request bodies are read before (and after) the request takes a slot. */
   body: { bufferBytes: number; timeoutMs: number; idleTimeoutMs: number };
   scaleDownGraceMs: number;
@@ -143,6 +146,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxEntries: c.AETHER_MAX_ENTRIES,
     },
     maxQueue: c.AETHER_MAX_QUEUE,
+    versionsKept: c.AETHER_VERSIONS_KEPT,
     body: {
       bufferBytes: c.AETHER_BODY_BUFFER_KB * 1024,
       timeoutMs: c.AETHER_BODY_TIMEOUT_MS,

@@ -55,7 +55,7 @@ export async function startGateway(config: ClusterConfig, logger: Logger = pino(
   });
   // Gateways only read logs (workers write them), but deleting a function removes its stream here.
   const logs = new RedisLogStore(redis, config.functionLogs, logger);
-  const functions = new FunctionService(store, code, invocations, router, startFailures, logs);
+  const functions = new FunctionService(store, code, invocations, router, startFailures, logs, { versionsKept: config.versionsKept });
   const telemetry = await startMetrics(config, logger, { functionNames: async () => (await store.list()).map((fn) => fn.name) });
   const { metrics } = telemetry;
 

@@ -50,7 +50,7 @@ export async function startServer(config: Config, logger: Logger = pino({ level:
     settings: poolSettings(config),
     ...functionLogs(config.functionLogs, logger, logs, { onDropped: (fn, lines) => metrics.logLinesDropped(fn, lines) }),
   });
-  const functions = new FunctionService(store, code, store, scheduler, startFailures, logs);
+  const functions = new FunctionService(store, code, store, scheduler, startFailures, logs, { versionsKept: config.versionsKept });
   for (const fn of await store.list()) scheduler.updated(fn); // warm min_instances after a restart
 
   const startedAt = new Date().toISOString();

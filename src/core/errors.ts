@@ -15,9 +15,18 @@ export const ERRORS = {
     status: 400,
     meaning: 'The uploaded code has no entry module Aether can find; the message lists what the archive holds and how to fix it.',
   },
+  invalid_alias: {
+    status: 400,
+    meaning: "An alias's weights add up to more than 1, or give a share to the alias's own version.",
+  },
   body_incomplete: { status: 400, meaning: 'The client closed the connection before sending its whole request body.' },
   unauthorized: { status: 401, meaning: 'The bearer token (or, on a worker, the cluster token) is missing or wrong.' },
   not_found: { status: 404, meaning: 'No such function, code or route.' },
+  version_not_found: {
+    status: 404,
+    meaning: 'The function has no such version: never deployed, or removed by retention (AETHER_VERSIONS_KEPT).',
+  },
+  alias_not_found: { status: 404, meaning: 'The function has no alias of that name.' },
   body_timeout: { status: 408, meaning: 'The request body did not arrive within the body timeout.' },
   conflict: {
     status: 409,

@@ -10,6 +10,22 @@ import type { LogFilter, LogLine, LogPage, LogQuery } from './logs.js';
 import type { ArchiveFormat, CodeStore, FunctionStore, InvocationLog, LogReader, Placement } from './ports.js';
 import { functionStatus, type StartFailures } from './start-failures.js';
 import type { FunctionRecord, FunctionView, InstanceInfo, InvocationRecord } from './types.js';
+import {
+  type AliasRecord,
+  aliasNotFound,
+  newAlias,
+  putAliasSchema,
+  type Resolved,
+  resolveQualified,
+  versionRecord,
+  versionsToRemove,
+} from './versions.js';
+import { validate } from './validate.js';
+
+export interface FunctionSettings {
+  /** The newest versions whose code is kept (besides those an alias runs); older ones are removed. */
+  versionsKept: number;
+}
 
 export class FunctionService {
   constructor(
@@ -19,6 +35,7 @@ export class FunctionService {
     private readonly placement: Placement,
     private readonly startFailures: StartFailures,
     private readonly logReader: LogReader,
+    private readonly settings: FunctionSettings,
   ) {}
 
   /** The record as the API shows it: env var values masked, and whether the function is failing to start. */
@@ -46,19 +63,62 @@ export class FunctionService {
     const fn = await this.get(idOrName);
     const next = changeFunction(fn, body, mode);
     if (next === fn) return fn;
-    await this.store.update(next);
-    this.placement.updated(next);
+    await this.deployed(next);
     return next;
   }
 
   async delete(idOrName: string): Promise<void> {
     const fn = await this.get(idOrName);
+    const versions = await this.store.versions(fn.id);
     await this.store.delete(fn.id);
     this.invocationLog.forget(fn.id);
     this.startFailures.clear(fn.id, Number.POSITIVE_INFINITY);
     await this.placement.removed(fn.id);
     await this.logReader.remove(fn.id);
-    if (fn.code_hash && !(await this.store.list()).some((f) => f.code_hash === fn.code_hash)) await this.code.remove(fn.code_hash);
+    await this.removeUnusedCode([fn, ...versions]);
+  }
+
+  /** What an invocation of `idOrName` with `qualifier` (none, `$LATEST`, a version number or an alias) runs. */
+  resolve(idOrName: string, qualifier?: string): Promise<Resolved> {
+    return resolveQualified(this.store, idOrName, qualifier);
+  }
+
+  /** Newest first; the current version is always among them. */
+  async versions(idOrName: string): Promise<FunctionRecord[]> {
+    const fn = await this.get(idOrName);
+    const versions = await this.store.versions(fn.id);
+    // A function deployed before versions were stored has only its current record.
+    return fn.version >= 1 && versions[0]?.version !== fn.version ? [fn, ...versions] : versions;
+  }
+
+  async version(idOrName: string, version: number): Promise<FunctionRecord> {
+    return versionRecord(this.store, await this.get(idOrName), version);
+  }
+
+  async aliases(idOrName: string): Promise<AliasRecord[]> {
+    return this.store.aliases((await this.get(idOrName)).id);
+  }
+
+  async alias(idOrName: string, name: string): Promise<AliasRecord> {
+    const fn = await this.get(idOrName);
+    const alias = await this.store.alias(fn.id, name);
+    if (!alias) throw aliasNotFound(fn, name);
+    return alias;
+  }
+
+  /** Creates or moves an alias: invocations through it run the new version(s) from the next one on. */
+  async putAlias(idOrName: string, name: string, body: unknown): Promise<AliasRecord> {
+    const input = validate(putAliasSchema, body);
+    const fn = await this.get(idOrName);
+    const known = new Set((await this.versions(fn.id)).filter((v) => v.code_hash !== null).map((v) => v.version));
+    const alias = newAlias(fn, name, input, (v) => known.has(v), await this.store.alias(fn.id, name));
+    await this.store.putAlias(alias);
+    return alias;
+  }
+
+  async deleteAlias(idOrName: string, name: string): Promise<void> {
+    const fn = await this.get(idOrName);
+    if (!(await this.store.deleteAlias(fn.id, name))) throw aliasNotFound(fn, name);
   }
 
   /**
@@ -76,9 +136,29 @@ export class FunctionService {
       version: fn.version + 1,
       updated_at: new Date().toISOString(),
     };
+    await this.deployed(next);
+    return next;
+  }
+
+  /** Stores a new version, announces it, and removes what retention no longer keeps. */
+  private async deployed(next: FunctionRecord): Promise<void> {
     await this.store.update(next);
     this.placement.updated(next);
-    return next;
+    const [versions, aliases] = await Promise.all([this.store.versions(next.id), this.store.aliases(next.id)]);
+    const doomed = versionsToRemove(versions, next.version, aliases, this.settings.versionsKept);
+    if (doomed.length === 0) return;
+    await this.store.removeVersions(
+      next.id,
+      doomed.map((v) => v.version),
+    );
+    await this.removeUnusedCode(doomed);
+  }
+
+  /** The code of these records that no function or version runs any more. */
+  private async removeUnusedCode(records: FunctionRecord[]): Promise<void> {
+    for (const hash of new Set(records.map((r) => r.code_hash))) {
+      if (hash && !(await this.store.codeInUse(hash))) await this.code.remove(hash);
+    }
   }
 
   async instances(idOrName: string): Promise<InstanceInfo[]> {

@@ -7,14 +7,31 @@ import type { InvocationOutcome } from './invocation-outcome.js';
 import type { InvocationQuery } from './invocations.js';
 import type { LogEntry, LogFilter, LogPage, LogQuery, LogLine } from './logs.js';
 import type { EventFormat, FunctionRecord, InstanceInfo, InvocationRecord } from './types.js';
+import type { AliasRecord } from './versions.js';
 
-/** Async so that shared stores (etcd) fit as well as the embedded one (SQLite). */
+/**
+ * Async so that shared stores (etcd) fit as well as the embedded one (SQLite). Besides the current
+ * record, a function has its versions (immutable records, see core/versions.ts) and aliases.
+ */
 export interface FunctionStore {
   create(fn: FunctionRecord): Promise<void>; // rejects with conflict when the name is taken
   get(idOrName: string): Promise<FunctionRecord | undefined>;
   list(): Promise<FunctionRecord[]>;
-  update(fn: FunctionRecord): Promise<void>; // rejects with conflict when a new name is taken
+  /** Also stores the record as its version `fn.version` (from 1 on), in the same transaction. Rejects with conflict when a new name is taken. */
+  update(fn: FunctionRecord): Promise<void>;
+  /** The function with its versions and aliases. */
   delete(id: string): Promise<boolean>;
+  version(functionId: string, version: number): Promise<FunctionRecord | undefined>;
+  /** Newest first. */
+  versions(functionId: string): Promise<FunctionRecord[]>;
+  removeVersions(functionId: string, versions: number[]): Promise<void>;
+  /** Whether a function's record or a stored version runs this code. */
+  codeInUse(hash: string): Promise<boolean>;
+  alias(functionId: string, name: string): Promise<AliasRecord | undefined>;
+  /** By name. */
+  aliases(functionId: string): Promise<AliasRecord[]>;
+  putAlias(alias: AliasRecord): Promise<void>;
+  deleteAlias(functionId: string, name: string): Promise<boolean>;
 }
 
 export interface InvocationLog {

@@ -18,6 +18,7 @@ import type { AccessKey } from './lambda/sigv4.js';
 import { describedRoutes, requireAuth, type ZodTypeProvider } from './openapi.js';
 import { FunctionParams, InstanceInfoSchema } from './schemas.js';
 import { systemRoutes, type SystemDeps } from './system-routes.js';
+import { versionRoutes } from './versions-routes.js';
 
 export interface AppOptions {
   logger: FastifyBaseLogger;
@@ -51,6 +52,7 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
       requireAuth(scope, 'token', bearerAuth(opts.token));
       await apiRoutes(scope, api);
       await logRoutes(scope, api.functions);
+      await versionRoutes(scope, api.functions);
     });
   }
   if (internal) {

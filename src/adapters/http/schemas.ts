@@ -6,6 +6,7 @@
  */
 import { z } from 'zod';
 import { functionRecordSchema } from '../../core/function-spec.js';
+import { aliasNameSchema } from '../../core/versions.js';
 import { LOG_STREAMS } from '../../core/logs.js';
 
 export const ErrorBody = z.strictObject({
@@ -24,6 +25,26 @@ export const FunctionView = functionRecordSchema.extend({
   status: z.enum(['ok', 'failing']).describe('failing: its instances fail to start; new starts back off exponentially'),
   last_error: z.string().nullable().describe('why the last start failed'),
   failing_since: z.iso.datetime().nullable(),
+});
+
+/** A version as GET /api/functions/{id}/versions lists it. */
+export const VersionSchema = z.strictObject({
+  version: z.number().int().min(1),
+  code_hash: z.string().nullable().describe('sha256 of the code archive it runs; null: deployed before any code'),
+  code_size: z.number().int().nullable(),
+  created_at: z.iso.datetime(),
+  config: functionRecordSchema
+    .omit({ id: true, version: true, code_hash: true, code_size: true, created_at: true, updated_at: true })
+    .describe('its configuration, env var values masked'),
+});
+
+export const AliasSchema = z.strictObject({
+  function_id: z.string(),
+  name: aliasNameSchema,
+  version: z.number().int().min(1),
+  additional_version_weights: z.record(z.string(), z.number()).describe('other versions and the share of invocations each gets'),
+  created_at: z.iso.datetime(),
+  updated_at: z.iso.datetime(),
 });
 
 export const InstanceInfoSchema = z.strictObject({

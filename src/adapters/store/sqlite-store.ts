@@ -1,5 +1,5 @@
 /**
- * Function metadata and invocation records in one SQLite file (better-sqlite3).
+ * Function metadata (records, their versions and aliases) and invocation records in one SQLite file (better-sqlite3).
  * WAL with synchronous=FULL: a write is on disk before the API acknowledges it, so a kill -9
  * (or power loss) at any moment loses no acknowledged function. Invocation records are batched
  * into one transaction per flush so the hot path never waits for an fsync.
@@ -10,6 +10,7 @@ import { storedRecord } from '../../core/function-spec.js';
 import { INVOCATIONS_KEPT, isFailure, newInvocationId, type InvocationQuery } from '../../core/invocations.js';
 import type { FunctionStore, InvocationLog } from '../../core/ports.js';
 import type { FunctionRecord, InvocationRecord } from '../../core/types.js';
+import type { AliasRecord } from '../../core/versions.js';
 
 /** Sorts after every record id (UUIDs are lowercase hex and dashes): "no `before`". */
 const AFTER_ALL_IDS = '~';
@@ -32,6 +33,20 @@ export class SqliteStore implements FunctionStore, InvocationLog {
         name TEXT NOT NULL UNIQUE,
         record TEXT NOT NULL
       );
+      CREATE TABLE IF NOT EXISTS versions (
+        function_id TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        code_hash TEXT,
+        record TEXT NOT NULL,
+        PRIMARY KEY (function_id, version)
+      ) WITHOUT ROWID;
+      CREATE INDEX IF NOT EXISTS versions_by_code ON versions (code_hash);
+      CREATE TABLE IF NOT EXISTS aliases (
+        function_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        record TEXT NOT NULL,
+        PRIMARY KEY (function_id, name)
+      ) WITHOUT ROWID;
     `);
     migrateInvocations(this.db);
     this.sql = {
@@ -40,6 +55,20 @@ export class SqliteStore implements FunctionStore, InvocationLog {
       listFns: this.db.prepare('SELECT record FROM functions ORDER BY name'),
       updateFn: this.db.prepare('UPDATE functions SET name = ?, record = ? WHERE id = ?'),
       deleteFn: this.db.prepare('DELETE FROM functions WHERE id = ?'),
+      // Written once: a version is immutable.
+      insertVersion: this.db.prepare('INSERT OR IGNORE INTO versions (function_id, version, code_hash, record) VALUES (?, ?, ?, ?)'),
+      getVersion: this.db.prepare('SELECT record FROM versions WHERE function_id = ? AND version = ?'),
+      listVersions: this.db.prepare('SELECT record FROM versions WHERE function_id = ? ORDER BY version DESC'),
+      deleteVersion: this.db.prepare('DELETE FROM versions WHERE function_id = ? AND version = ?'),
+      deleteVersions: this.db.prepare('DELETE FROM versions WHERE function_id = ?'),
+      codeInUse: this.db.prepare(
+        "SELECT 1 FROM versions WHERE code_hash = ? UNION ALL SELECT 1 FROM functions WHERE json_extract(record, '$.code_hash') = ? LIMIT 1",
+      ),
+      getAlias: this.db.prepare('SELECT record FROM aliases WHERE function_id = ? AND name = ?'),
+      listAliases: this.db.prepare('SELECT record FROM aliases WHERE function_id = ? ORDER BY name'),
+      putAlias: this.db.prepare('INSERT OR REPLACE INTO aliases (function_id, name, record) VALUES (?, ?, ?)'),
+      deleteAlias: this.db.prepare('DELETE FROM aliases WHERE function_id = ? AND name = ?'),
+      deleteAliases: this.db.prepare('DELETE FROM aliases WHERE function_id = ?'),
       deleteInvocations: this.db.prepare('DELETE FROM invocations WHERE function_id = ?'),
       // A NULL filter parameter means "either".
       queryInvocations: this.db.prepare(
@@ -75,15 +104,59 @@ export class SqliteStore implements FunctionStore, InvocationLog {
   }
 
   async update(fn: FunctionRecord): Promise<void> {
+    const raw = JSON.stringify(fn);
     try {
-      this.sql.updateFn.run(fn.name, JSON.stringify(fn), fn.id);
+      this.db.transaction(() => {
+        this.sql.updateFn.run(fn.name, raw, fn.id);
+        if (fn.version >= 1) this.sql.insertVersion.run(fn.id, fn.version, fn.code_hash, raw);
+      })();
     } catch (err) {
       throw uniqueViolation(err, fn.name) ?? err;
     }
   }
 
   async delete(id: string): Promise<boolean> {
-    return this.sql.deleteFn.run(id).changes > 0;
+    return this.db.transaction(() => {
+      this.sql.deleteVersions.run(id);
+      this.sql.deleteAliases.run(id);
+      return this.sql.deleteFn.run(id).changes > 0;
+    })();
+  }
+
+  async version(functionId: string, version: number): Promise<FunctionRecord | undefined> {
+    const row = this.sql.getVersion.get(functionId, version) as { record: string } | undefined;
+    return row && storedRecord(row.record);
+  }
+
+  async versions(functionId: string): Promise<FunctionRecord[]> {
+    return (this.sql.listVersions.all(functionId) as { record: string }[]).map((r) => storedRecord(r.record));
+  }
+
+  async removeVersions(functionId: string, versions: number[]): Promise<void> {
+    this.db.transaction(() => {
+      for (const v of versions) this.sql.deleteVersion.run(functionId, v);
+    })();
+  }
+
+  async codeInUse(hash: string): Promise<boolean> {
+    return this.sql.codeInUse.get(hash, hash) !== undefined;
+  }
+
+  async alias(functionId: string, name: string): Promise<AliasRecord | undefined> {
+    const row = this.sql.getAlias.get(functionId, name) as { record: string } | undefined;
+    return row && (JSON.parse(row.record) as AliasRecord);
+  }
+
+  async aliases(functionId: string): Promise<AliasRecord[]> {
+    return (this.sql.listAliases.all(functionId) as { record: string }[]).map((r) => JSON.parse(r.record) as AliasRecord);
+  }
+
+  async putAlias(alias: AliasRecord): Promise<void> {
+    this.sql.putAlias.run(alias.function_id, alias.name, JSON.stringify(alias));
+  }
+
+  async deleteAlias(functionId: string, name: string): Promise<boolean> {
+    return this.sql.deleteAlias.run(functionId, name).changes > 0;
   }
 
   record(inv: InvocationRecord): void {

@@ -38,7 +38,7 @@ export interface AetherServer {
   port: number;
   api<T = unknown>(method: string, p: string, body?: unknown): Promise<T>;
   /** Creates the function and uploads its code (no instance starts until the first request). */
-  deploy(spec: Record<string, unknown>, files: Record<string, string>): Promise<FunctionInfo>;
+  deploy(spec: Record<string, unknown>, files: Record<string, string | Uint8Array>): Promise<FunctionInfo>;
   instances(fnId: string): Promise<Array<{ state: string }>>;
   invocations(fnId: string): Promise<Invocation[]>;
   /** How long the instance took to start, from the "instance ready" log line (waits for it briefly). */
@@ -154,9 +154,11 @@ function apiClient(url: string) {
     url,
     port: Number(new URL(url).port),
     api,
-    async deploy(spec: Record<string, unknown>, files: Record<string, string>): Promise<FunctionInfo> {
+    async deploy(spec: Record<string, unknown>, files: Record<string, string | Uint8Array>): Promise<FunctionInfo> {
       const fn = await api<FunctionInfo>('POST', '/api/functions', { runtime: 'node', ...spec });
-      const zip = zipSync(Object.fromEntries(Object.entries(files).map(([name, text]) => [name, strToU8(text)])));
+      const zip = zipSync(
+        Object.fromEntries(Object.entries(files).map(([name, data]) => [name, typeof data === 'string' ? strToU8(data) : data])),
+      );
       const res = await fetch(`${url}/api/functions/${fn.id}/code`, {
         method: 'POST',
         headers: { ...headers, 'content-type': 'application/zip' },

@@ -64,7 +64,7 @@ export async function measureColdStarts(aether: AetherServer, samples: number): 
   });
 }
 
-interface AetherSample {
+export interface AetherSample {
   clientMs: number;
   recordedMs: number;
   startMs: number;
@@ -72,7 +72,8 @@ interface AetherSample {
 
 type Sample = AetherSample & { nodeMs: number };
 
-async function aetherColdStart(aether: AetherServer, fn: FunctionInfo): Promise<AetherSample> {
+/** The first request to a function never run: client first byte, Aether's record, the instance's start. */
+export async function aetherColdStart(aether: AetherServer, fn: FunctionInfo): Promise<AetherSample> {
   const { ms, status } = await firstByte(aether.port, `/functions/${fn.name}/`, performance.now(), TIMEOUT_MS);
   if (status !== 200) throw new Error(`cold request to ${fn.name} answered ${status}`);
   const first = await firstInvocation(aether, fn);

@@ -15,10 +15,10 @@ export interface DirectServer {
 
 /** A port that was free a moment ago (the child binds it itself, so this cannot be race-free). */
 
-function spawnNode(mode: Mode, port: number): ChildProcess {
+function spawnNode(args: string[], port: number): ChildProcess {
   // Plain node: nothing preloaded through NODE_OPTIONS (the agent in a sandbox gets none either).
   const { NODE_OPTIONS: _, ...env } = process.env;
-  return spawn(process.execPath, ['-e', directSource(mode)], {
+  return spawn(process.execPath, args, {
     env: { ...env, PORT: String(port) },
     stdio: ['ignore', 'ignore', 'inherit'],
   });
@@ -32,13 +32,22 @@ async function kill(child: ChildProcess): Promise<void> {
 }
 
 /** Spawn to first response byte of a fresh `node -e` server: the cold start without any sandbox. */
-export async function directColdStart(mode: Mode): Promise<number> {
+export function directColdStart(mode: Mode): Promise<number> {
+  return spawnToFirstByte(['-e', directSource(mode)], `direct ${mode} server`);
+}
+
+/** The same for a server in a file (a real app). */
+export function directFileColdStart(file: string): Promise<number> {
+  return spawnToFirstByte([file], `direct ${file}`);
+}
+
+async function spawnToFirstByte(args: string[], what: string): Promise<number> {
   const port = await freePort();
   const since = performance.now();
-  const child = spawnNode(mode, port);
+  const child = spawnNode(args, port);
   try {
     const { ms, status } = await firstByte(port, '/', since, START_TIMEOUT_MS);
-    if (status !== 200) throw new Error(`direct ${mode} server answered ${status}`);
+    if (status !== 200) throw new Error(`${what} answered ${status}`);
     return ms;
   } finally {
     await kill(child);
@@ -47,7 +56,7 @@ export async function directColdStart(mode: Mode): Promise<number> {
 
 export async function startDirect(mode: Mode): Promise<DirectServer> {
   const port = await freePort();
-  const child = spawnNode(mode, port);
+  const child = spawnNode(['-e', directSource(mode)], port);
   try {
     await firstByte(port, '/', performance.now(), START_TIMEOUT_MS);
   } catch (err) {

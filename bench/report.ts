@@ -1,4 +1,5 @@
 /** The human-readable side of a run: aligned tables on stdout. */
+import type { AppColdStartRow } from './app-cold-start.js';
 import type { BurstRow } from './burst.js';
 import type { ColdStartRow } from './cold-start.js';
 import type { LogFloodRow } from './log-flood.js';
@@ -42,6 +43,52 @@ export function coldStartTable(rows: ColdStartRow[]): string {
       r.ratio_p50,
       r.ratio_p95,
     ]),
+  );
+}
+
+/**
+ * Real apps next to the trivial server function of the same run: what the app adds to the instance's
+ * start is loading and compiling its modules (the sandbox and node cost the same for both).
+ */
+export function appColdStartTable(rows: AppColdStartRow[], cold: ColdStartRow[]): string {
+  return table(
+    "Real-app cold start: fresh function -> first response byte (ms); modules = instance start - trivial server function's; node = `node index.js` -> first byte",
+    [
+      'setup',
+      'driver',
+      'app',
+      'start',
+      'n',
+      'aether p50',
+      'p95',
+      'instance start p50',
+      'modules p50',
+      'node p50',
+      'x node p50',
+      'prepare p50',
+    ],
+    rows.map((r) => {
+      const trivial = cold.find((c) => c.setup === r.setup && c.driver === r.driver && c.mode === 'server');
+      return [
+        r.setup,
+        r.driver,
+        r.app,
+        r.start_mode,
+        r.aether.n,
+        fixed(r.aether.p50),
+        fixed(r.aether.p95),
+        fixed(r.instance_start.p50),
+        trivial ? fixed(r.instance_start.p50 - trivial.instance_start.p50) : '-',
+        fixed(r.node.p50),
+        r.ratio_p50,
+        fixed(r.prepare.p50),
+      ];
+    }),
+  ).concat(
+    rows
+      .filter((r) => r.fallback_reason)
+      .map((r) => `\n${r.driver} ${r.app}: plain start because ${r.fallback_reason}`)
+      .join(''),
   );
 }
 

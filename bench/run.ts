@@ -8,6 +8,7 @@
  *   --microvm      in a --quick run, also boot one microVM (a full run without --cluster boots 5)
  *   --cluster      bubblewrap only, single node next to a cluster (1 gateway + 1 worker on real etcd,
  *                  Redis and S3 started for the run), and how the cluster compares
+ *   --apps         only the real apps' cold starts (Express, Fastify), per driver
  *   --logs         bubblewrap single node only: warm latency of one function while another prints as
  *                  fast as it can for 30 s, as a ratio to the same function idle
  *   --json <file>  where to write the results (default bench/results/<ISO timestamp>.json)
@@ -19,6 +20,7 @@ import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { startServices } from '../test/helpers/services.js';
 import { startCluster, startSingleNode, type AetherServer } from './aether.js';
+import { type AppColdStartRow, measureAppColdStarts } from './app-cold-start.js';
 import { measureBurst, type BurstRow } from './burst.js';
 import { measureColdStarts, type ColdStartRow } from './cold-start.js';
 import { compareClusterToSingle } from './compare.js';
@@ -28,6 +30,7 @@ import { type LogFloodOptions, type LogFloodRow, measureLogFlood } from './log-f
 import { startNginx } from './nginx.js';
 import { measureMicroVm, type MicroVmRow } from './microvm.js';
 import {
+  appColdStartTable,
   burstTable,
   clusterTable,
   coldStartTable,
@@ -49,6 +52,8 @@ const LOGS_DRIVER = 'bwrap';
 
 interface Plan {
   coldSamples: number;
+  /** Per real app (Express, Fastify): each a fresh function. */
+  appSamples: number;
   /** MicroVM boots (QEMU driver); 0 = not measured. */
   microVmSamples: number;
   warm: WarmOptions;
@@ -62,6 +67,7 @@ interface Plan {
  */
 const FULL: Plan = {
   coldSamples: 15,
+  appSamples: 5,
   microVmSamples: 5,
   warm: { warmup: 300, rounds: 4, perRound: 500 },
   throughput: { warmupSeconds: 0.5, rounds: 2, seconds: 2 },
@@ -69,6 +75,7 @@ const FULL: Plan = {
 };
 const QUICK: Plan = {
   coldSamples: 3,
+  appSamples: 2,
   microVmSamples: 0,
   warm: { warmup: 50, rounds: 2, perRound: 100 },
   throughput: { warmupSeconds: 0.5, rounds: 1, seconds: 1 },
@@ -87,6 +94,7 @@ const { values: args } = parseArgs({
     cluster: { type: 'boolean', default: false },
     microvm: { type: 'boolean', default: false },
     logs: { type: 'boolean', default: false },
+    apps: { type: 'boolean', default: false },
     json: { type: 'string' },
   },
 });
@@ -102,13 +110,14 @@ const machine = {
   kernel: os.release(),
 };
 console.log(
-  `Aether bench ${startedAt.toISOString()}${args.quick ? ' (--quick: smoke run, few samples)' : ''}${args.cluster ? ' (--cluster: single node vs cluster, bwrap)' : ''}${args.logs ? ' (--logs: warm latency under a log flood, bwrap)' : ''}`,
+  `Aether bench ${startedAt.toISOString()}${args.quick ? ' (--quick: smoke run, few samples)' : ''}${args.cluster ? ' (--cluster: single node vs cluster, bwrap)' : ''}${args.logs ? ' (--logs: warm latency under a log flood, bwrap)' : ''}${args.apps ? ' (--apps: real-app cold starts only)' : ''}`,
 );
 console.log(
   `machine: ${machine.cpus} cpus (${machine.cpu_model}), ${machine.memory_gb} GiB, load average at start ${machine.load_average_start.join(' ')}, node ${machine.node}, linux ${machine.kernel}`,
 );
 
 const cold: ColdStartRow[] = [];
+const appCold: AppColdStartRow[] = [];
 const warm: WarmLatencyRow[] = [];
 const throughput: ThroughputRow[] = [];
 const bursts: BurstRow[] = [];
@@ -118,11 +127,11 @@ const drivers: Record<string, Ran> = {};
 let cluster: Ran | undefined;
 let microvm: (Ran & { cold_start?: MicroVmRow }) | undefined;
 
-// --logs compares a function with itself (idle, under a flood): no baselines, no other set-ups.
-const baselineModes = args.logs ? [] : MODES;
+// --logs compares a function with itself (idle, under a flood), --apps has baselines of its own: no others.
+const baselineModes = args.logs || args.apps ? [] : MODES;
 const direct = new Map<Mode, DirectServer>();
 const nginx = new Map<Mode, DirectServer>();
-let nginxRan: Ran = args.logs ? { ran: false, reason: 'not needed by --logs' } : { ran: true };
+let nginxRan: Ran = args.logs || args.apps ? { ran: false, reason: `not needed by --${args.logs ? 'logs' : 'apps'}` } : { ran: true };
 try {
   for (const mode of baselineModes) direct.set(mode, await startDirect(mode));
   try {
@@ -175,6 +184,9 @@ async function measure(label: string, start: () => Promise<AetherServer>): Promi
   try {
     progress(`${label}: cold starts (${plan.coldSamples} per mode)`);
     cold.push(...(await measureColdStarts(aether, plan.coldSamples)));
+    progress(`${label}: real-app cold starts (${plan.appSamples} per app)`);
+    appCold.push(...(await measureAppColdStarts(aether, plan.appSamples)));
+    if (args.apps) return { ran: true };
     for (const mode of MODES) {
       const fn = await aether.deploy({ name: `hot-${mode}`, ...HOT_SPEC }, functionFiles(mode));
       const viaAether = { origin: aether.url, path: `/functions/${fn.name}/` };
@@ -211,7 +223,7 @@ async function floodScenario(): Promise<Ran> {
   return { ran: true };
 }
 
-const targets = checkTargets(cold, warm, throughput, bursts, logFlood);
+const targets = checkTargets(cold, warm, throughput, bursts, logFlood, appCold);
 const results = {
   started_at: startedAt.toISOString(),
   duration_s: Math.round((performance.now() - t0) / 100) / 10,
@@ -222,6 +234,7 @@ const results = {
   ...(microvm && { microvm }),
   ...(cluster && { cluster, cluster_vs_single: compareClusterToSingle(cold, warm, throughput) }),
   cold_start: cold,
+  app_cold_start: appCold,
   warm_latency: warm,
   throughput,
   burst: bursts,
@@ -230,6 +243,7 @@ const results = {
 };
 
 if (cold.length) console.log(coldStartTable(cold));
+if (appCold.length) console.log(appColdStartTable(appCold, cold));
 if (microvm?.cold_start) console.log(microVmTable(microvm.cold_start));
 if (warm.length) console.log(warmLatencyTable(warm));
 if (throughput.length) console.log(throughputTable(throughput));

@@ -81,6 +81,14 @@ function assertSections(r: any, ran: Array<{ setup: string; driver: string }>): 
       }
     }
   }
+  // The real apps: a fresh function each, for every set-up that ran.
+  for (const { setup, driver } of ran) {
+    for (const app of ['express', 'fastify']) {
+      const row = r.app_cold_start.find((x: any) => x.setup === setup && x.driver === driver && x.app === app);
+      assert.ok(row, `app_cold_start has no row for ${setup} ${driver}/${app}`);
+      assertNumbers(row, ['aether.p50', 'instance_start.p50', 'node.p50', 'prepare.p50'], `app_cold_start ${setup} ${driver}/${app}`);
+    }
+  }
   for (const row of r.warm_latency) assert.ok(Number.isFinite(row.overhead_p50_ms), 'overhead is a number (may be negative)');
   for (const row of r.throughput)
     assert.ok(row.aether_rps > 0 && row.direct_rps > 0 && row.nginx_rps > 0 && row.aether_instances >= 1, JSON.stringify(row));

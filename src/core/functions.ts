@@ -38,9 +38,10 @@ export class FunctionService {
     private readonly settings: FunctionSettings,
   ) {}
 
-  /** The record as the API shows it: env var values masked, and whether the function is failing to start. */
+  /** The record as the API shows it: env var values masked, whether the function is failing to start, and how it starts. */
   view(fn: FunctionRecord): FunctionView {
-    return { ...publicView(fn), ...functionStatus(this.startFailures.get(fn.id), fn.version) };
+    const start = this.placement.startMode?.(fn.id);
+    return { ...publicView(fn), ...functionStatus(this.startFailures.get(fn.id), fn.version), ...(start && { start }) };
   }
 
   async create(body: unknown): Promise<FunctionRecord> {

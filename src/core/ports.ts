@@ -6,7 +6,7 @@ import type { Socket } from 'node:net';
 import type { InvocationOutcome } from './invocation-outcome.js';
 import type { InvocationQuery } from './invocations.js';
 import type { LogEntry, LogFilter, LogPage, LogQuery, LogLine } from './logs.js';
-import type { EventFormat, FunctionRecord, InstanceInfo, InvocationRecord } from './types.js';
+import type { EventFormat, FunctionRecord, InstanceInfo, InvocationRecord, StartMode } from './types.js';
 import type { AliasRecord } from './versions.js';
 
 /**
@@ -87,6 +87,13 @@ export interface PutOptions {
   check?: { entrypoint: string | null };
 }
 
+/** What a prepared start depends on. */
+export interface StartPrep {
+  codeDir: string;
+  entrypoint?: string | null;
+  memoryMb: number;
+}
+
 /** What a driver needs to start one instance. Nothing here is specific to a sandbox technology. */
 export interface InstanceSpec {
   instanceId: string;
@@ -144,6 +151,11 @@ export interface IsolationDriver {
   readonly name: string;
   /** Resolves when the instance is ready to take requests; rejects (and cleans up) otherwise. */
   start(spec: InstanceSpec): Promise<InstanceHandle>;
+  /**
+   * Prepares a function's code for faster starts of its instances (at deploy time) and says how they
+   * will start; never rejects. A driver without it always starts plainly.
+   */
+  prepare?(spec: StartPrep): Promise<StartMode>;
   /** Releases what the driver holds on the host once every instance has stopped. */
   close?(): Promise<void>;
 }
@@ -164,6 +176,8 @@ export interface Placement {
   updated(fn: FunctionRecord): void;
   removed(functionId: string): Promise<void>;
   instances(functionId: string): InstanceInfo[] | Promise<InstanceInfo[]>;
+  /** How the function's instances start here (absent where instances do not run: a cluster gateway). */
+  startMode?(functionId: string): StartMode | undefined;
 }
 
 /** A worker as it announces itself in discovery (cluster mode). */

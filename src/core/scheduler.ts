@@ -3,8 +3,9 @@
  * periodic scale-down. The single entry point the invocation adapters use.
  */
 import { FunctionPool, type Lease, type PoolDeps } from './pool.js';
+import { errorMessage } from './errors.js';
 import type { Placement } from './ports.js';
-import type { FunctionRecord, InstanceInfo, InstanceState } from './types.js';
+import type { FunctionRecord, InstanceInfo, InstanceState, StartMode } from './types.js';
 
 /** Hands out a slot for one invocation: the local Scheduler, or a gateway's cluster router. */
 export interface Router {
@@ -13,6 +14,8 @@ export interface Router {
 
 export class Scheduler implements Router, Placement {
   private readonly pools = new Map<string, FunctionPool>();
+  /** How each function's current version starts, as its driver prepared it at deploy time. */
+  private readonly starts = new Map<string, { version: number; start: StartMode }>();
   private readonly timer: NodeJS.Timeout;
 
   constructor(
@@ -54,12 +57,32 @@ export class Scheduler implements Router, Placement {
 
   /** A function was created, changed or got new code. */
   updated(fn: FunctionRecord): void {
+    this.prepareStart(fn);
     const pool = this.pools.get(fn.id);
     if (pool) pool.update(fn);
     else if (fn.min_instances > 0) this.pool(fn);
   }
 
+  startMode(functionId: string): StartMode | undefined {
+    return this.starts.get(functionId)?.start;
+  }
+
+  /** Deploy time: the driver prepares the function's code for faster starts, in the background. */
+  private prepareStart(fn: FunctionRecord): void {
+    const { driver, codeDir } = this.deps;
+    if (!driver.prepare || !fn.code_hash) return;
+    const { id, version, code_hash, entrypoint, memory_mb } = fn;
+    this.starts.set(id, { version, start: { mode: 'preparing' } });
+    const settle = (start: StartMode) => {
+      if (this.starts.get(id)?.version === version) this.starts.set(id, { version, start });
+    };
+    codeDir(code_hash)
+      .then((dir) => driver.prepare!({ codeDir: dir, entrypoint, memoryMb: memory_mb }))
+      .then(settle, (err: unknown) => settle({ mode: 'plain', reason: `preparing failed: ${errorMessage(err)}` }));
+  }
+
   async removed(functionId: string): Promise<void> {
+    this.starts.delete(functionId);
     const pool = this.pools.get(functionId);
     this.pools.delete(functionId);
     await pool?.close();

@@ -40,7 +40,13 @@ export interface FunctionStatus {
   failing_since: string | null;
 }
 
-export type FunctionView = FunctionRecord & FunctionStatus;
+/** How a function's instances start: from a prepared bundle, plainly (and why), or not known yet. */
+export interface StartMode {
+  mode: 'bundle' | 'plain' | 'preparing';
+  reason?: string;
+}
+
+export type FunctionView = FunctionRecord & FunctionStatus & { start?: StartMode };
 
 export interface InvocationRecord {
   /** Unique, and sorts by start time (a UUIDv7): pass the last one of a page as `before` for the next. */

@@ -19,14 +19,14 @@ export interface Aether {
   logs: string[];
   api(method: string, p: string, body?: unknown, headers?: Record<string, string>): Promise<{ status: number; body: any }>;
   invoke(name: string, p?: string, init?: RequestInit): Promise<Response>;
-  deploy(spec: Record<string, unknown>, files: Record<string, string>): Promise<any>;
-  upload(name: string, files: Record<string, string>): Promise<{ status: number; body: any }>;
+  deploy(spec: Record<string, unknown>, files: Record<string, string | Uint8Array>): Promise<any>;
+  upload(name: string, files: Record<string, string | Uint8Array>): Promise<{ status: number; body: any }>;
   kill(signal?: NodeJS.Signals): Promise<void>;
   stop(): Promise<void>;
 }
 
-export function makeZip(files: Record<string, string>): Uint8Array<ArrayBuffer> {
-  return new Uint8Array(zipSync(Object.fromEntries(Object.entries(files).map(([k, v]) => [k, strToU8(v)]))));
+export function makeZip(files: Record<string, string | Uint8Array>): Uint8Array<ArrayBuffer> {
+  return new Uint8Array(zipSync(Object.fromEntries(Object.entries(files).map(([k, v]) => [k, typeof v === 'string' ? strToU8(v) : v]))));
 }
 
 export async function startAether(

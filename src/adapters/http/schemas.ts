@@ -25,6 +25,15 @@ export const FunctionView = functionRecordSchema.extend({
   status: z.enum(['ok', 'failing']).describe('failing: its instances fail to start; new starts back off exponentially'),
   last_error: z.string().nullable().describe('why the last start failed'),
   failing_since: z.iso.datetime().nullable(),
+  start: z
+    .strictObject({
+      mode: z.enum(['bundle', 'plain', 'preparing']),
+      reason: z.string().optional().describe('why it starts plainly'),
+    })
+    .optional()
+    .describe(
+      'how its instances start: from the bundle prepared at deploy time, or plainly; absent where no instances run (a cluster gateway)',
+    ),
 });
 
 /** A version as GET /api/functions/{id}/versions lists it. */

@@ -61,8 +61,10 @@ const AGENT_CONNECTION_SLACK = 8;
 /** The agent needs one, once; more can only be something in the instance holding descriptors. */
 const MAX_METADATA_CONNECTIONS = 2;
 
-export function agentConfig(spec: InstanceSpec): AgentConfig {
+/** `start: 'bundle'` when the driver mounted the function's prepared start (fast-start.ts) at GUEST_PATHS.start. */
+export function agentConfig(spec: InstanceSpec, start?: AgentConfig['start']): AgentConfig {
   return {
+    ...(start && { start }),
     instance_id: spec.instanceId,
     function_id: spec.functionId,
     entrypoint: spec.entrypoint ?? null,

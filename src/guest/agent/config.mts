@@ -59,6 +59,7 @@ function parseConfig(value: unknown): AgentConfig {
     typeof c.function_name === 'string' &&
     Number.isInteger(c.memory_mb) &&
     (EVENT_FORMATS as readonly string[]).includes(c.event_format) &&
+    (c.start === undefined || c.start === 'bundle' || c.start === 'plain') &&
     typeof c.env === 'object' &&
     c.env !== null &&
     Object.values(c.env).every((v) => typeof v === 'string');

@@ -5,6 +5,7 @@
  */
 import { join, relative } from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { loadBundle } from './bundle.mjs';
 import { fetchConfig, readToken, replaceEnv } from './config.mjs';
 import { detectMode, resolveEntry, type Mode } from './entry.mjs';
 import { fetchResponder } from './fetch-mode.mjs';
@@ -32,7 +33,13 @@ try {
 
 let mod: Parameters<typeof detectMode>[0];
 try {
-  mod = await import(pathToFileURL(entry).href);
+  if (config.start === 'bundle') {
+    const bundle = loadBundle(GUEST_PATHS.start, entry);
+    if (bundle.cacheRejected) log('V8 rejected the code cache of the prepared bundle: compiling without it');
+    mod = bundle.mod;
+  } else {
+    mod = await import(pathToFileURL(entry).href);
+  }
 } catch (err) {
   log(`entry module ${relative(codeDir, entry)} failed to load: ${errorMessage(err)}`);
   console.error(err);

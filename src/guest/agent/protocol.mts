@@ -9,7 +9,8 @@
 // ---- Inside every instance
 
 /** Where an instance sees its code, the agent and its channel (sandbox mounts; the microVM root image). */
-export const GUEST_PATHS = { code: '/code', agent: '/opt/aether/agent', run: '/run/aether' } as const;
+/** start: a function's prepared start (bundle.mts), when it has one. */
+export const GUEST_PATHS = { code: '/code', agent: '/opt/aether/agent', run: '/run/aether', start: '/opt/aether/start' } as const;
 
 /** Modules in the agent directory: the agent, and the helpers microVM guests run around it. */
 export const AGENT_MODULES = {
@@ -20,6 +21,8 @@ export const AGENT_MODULES = {
   dropPrivileges: 'drop-privileges.mjs',
   /** Firecracker guests: run once by init to read the instance from MMDS. */
   mmdsFetch: 'mmds-fetch.mjs',
+  /** Run by the host, not in instances: V8's code cache of a prepared bundle. */
+  codeCache: 'code-cache.mjs',
 } as const;
 
 /** Environment the agent reads, set by the driver or the VM's init (the function never sees it). */
@@ -59,6 +62,8 @@ export interface AgentConfig {
   memory_mb: number;
   /** Handler mode: the shape of the event an HTTP request becomes, and how the result is read (lambda-events.mts). */
   event_format: string;
+  /** `bundle`: load the prepared bundle at GUEST_PATHS.start rather than the entry module (absent: plain). */
+  start?: 'bundle' | 'plain';
 }
 
 /** The ARN a function's Lambda context and the Invoke API's errors name it by (`<prefix><name>[:qualifier]`). */

@@ -9,7 +9,8 @@
  * source's path inside its filesystem in /proc/self/mountinfo (the data dir's code and channel dirs,
  * the state dir's root and agent): bwrap has no way around that; gVisor presents its own mount table.
  */
-import type { InstanceHandle, InstanceSpec, IsolationDriver } from '../../../core/ports.js';
+import type { InstanceHandle, InstanceSpec, IsolationDriver, StartPrep } from '../../../core/ports.js';
+import type { StartMode } from '../../../core/types.js';
 import { agentNodeArgs } from '../../../guest/agent-files.js';
 import { GUEST_PATHS } from '../../../guest/agent/protocol.mjs';
 import { commandPath } from '../command-path.js';
@@ -64,7 +65,11 @@ export class BwrapDriver implements IsolationDriver {
     return launchSandboxed(this.host, spec, async (sandbox) => this.command(spec, sandbox));
   }
 
-  private async command(spec: InstanceSpec, { uid, cgroup, channel }: Sandbox): Promise<SandboxCommand> {
+  prepare(spec: StartPrep): Promise<StartMode> {
+    return this.host.fastStarts.prepare(spec);
+  }
+
+  private async command(spec: InstanceSpec, { uid, cgroup, channel, startDir }: Sandbox): Promise<SandboxCommand> {
     const { root, agentDir, nodePath, tmpMb } = this.host;
     const { setpriv, bwrap } = await this.commands;
     const id = String(uid);
@@ -76,6 +81,7 @@ export class BwrapDriver implements IsolationDriver {
       ...['--ro-bind', spec.codeDir, GUEST_PATHS.code],
       ...['--ro-bind', agentDir, GUEST_PATHS.agent],
       ...['--ro-bind', channel.dir, GUEST_PATHS.run],
+      ...(startDir ? ['--ro-bind', startDir, GUEST_PATHS.start] : []),
       ...['--proc', '/proc', '--dev', '/dev'],
       ...['--size', String(tmpMb * MB), '--tmpfs', '/dev/shm', '--remount-ro', '/dev'],
       ...['--size', String(tmpMb * MB), '--tmpfs', '/tmp'],

@@ -9,7 +9,8 @@ import { execFile } from 'node:child_process';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import type { InstanceHandle, InstanceSpec, IsolationDriver } from '../../../core/ports.js';
+import type { InstanceHandle, InstanceSpec, IsolationDriver, StartPrep } from '../../../core/ports.js';
+import type { StartMode } from '../../../core/types.js';
 import { agentNodeArgs } from '../../../guest/agent-files.js';
 import { GUEST_PATHS } from '../../../guest/agent/protocol.mjs';
 import { CFS_PERIOD_US, cpuQuotaUs } from './cgroup.js';
@@ -39,6 +40,10 @@ export class GvisorDriver implements IsolationDriver {
     return launchSandboxed(this.host, spec, (sandbox) => this.command(spec, sandbox));
   }
 
+  prepare(spec: StartPrep): Promise<StartMode> {
+    return this.host.fastStarts.prepare(spec);
+  }
+
   private async command(spec: InstanceSpec, sandbox: Sandbox): Promise<SandboxCommand> {
     const bundle = path.join(this.host.stateDir, 'bundles', spec.instanceId);
     await mkdir(bundle, { recursive: true, mode: 0o700 });
@@ -61,7 +66,7 @@ export class GvisorDriver implements IsolationDriver {
     };
   }
 
-  private ociSpec(spec: InstanceSpec, { uid, cgroup, channel }: Sandbox): object {
+  private ociSpec(spec: InstanceSpec, { uid, cgroup, channel, startDir }: Sandbox): object {
     const { root, agentDir, nodePath, tmpMb, pidsLimit, openFilesLimit } = this.host;
     const readOnly = (source: string, destination: string) => ({
       destination,
@@ -88,6 +93,7 @@ export class GvisorDriver implements IsolationDriver {
         readOnly(spec.codeDir, GUEST_PATHS.code),
         readOnly(agentDir, GUEST_PATHS.agent),
         readOnly(channel.dir, GUEST_PATHS.run),
+        ...(startDir ? [readOnly(startDir, GUEST_PATHS.start)] : []),
         { destination: '/tmp', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'nodev', 'mode=1777', `size=${tmpMb * MB}`] },
       ],
       linux: {

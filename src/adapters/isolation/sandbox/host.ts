@@ -9,10 +9,14 @@ import path from 'node:path';
 import type { InstanceHandle, InstanceSpec } from '../../../core/ports.js';
 import { agentDir } from '../../../guest/agent-files.js';
 import { agentConfig, openChannel, type InstanceChannel } from '../channel.js';
+import { FastStarts } from '../fast-start.js';
 import { launchInstance, type InstancePlan } from '../instance/instance.js';
 import type { CgroupTree, InstanceCgroup } from './cgroup.js';
 import { prepareSandboxRoot, type SandboxRoot } from './rootfs.js';
 import type { UidPool } from './uid-pool.js';
+
+/** Prepared starts, in the state dir: cleared at start-up (cleanLeftovers) and prepared again on demand. */
+const START_DIR = 'start';
 
 export interface SandboxOptions {
   /** Where the per-instance channel directories are created. */
@@ -37,6 +41,7 @@ export interface SandboxHost extends SandboxOptions {
   nodePath: string;
   /** PATH for the host-side commands (sh, setpriv, bwrap, runsc); the sandbox never sees it. */
   hostPath: string;
+  fastStarts: FastStarts;
 }
 
 export async function prepareSandboxHost(opts: SandboxOptions): Promise<SandboxHost> {
@@ -46,7 +51,8 @@ export async function prepareSandboxHost(opts: SandboxOptions): Promise<SandboxH
     throw new Error(`node (${nodePath}) is outside the directories mounted into sandboxes (${root.runtimeBinds.join(', ')})`);
   }
   const agent = await copyAgent(opts.stateDir);
-  return { ...opts, root, agentDir: agent, nodePath, hostPath: process.env.PATH || '/usr/sbin:/usr/bin:/sbin:/bin' };
+  const fastStarts = new FastStarts(path.join(opts.stateDir, START_DIR), agent, nodePath);
+  return { ...opts, root, agentDir: agent, nodePath, hostPath: process.env.PATH || '/usr/sbin:/usr/bin:/sbin:/bin', fastStarts };
 }
 
 /**
@@ -88,6 +94,8 @@ export interface Sandbox {
   uid: number;
   cgroup: InstanceCgroup;
   channel: InstanceChannel;
+  /** The function's prepared start (fast-start.ts), to mount read-only at GUEST_PATHS.start, if it has one ready. */
+  startDir?: string;
 }
 
 export interface SandboxCommand {
@@ -134,14 +142,20 @@ export async function launchSandboxed(
   spec: InstanceSpec,
   build: (sandbox: Sandbox) => Promise<SandboxCommand>,
 ): Promise<InstanceHandle> {
+  const startDir = host.fastStarts.ready({ codeDir: spec.codeDir, entrypoint: spec.entrypoint, memoryMb: spec.memoryMb });
   const uid = host.uids.acquire();
   let cgroup: InstanceCgroup | undefined;
   let channel: InstanceChannel | undefined;
   let command: SandboxCommand;
   try {
     cgroup = await host.cgroups.create(spec.instanceId, { memoryMb: spec.memoryMb, vcpu: spec.vcpu, pids: host.pidsLimit });
-    channel = await openChannel({ runDir: host.runDir, instanceId: spec.instanceId, uid, config: agentConfig(spec) });
-    command = await build({ uid, cgroup, channel });
+    channel = await openChannel({
+      runDir: host.runDir,
+      instanceId: spec.instanceId,
+      uid,
+      config: agentConfig(spec, startDir ? 'bundle' : undefined),
+    });
+    command = await build({ uid, cgroup, channel, startDir });
   } catch (err) {
     await channel?.close();
     await cgroup?.remove();
@@ -172,6 +186,6 @@ export async function cleanLeftovers(host: SandboxHost): Promise<number> {
   const groups = await host.cgroups.sweep();
   const channels = await readdir(host.runDir).catch(() => []);
   await Promise.all(channels.map((name) => rm(path.join(host.runDir, name), { recursive: true, force: true })));
-  for (const dir of ['bundles', 'runsc']) await rm(path.join(host.stateDir, dir), { recursive: true, force: true });
+  for (const dir of ['bundles', 'runsc', START_DIR]) await rm(path.join(host.stateDir, dir), { recursive: true, force: true });
   return Math.max(groups, channels.length);
 }

@@ -11,7 +11,7 @@ import { GUEST_PATHS } from '../../../guest/agent/protocol.mjs';
 /** Host directories the runtime (node and its libraries) needs, read-only. */
 const RUNTIME = ['/usr', '/bin', '/lib', '/lib64'];
 /** The skeleton's directories: mount points, and /etc for `hosts`. */
-const DIRS = [GUEST_PATHS.code, GUEST_PATHS.agent, GUEST_PATHS.run, '/tmp', '/proc', '/dev', '/sys', '/etc'];
+const DIRS = [GUEST_PATHS.code, GUEST_PATHS.agent, GUEST_PATHS.run, GUEST_PATHS.start, '/tmp', '/proc', '/dev', '/sys', '/etc'];
 // Without it, "localhost" does not resolve inside (no DNS there); nothing secret in it.
 const HOSTS = '127.0.0.1\tlocalhost\n::1\tlocalhost\n';
 

@@ -14,8 +14,8 @@ const files = fs
   .map((f) => path.join('test', f))
   .filter((f) => only.length === 0 || only.some((o) => f.includes(o)))
   .sort();
-// Lint and format (Biome), then type errors in source, tests and benchmark, fail the run before anything
-// starts (tsx only strips types).
+// Lint and format (Biome), then type errors in source, tests and benchmark, and in the dashboard (browser
+// code, its own tsconfig), fail the run before anything starts (tsx and esbuild only strip types).
 const lint = spawnSync(process.execPath, [path.join(root, 'node_modules/@biomejs/biome/bin/biome'), 'check', '.'], {
   cwd: root,
   stdio: 'inherit',
@@ -24,11 +24,13 @@ if (lint.status !== 0) {
   console.error('lint or format problems: `npm run format` fixes the formatting and the safe lint fixes');
   process.exit(lint.status ?? 1);
 }
-const typecheck = spawnSync(process.execPath, [path.join(root, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.tests.json'], {
-  cwd: root,
-  stdio: 'inherit',
-});
-if (typecheck.status !== 0) process.exit(typecheck.status ?? 1);
+for (const project of ['tsconfig.tests.json', 'src/dashboard']) {
+  const typecheck = spawnSync(process.execPath, [path.join(root, 'node_modules/typescript/bin/tsc'), '-p', project], {
+    cwd: root,
+    stdio: 'inherit',
+  });
+  if (typecheck.status !== 0) process.exit(typecheck.status ?? 1);
+}
 const result = spawnSync(process.execPath, ['--import', 'tsx', '--test', '--test-concurrency=1', '--test-reporter=spec', ...files], {
   cwd: root,
   stdio: 'inherit',

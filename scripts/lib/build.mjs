@@ -1,8 +1,9 @@
-// The TypeScript build (src -> dist) and whether it is current. dist/.built marks a finished build; its time
+// The TypeScript build (src -> dist), the dashboard's bundle (src/dashboard -> dist/dashboard), and whether they are current. dist/.built marks a finished build; its time
 // is the moment the build started, so a source saved during a build still counts as newer.
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { buildDashboard } from './dashboard.mjs';
 
 const mtime = (p) => fs.statSync(p, { throwIfNoEntry: false })?.mtimeMs ?? 0;
 
@@ -22,12 +23,13 @@ export function buildIsCurrent(root) {
   return sources <= mtime(marker(root));
 }
 
-export function build(root) {
+export async function build(root) {
   const started = new Date();
   execFileSync(process.execPath, [path.join(root, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.json'], {
     cwd: root,
     stdio: 'inherit',
   });
+  await buildDashboard(root);
   fs.writeFileSync(marker(root), `${started.toISOString()}\n`);
   fs.utimesSync(marker(root), started, started);
 }

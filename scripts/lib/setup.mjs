@@ -30,6 +30,7 @@ export const OS_PACKAGES = [
   'nginx-light', // the benchmark's proxy baseline
   'awscli', // a real Lambda Invoke API client for its tests
   'prometheus', // metrics tests: a real Prometheus scraping Aether, and promtool's check
+  'chromium', // dashboard tests: a real headless browser, driven by playwright-core
 ];
 
 const readJson = (file) => {
@@ -155,8 +156,8 @@ function steps({ osPackages }) {
     name: 'build',
     done: () => buildIsCurrent(root),
     run: () => {
-      say('building (tsc)');
-      build(root);
+      say('building (tsc) and the dashboard (esbuild)');
+      return build(root);
     },
   });
   return list;

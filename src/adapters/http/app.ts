@@ -1,7 +1,8 @@
 /**
  * The HTTP front door. All-in-one server and gateway: management API (token required) and
  * invocation routes. Worker: invocation routes and an internal instance listing, for gateways only.
- * Every role: /healthz, /api/system, /metrics and /api/openapi.json (system-routes.ts).
+ * Every role: /healthz, /api/system, /metrics and /api/openapi.json (system-routes.ts). With the
+ * management API, the web dashboard at / (dashboard-routes.ts).
  */
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { FunctionService } from '../../core/functions.js';
@@ -9,6 +10,7 @@ import type { WorkerInfo } from '../../core/ports.js';
 import type { InstanceInfo } from '../../core/types.js';
 import { apiRoutes } from './api-routes.js';
 import { bearerAuth, clusterAuth } from './auth.js';
+import { dashboardRoutes } from './dashboard-routes.js';
 import { installErrorHandling } from './errors.js';
 import type { InvokeDeps } from './invocation.js';
 import { invokeRoutes } from './invoke-route.js';
@@ -54,6 +56,7 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
       await logRoutes(scope, api.functions);
       await versionRoutes(scope, api.functions);
     });
+    dashboardRoutes(app);
   }
   if (internal) {
     await app.register(async (scope) => {

@@ -223,7 +223,7 @@ async function floodScenario(): Promise<Ran> {
   return { ran: true };
 }
 
-const targets = checkTargets(cold, warm, throughput, bursts, logFlood, appCold);
+const targets = checkTargets(cold, warm, throughput, bursts, logFlood, appCold, microvm?.cold_start);
 const results = {
   started_at: startedAt.toISOString(),
   duration_s: Math.round((performance.now() - t0) / 100) / 10,

@@ -38,6 +38,7 @@ export async function startIsolation(config: Config, log: Logger, cgroupParent: 
     vmCacheDir: config.vmCacheDir,
     kernel: config.kernel,
     firecrackerJailer: config.firecrackerJailer,
+    vmSnapshots: config.vmSnapshots,
     onProgress: (message) => log.info({}, message),
     cgroupParent,
   });

@@ -23,6 +23,10 @@ const schema = z.object({
   KERNEL_PATH: z.string().min(1).optional(),
   KERNEL_MODULES_DIR: z.string().min(1).optional(),
   FIRECRACKER_JAILER: z.string().min(1).optional(),
+  AETHER_VM_SNAPSHOTS: z
+    .enum(['0', '1', 'false', 'true'], { error: 'must be 1 or 0' })
+    .default('1')
+    .transform((v) => v === '1' || v === 'true'),
   AETHER_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
   AETHER_MAX_UPLOAD_MB: int(1, 10_000).default(50),
   AETHER_MAX_UNPACKED_MB: int(1, 100_000).default(250),
@@ -76,6 +80,8 @@ export interface Config {
   vmCacheDir: string;
   /** A guest kernel of your own (default: Debian's cloud kernel), with its `lib/modules/<version>` if it has modules. */
   kernel: { path?: string; modulesDir?: string };
+  /** QEMU: resume microVMs from snapshots (built in the background per machine size) instead of booting. */
+  vmSnapshots: boolean;
   /** Run Firecracker through its jailer at this path. */
   firecrackerJailer?: string;
   logLevel: string;
@@ -139,6 +145,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       modulesDir: c.KERNEL_MODULES_DIR && path.resolve(c.KERNEL_MODULES_DIR),
     },
     firecrackerJailer: c.FIRECRACKER_JAILER && path.resolve(c.FIRECRACKER_JAILER),
+    vmSnapshots: c.AETHER_VM_SNAPSHOTS,
     logLevel: c.AETHER_LOG_LEVEL,
     limits: {
       maxCompressedBytes: c.AETHER_MAX_UPLOAD_MB * MB,

@@ -195,7 +195,8 @@ describe('accelerator probe', () => {
 
 describe('QEMU microVM driver (TCG)', () => {
   before(async () => {
-    driver = await QemuDriver.create({ runDir: path.join(work, 'run'), cacheDir, accel: 'tcg', tcgMinStartTimeoutMs: 0 });
+    // Boots, every one (microvm-snapshot.test.ts covers resuming snapshots).
+    driver = await QemuDriver.create({ runDir: path.join(work, 'run'), cacheDir, accel: 'tcg', tcgMinStartTimeoutMs: 0, snapshots: false });
   });
 
   test('boots the function under its own kernel and serves it through hostfwd', async () => {

@@ -46,6 +46,8 @@ export interface SelectOptions {
   kernel?: KernelChoice;
   /** Run Firecracker through the jailer at this path (FIRECRACKER_JAILER). */
   firecrackerJailer?: string;
+  /** QEMU: resume snapshots instead of booting (AETHER_VM_SNAPSHOTS, default on). */
+  vmSnapshots?: boolean;
   /** Long steps (building the guest image on first use) report here. */
   onProgress?: (message: string) => void;
 }
@@ -125,7 +127,13 @@ export async function selectDriver(mode: IsolationMode, opts: SelectOptions): Pr
   }
   if (mode === 'qemu' || (mode === 'auto' && (await microVmPossible('qemu-system-x86_64')))) {
     try {
-      const qemu = await QemuDriver.create({ runDir: opts.runDir, cacheDir: vmCacheDir, kernel: opts.kernel, onProgress: opts.onProgress });
+      const qemu = await QemuDriver.create({
+        runDir: opts.runDir,
+        cacheDir: vmCacheDir,
+        kernel: opts.kernel,
+        snapshots: opts.vmSnapshots,
+        onProgress: opts.onProgress,
+      });
       const why = `qemu: ${qemu.accel.accel} (${qemu.accel.detail})`;
       // Under TCG a microVM takes seconds to boot: only when asked for by name.
       if (mode === 'qemu' || qemu.accel.accel === 'kvm') return { driver: qemu, reason: `${why}${cleaned}` };

@@ -23,7 +23,10 @@ const codeDir = process.env[AGENT_ENV.codeDir] || GUEST_PATHS.code;
 let config: AgentConfig;
 let entry: string;
 try {
-  config = await fetchConfig(runDir, readToken());
+  const token = readToken();
+  // Only microVMs can be snapshots; elsewhere the import would cost a cold start a few ms.
+  if (process.env[AGENT_ENV.reseed]) (await import('./reseed.mjs')).reseedMathRandom();
+  config = await fetchConfig(runDir, token);
   replaceEnv(config);
   process.chdir(codeDir);
   entry = resolveEntry(codeDir, config.entrypoint);

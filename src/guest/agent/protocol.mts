@@ -32,6 +32,8 @@ export const AGENT_ENV = {
   listenPort: 'AETHER_LISTEN_PORT',
   mmdsPort: 'AETHER_MMDS_PORT',
   uid: 'AETHER_UID',
+  /** Set in microVMs: the agent may be a restored snapshot's, so it reseeds Math.random (reseed.mts). */
+  reseed: 'AETHER_RESEED',
 } as const;
 
 /** Lines the agent writes itself start with this: the host quotes them first when a start fails. */
@@ -113,8 +115,12 @@ export const INIT_EVENTS = {
   start: 'start',
   agentStarted: 'agent-started',
   probeOk: 'probe-ok',
-  /** A Firecracker template booted and polls MMDS: the moment to snapshot it. */
+  /** The agent runs and waits for its instance (QEMU: its token; Firecracker: MMDS): the moment to snapshot a template. */
   awaitingConfig: 'awaiting-config',
+  /** The instance arrived; the clock is set and the RNG reseeded. */
+  config: 'config',
+  /** The function's code disk is mounted. */
+  codeMounted: 'code-mounted',
   /** Followed by the agent's status (a shell's: 128+n for signal n). */
   agentExited: 'agent exited status=',
   fatal: 'fatal:',
@@ -139,8 +145,16 @@ export const GUEST_UID = 1000;
 /** QEMU: serial numbers of the virtio-blk disks and names of the virtio-serial ports. */
 export const DISK_SERIAL = { root: 'aether-root', code: 'aether-code' } as const;
 export const PORT_NAME = { ctl: 'aether.ctl', mmds: 'aether.mmds', stdout: 'aether.stdout', stderr: 'aether.stderr' } as const;
-/** QEMU: lines on the control port. Host to guest: the token, then `stop`; guest to host: `ready`, `exit <status>`. */
-export const CONTROL = { stop: 'stop', ready: 'ready', exit: 'exit' } as const;
+/**
+ * QEMU: lines on the control port. Guest to host: `waiting` (for its token), `ready`, `exit <status>`;
+ * host to guest: `<token> <unix seconds> <random hex>` (controlLine: an answer to `waiting`, or at
+ * once when a snapshot resumes: its `waiting` went to the template), then `stop`.
+ */
+export const CONTROL = { waiting: 'waiting', stop: 'stop', ready: 'ready', exit: 'exit' } as const;
+/** The first line to a QEMU guest: its token, the host's time (rounded to the second: what `date -s` takes), bytes for its RNG. */
+export function controlLine(token: string, nowMs: number, seedHex: string): string {
+  return `${token} ${Math.round(nowMs / 1000)} ${seedHex}\n`;
+}
 /** QEMU: the descriptor on which listen mode tells init that the agent is ready. */
 export const LISTEN_READY_FD = 4;
 

@@ -5,11 +5,13 @@
  * did not spawn; ash's `wait` reaps every child it gets. A second node process just to supervise the
  * agent would cost a node start-up (over a second under TCG) and its memory in every VM.
  *
- * It mounts the read-only root image (node, its libraries, the agent) and the function's code disk,
- * gives the guest tmpfs for everything writable, loads the virtio modules, configures eth0 from the
- * kernel command line (so that another VMM can use other addresses), then runs the agent chrooted in
- * the root image and reports over the control port (a virtio-serial port, see docs/microvm.md):
- *   host -> guest: the token (first line), then "stop" (SIGTERM to the agent)
+ * It loads the virtio modules, configures eth0 from the kernel command line (so that another VMM can
+ * use other addresses), mounts the read-only root image (node, its libraries, the agent) and tmpfs for
+ * everything writable, and starts the agent chrooted in the root image, which waits for its token: a
+ * QEMU template is snapshotted there. Once the token comes, init sets the clock, reseeds the RNG,
+ * mounts the function's code disk, hands the token over and reports over the control port (a
+ * virtio-serial port, see docs/microvm.md):
+ *   host -> guest: the token, time and random bytes (first line), then "stop" (SIGTERM to the agent)
  *   guest -> host: "ready" (relayed from the agent's listen mode), "exit <status>" before powering off.
  * Diagnostics go to the console (ttyS0) prefixed [aether-init].
  *
@@ -38,6 +40,14 @@ import {
   MMDS_SOCKET,
   PORT_NAME,
 } from '../agent/protocol.mjs';
+
+/**
+ * The clock of a VM before the host sets it (2000-01-01): OpenSSL reseeds a generator whose last seed
+ * is older than its interval (at most an hour), so node's, seeded in a template, reseed after a restore.
+ */
+const TEMPLATE_TIME = 946_684_800;
+/** ioctl(2) of /dev/urandom that reseeds the kernel's generator from its pool: _IO('R', 0x07). */
+const RNDRESEEDCRNG = '0x5207';
 
 /** `vsockModules` are loaded under Firecracker only (after `modules`). */
 export function initScript(modules: readonly string[], vsockModules: readonly string[] = []): string {
@@ -165,19 +175,46 @@ ip link set lo up && ip addr add $ip dev eth0 && ip link set eth0 up && ip route
 echo 0 >/proc/sys/net/ipv4/ip_unprivileged_port_start
 
 mount_root_image $rootdev
-mount -t ext4 -o ro,noload,nodev,nosuid $codedev $R${GUEST_PATHS.code} || die "mounting the code"
-mkdir -m 700 $R${run} && chown ${GUEST_UID}:${GUEST_UID} $R${run} && mkfifo -m 600 /ready || die "preparing /run"
+mkdir -m 700 $R${run} && chown ${GUEST_UID}:${GUEST_UID} $R${run} && mkfifo -m 600 /ready /token || die "preparing /run"
 log mounted
 
-# node's arguments, comma-separated on the kernel command line
+# The agent starts before its token arrives, so that a VM waiting here can be snapshotted (a template)
+# and restored many times. Until then the clock says TEMPLATE_TIME: node's OpenSSL seeds its
+# generators under that clock and reseeds them at their next use once the real time is set (an
+# interval has passed), from the kernel's, which is reseeded first.
+date -s @${TEMPLATE_TIME} >/dev/null
 IFS=,; set -- $node_args; unset IFS
-read -r token <&3 || die "no token on the control port"
-( read -r line </ready && echo ${CONTROL.ready} >&3 ) &
-printf '%s\\n' "$token" | env -i PATH=/usr/bin:/bin ${AGENT_ENV.listenPort}=$listen ${AGENT_ENV.mmdsPort}=$mmds ${AGENT_ENV.uid}=${GUEST_UID} \\
-  chroot $R /usr/bin/node "$@" 3>&- >$out 2>$err ${LISTEN_READY_FD}>/ready &
+exec 5<>/token # a writer, so that the agent's open does not wait; the token goes through it later
+( read -r line </ready && echo ${CONTROL.ready} >&3 ) 5>&- &
+env -i PATH=/usr/bin:/bin ${AGENT_ENV.listenPort}=$listen ${AGENT_ENV.mmdsPort}=$mmds ${AGENT_ENV.uid}=${GUEST_UID} ${AGENT_ENV.reseed}=1 \\
+  chroot $R /usr/bin/node "$@" 3>&- 5>&- </token >$out 2>$err ${LISTEN_READY_FD}>/ready &
 agent=$!
-unset token
 log ${EV.agentStarted}
+# The agent reads its token with read(0, ...): syscall 0 on fd 0 in /proc (or it is gone already).
+until read -r nr fd rest </proc/$agent/syscall && [ "$nr" = 0 ] && [ "$fd" = 0x0 ]; do
+  kill -0 $agent 2>/dev/null || break
+  usleep 5000
+done
+log ${EV.awaitingConfig}
+
+# The host answers with the line (so the time in it is fresh); a restored copy gets it when it resumes.
+echo ${CONTROL.waiting} >&3
+read -r token now seed <&3 || die "no token on the control port"
+# Before anything of the function runs: the host's time, and its random bytes mixed into the kernel's
+# pool, which is then reseeded (ioctl RNDRESEEDCRNG): every restored copy draws different numbers.
+date -s @$now >/dev/null && echo "$seed" >/dev/urandom &&
+  chroot $R /usr/bin/socat -u OPEN:/dev/null OPEN:/dev/urandom,wronly,ioctl-void=${RNDRESEEDCRNG} || die "setting the clock and the RNG"
+unset seed
+log ${EV.config}
+# The code disk only now: a restored template had a placeholder in that slot. Rebinding its driver
+# re-reads the disk (size, first blocks) as the host attached it.
+v=$(readlink /sys/block/\${codedev#/dev/}/device) && v=\${v##*/} &&
+  echo $v >/sys/bus/virtio/drivers/virtio_blk/unbind && echo $v >/sys/bus/virtio/drivers/virtio_blk/bind &&
+  codedev=/dev/$(ls /sys/bus/virtio/devices/$v/block) &&
+  mount -t ext4 -o ro,noload,nodev,nosuid $codedev $R${GUEST_PATHS.code} || die "mounting the code"
+log ${EV.codeMounted}
+printf '%s\\n' "$token" >&5 && exec 5>&-
+unset token
 
 trap 'kill -TERM $agent 2>/dev/null' TERM
 ( while read -r cmd; do [ "$cmd" = ${CONTROL.stop} ] && kill -TERM $agent; done ) <&3 &

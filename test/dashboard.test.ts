@@ -6,6 +6,7 @@
  * Screenshots go to test-output/dashboard/ (git ignores it).
  */
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -135,9 +136,32 @@ describe('dashboard on one node', { skip: noChromium }, () => {
       .getByRole('status')
       .filter({ hasText: `Upload rejected: ${message}` })
       .waitFor();
-    const zip = Buffer.from(makeZip({ 'handler.js': HELLO }));
-    await page.getByLabel(/choose a file/).setInputFiles({ name: 'hello.zip', mimeType: 'application/zip', buffer: zip });
+    // The real zip is dropped on the drop zone, as if dragged from the desktop; with a megabyte of data
+    // (base64 of random bytes, which zip cannot shrink much) the progress bar has something to show.
+    const zip = Buffer.from(makeZip({ 'handler.js': HELLO, 'data.txt': randomBytes(768 * 1024).toString('base64') }));
+    // A string, not a function: tsx would wrap a named function in a helper the page does not have.
+    await page.evaluate(`{
+      const seen = (window.progressSeen = []);
+      const watch = () => {
+        const bar = document.querySelector('progress');
+        if (bar) seen.push(bar.value);
+        requestAnimationFrame(watch);
+      };
+      watch();
+    }`);
+    const files = await page.evaluateHandle((base64) => {
+      const transfer = new DataTransfer();
+      const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+      transfer.items.add(new File([bytes], 'hello.zip', { type: 'application/zip' }));
+      return transfer;
+    }, zip.toString('base64'));
+    await page.locator('.dropzone').dispatchEvent('dragover', { dataTransfer: files });
+    await page.locator('.dropzone').dispatchEvent('drop', { dataTransfer: files });
     await page.getByRole('status').filter({ hasText: 'Deployed hello.zip: version 1' }).waitFor();
+    const progress: number[] = await page.evaluate(() => (window as any).progressSeen);
+    assert.ok(progress.length > 0, 'a progress bar was shown during the upload');
+    assert.equal(Math.max(...progress), 1, `the progress bar reached the end: ${progress.join(' ')}`);
+    assert.equal(await page.locator('progress').count(), 0, 'and is gone once the upload is done');
     await page.locator('.badge', { hasText: 'scaled to zero' }).waitFor();
 
     // The log tail is open before the request: its line can only arrive live.

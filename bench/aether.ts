@@ -48,13 +48,13 @@ export interface AetherServer {
   stop(): Promise<void>;
 }
 
-/** `aether serve` with the driver; rejects with Aether's own explanation if it refuses to start. */
-export async function startSingleNode(driver: string): Promise<AetherServer> {
+/** `aether serve` with the driver (and settings in `env`); rejects with Aether's own explanation if it refuses to start. */
+export async function startSingleNode(driver: string, env?: Record<string, string>): Promise<AetherServer> {
   const ready = readyLog();
   const dataDir = sandboxDataDir();
   let server: AetherProcess;
   try {
-    server = await launchAether({ role: 'serve', dataDir, token: TOKEN, isolation: driver, onLine: ready.onLine });
+    server = await launchAether({ role: 'serve', dataDir, token: TOKEN, isolation: driver, env, onLine: ready.onLine });
   } catch (err) {
     await stopAll([], [dataDir]);
     throw err;

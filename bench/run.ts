@@ -8,7 +8,8 @@
  *   --microvm      in a --quick run, also boot one microVM (a full run without --cluster boots 5)
  *   --cluster      bubblewrap only, single node next to a cluster (1 gateway + 1 worker on real etcd,
  *                  Redis and S3 started for the run), and how the cluster compares
- *   --apps         only the real apps' cold starts (Express, Fastify), per driver
+ *   --apps         only the real apps' cold starts (Express, Fastify), per driver, with fast starts
+ *                  (the default) and without (AETHER_FAST_START=0), and the trivial ones they compare to
  *   --logs         bubblewrap single node only: warm latency of one function while another prints as
  *                  fast as it can for 30 s, as a ratio to the same function idle
  *   --json <file>  where to write the results (default bench/results/<ISO timestamp>.json)
@@ -142,6 +143,7 @@ try {
   }
   for (const driver of args.logs ? [] : args.cluster ? [CLUSTER_DRIVER] : DRIVERS) {
     drivers[driver] = await measure(driver, () => startSingleNode(driver));
+    if (args.apps) await measure(`${driver}, no fast start`, () => startSingleNode(driver, { AETHER_FAST_START: '0' }), true);
   }
   if (args.cluster) {
     progress('cluster: starting etcd, Redis and S3');
@@ -158,7 +160,7 @@ try {
 if (args.logs) drivers[LOGS_DRIVER] = await floodScenario();
 
 // After the sandboxes, with the baseline servers gone: a microVM boot wants every cycle it can get.
-if (plan.microVmSamples > 0 && !args.cluster && !args.logs) {
+if (plan.microVmSamples > 0 && !args.cluster && !args.logs && !args.apps) {
   progress(`microvm: ${plan.microVmSamples} cold boots of the qemu driver`);
   microvm = await measureMicroVm(plan.microVmSamples, progress).then(
     (row) => ({ ran: true, cold_start: row }),
@@ -170,8 +172,8 @@ if (plan.microVmSamples > 0 && !args.cluster && !args.logs) {
   );
 }
 
-/** Every measurement of one Aether set-up, or why it could not start. */
-async function measure(label: string, start: () => Promise<AetherServer>): Promise<Ran> {
+/** Every measurement of one Aether set-up, or why it could not start (`appsOnly`: just the real apps). */
+async function measure(label: string, start: () => Promise<AetherServer>, appsOnly = false): Promise<Ran> {
   let aether: AetherServer;
   try {
     aether = await start();
@@ -182,8 +184,10 @@ async function measure(label: string, start: () => Promise<AetherServer>): Promi
   }
   const row = { setup: aether.setup, driver: aether.driver };
   try {
-    progress(`${label}: cold starts (${plan.coldSamples} per mode)`);
-    cold.push(...(await measureColdStarts(aether, plan.coldSamples)));
+    if (!appsOnly) {
+      progress(`${label}: cold starts (${plan.coldSamples} per mode)`);
+      cold.push(...(await measureColdStarts(aether, plan.coldSamples)));
+    }
     progress(`${label}: real-app cold starts (${plan.appSamples} per app)`);
     appCold.push(...(await measureAppColdStarts(aether, plan.appSamples)));
     if (args.apps) return { ran: true };

@@ -35,6 +35,7 @@ export async function startIsolation(config: Config, log: Logger, cgroupParent: 
     pidsLimit: config.pidsLimit,
     openFilesLimit: config.openFilesLimit,
     tmpMb: config.tmpMb,
+    fastStart: config.fastStart,
     vmCacheDir: config.vmCacheDir,
     kernel: config.kernel,
     firecrackerJailer: config.firecrackerJailer,

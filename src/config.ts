@@ -44,6 +44,10 @@ const schema = z.object({
   AETHER_PIDS_LIMIT: int(16, 100_000).default(128),
   AETHER_INSTANCE_OPEN_FILES: int(64, 1_048_576).default(1024),
   AETHER_TMP_MB: int(1, 100_000).default(64),
+  AETHER_FAST_START: z
+    .enum(['0', '1', 'false', 'true'], { error: 'must be 1 or 0' })
+    .default('1')
+    .transform((v) => v === '1' || v === 'true'),
   AETHER_LOG_RETENTION_H: z.coerce.number().min(0.01).max(87_600).default(72),
   AETHER_LOG_MAX_MB: int(1, 10_000_000).default(256),
   AETHER_LOG_MAX_LINES: int(10, 100_000_000).default(50_000),
@@ -100,6 +104,8 @@ export interface Config {
   /** RLIMIT_NOFILE of every sandboxed instance: what it can hold open, host sockets included. */
   openFilesLimit: number;
   tmpMb: number;
+  /** Sandbox drivers prepare each function's code at deploy time for faster starts (adapters/isolation/fast-start.ts). */
+  fastStart: boolean;
   /** The access key the Lambda Invoke API checks signatures against; no key, no Invoke API. */
   lambdaKey?: { accessKeyId: string; secretAccessKey: string };
   functionLogs: FunctionLogSettings;
@@ -166,6 +172,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     pidsLimit: c.AETHER_PIDS_LIMIT,
     openFilesLimit: c.AETHER_INSTANCE_OPEN_FILES,
     tmpMb: c.AETHER_TMP_MB,
+    fastStart: c.AETHER_FAST_START,
     functionLogs: {
       retentionMs: Math.round(c.AETHER_LOG_RETENTION_H * 3_600_000),
       maxBytes: c.AETHER_LOG_MAX_MB * MB,

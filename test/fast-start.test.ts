@@ -153,4 +153,29 @@ exports.handler = async () => ({ statusCode: 200, body: typeof lib.platform });`
   });
 }
 
+test('with AETHER_FAST_START=0 functions start plainly, and their status says so', async (t) => {
+  const driver = sandboxDrivers()[0]!;
+  const a = await startAether({ isolation: driver, env: { AETHER_FAST_START: '0' } }).catch((err: Error) => {
+    requireOrSkip(t, false, `${driver} does not run here: ${err.message}`);
+    return undefined;
+  });
+  if (!a) return;
+  try {
+    await a.deploy({ name: 'plain', env_vars: { WHO: 'world' } }, MODULAR);
+    let start: { mode: string; reason?: string } | undefined;
+    await until(
+      async () => (start = (await a.api('GET', '/api/functions/plain')).body.start)?.mode !== 'preparing',
+      30_000,
+      'its start mode',
+      20,
+    );
+    assert.deepEqual(start, { mode: 'plain', reason: 'fast starts are off (AETHER_FAST_START=0)' });
+    const out = await (await a.invoke('plain', '/')).json();
+    assert.equal(out.greeting, '[hello, world!]');
+    assert.doesNotMatch(out.loadedFrom, /\/opt\/aether\/start\//, 'loaded from the code as uploaded');
+  } finally {
+    await a.stop();
+  }
+});
+
 const HANDLER = `exports.handler = async () => ({ statusCode: 200, body: 'ok' });`;

@@ -33,6 +33,8 @@ export interface SelectOptions {
   pidsLimit: number;
   openFilesLimit: number;
   tmpMb: number;
+  /** Prepare functions' code at deploy time for faster starts (default: yes). */
+  fastStart?: boolean;
   /** The sandbox drivers' own files (root skeleton, runsc state). Default: `sandbox` next to runDir. */
   stateDir?: string;
   /** cgroup path under each controller for the instance groups (default `aether`). */
@@ -102,6 +104,7 @@ export async function selectDriver(mode: IsolationMode, opts: SelectOptions): Pr
     pidsLimit: opts.pidsLimit,
     openFilesLimit: opts.openFilesLimit,
     tmpMb: opts.tmpMb,
+    fastStart: opts.fastStart ?? true,
     cgroups: new CgroupTree({ parent: opts.cgroupParent }),
     uids: new UidPool(opts.uids?.first, opts.uids?.size),
   });

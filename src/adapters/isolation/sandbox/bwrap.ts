@@ -14,7 +14,7 @@ import type { StartMode } from '../../../core/types.js';
 import { agentNodeArgs } from '../../../guest/agent-files.js';
 import { GUEST_PATHS } from '../../../guest/agent/protocol.mjs';
 import { commandPath } from '../command-path.js';
-import { launchSandboxed, type Sandbox, type SandboxCommand, type SandboxHost, untraversable } from './host.js';
+import { launchSandboxed, prepareStart, type Sandbox, type SandboxCommand, type SandboxHost, untraversable } from './host.js';
 
 const MB = 1024 * 1024;
 
@@ -66,7 +66,7 @@ export class BwrapDriver implements IsolationDriver {
   }
 
   prepare(spec: StartPrep): Promise<StartMode> {
-    return this.host.fastStarts.prepare(spec);
+    return prepareStart(this.host, spec);
   }
 
   private async command(spec: InstanceSpec, { uid, cgroup, channel, startDir }: Sandbox): Promise<SandboxCommand> {

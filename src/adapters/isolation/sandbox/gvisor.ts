@@ -14,7 +14,7 @@ import type { StartMode } from '../../../core/types.js';
 import { agentNodeArgs } from '../../../guest/agent-files.js';
 import { GUEST_PATHS } from '../../../guest/agent/protocol.mjs';
 import { CFS_PERIOD_US, cpuQuotaUs } from './cgroup.js';
-import { launchSandboxed, type Sandbox, type SandboxCommand, type SandboxHost } from './host.js';
+import { launchSandboxed, prepareStart, type Sandbox, type SandboxCommand, type SandboxHost } from './host.js';
 
 const run = promisify(execFile);
 const MB = 1024 * 1024;
@@ -41,7 +41,7 @@ export class GvisorDriver implements IsolationDriver {
   }
 
   prepare(spec: StartPrep): Promise<StartMode> {
-    return this.host.fastStarts.prepare(spec);
+    return prepareStart(this.host, spec);
   }
 
   private async command(spec: InstanceSpec, sandbox: Sandbox): Promise<SandboxCommand> {

@@ -6,7 +6,8 @@
 import { chmod, cp, readdir, realpath, rename, rm, stat } from 'node:fs/promises';
 import type { Writable } from 'node:stream';
 import path from 'node:path';
-import type { InstanceHandle, InstanceSpec } from '../../../core/ports.js';
+import type { InstanceHandle, InstanceSpec, StartPrep } from '../../../core/ports.js';
+import type { StartMode } from '../../../core/types.js';
 import { agentDir } from '../../../guest/agent-files.js';
 import { agentConfig, openChannel, type InstanceChannel } from '../channel.js';
 import { FastStarts } from '../fast-start.js';
@@ -28,6 +29,8 @@ export interface SandboxOptions {
   openFilesLimit: number;
   /** Size of each instance's writable /tmp. */
   tmpMb: number;
+  /** Prepare functions' code for faster starts (fast-start.ts); off: every instance starts plainly. */
+  fastStart: boolean;
   cgroups: CgroupTree;
   uids: UidPool;
 }
@@ -41,7 +44,7 @@ export interface SandboxHost extends SandboxOptions {
   nodePath: string;
   /** PATH for the host-side commands (sh, setpriv, bwrap, runsc); the sandbox never sees it. */
   hostPath: string;
-  fastStarts: FastStarts;
+  fastStarts?: FastStarts;
 }
 
 export async function prepareSandboxHost(opts: SandboxOptions): Promise<SandboxHost> {
@@ -51,7 +54,7 @@ export async function prepareSandboxHost(opts: SandboxOptions): Promise<SandboxH
     throw new Error(`node (${nodePath}) is outside the directories mounted into sandboxes (${root.runtimeBinds.join(', ')})`);
   }
   const agent = await copyAgent(opts.stateDir);
-  const fastStarts = new FastStarts(path.join(opts.stateDir, START_DIR), agent, nodePath);
+  const fastStarts = opts.fastStart ? new FastStarts(path.join(opts.stateDir, START_DIR), agent, nodePath) : undefined;
   return { ...opts, root, agentDir: agent, nodePath, hostPath: process.env.PATH || '/usr/sbin:/usr/bin:/sbin:/bin', fastStarts };
 }
 
@@ -109,6 +112,12 @@ export interface SandboxCommand {
   cleanup?(): Promise<void>;
 }
 
+/** How a sandbox driver prepares a function's start: as fast-start.ts can, unless that is switched off. */
+export function prepareStart(host: SandboxHost, spec: StartPrep): Promise<StartMode> {
+  if (!host.fastStarts) return Promise.resolve({ mode: 'plain', reason: 'fast starts are off (AETHER_FAST_START=0)' });
+  return host.fastStarts.prepare(spec);
+}
+
 /** An instance that is a host process running the agent: the plan every sandbox driver launches. */
 export function agentProcess(spec: InstanceSpec, channel: InstanceChannel, command: SandboxCommand): InstancePlan {
   return {
@@ -142,7 +151,7 @@ export async function launchSandboxed(
   spec: InstanceSpec,
   build: (sandbox: Sandbox) => Promise<SandboxCommand>,
 ): Promise<InstanceHandle> {
-  const startDir = host.fastStarts.ready({ codeDir: spec.codeDir, entrypoint: spec.entrypoint, memoryMb: spec.memoryMb });
+  const startDir = host.fastStarts?.ready({ codeDir: spec.codeDir, entrypoint: spec.entrypoint, memoryMb: spec.memoryMb });
   const uid = host.uids.acquire();
   let cgroup: InstanceCgroup | undefined;
   let channel: InstanceChannel | undefined;

@@ -18,9 +18,10 @@ import { enqueuedAt } from './adapters/redis/provision-jobs.js';
 import { ProvisionQueue } from './adapters/redis/provision-queue.js';
 import { S3CodeStore } from './adapters/s3/s3-code-store.js';
 import type { WorkerConfig } from './config.js';
-import { errorMessage, notFound } from './core/errors.js';
+import { errorMessage } from './core/errors.js';
 import type { WorkerInfo } from './core/ports.js';
 import { Scheduler } from './core/scheduler.js';
+import { resolveQualified } from './core/versions.js';
 import { functionLogs, poolSettings, prepareDataDir, startIsolation, startMetrics, type RunningServer } from './compose.js';
 import { AETHER_VERSION } from './version.js';
 
@@ -106,13 +107,8 @@ export async function startWorker(config: WorkerConfig, logger: Logger = pino({ 
   await redisReady(redis, REDIS_START_WAIT_MS); // a worker starts while Redis is down, and says so per request
   await functions.ready();
 
-  const lookup = {
-    get: async (idOrName: string) => {
-      const fn = await functions.get(idOrName);
-      if (!fn) throw notFound(`no function ${idOrName}`);
-      return fn;
-    },
-  };
+  // Gateways name the version they chose (`id:7`): a worker never picks one itself.
+  const lookup = { resolve: (idOrName: string, qualifier?: string) => resolveQualified(functions, idOrName, qualifier) };
   const capacity = {
     cpus: os.availableParallelism(),
     memory_mb: Math.round(os.totalmem() / MB),
@@ -165,8 +161,11 @@ export async function startWorker(config: WorkerConfig, logger: Logger = pino({ 
     handle: async (job) => {
       metrics.provisionLag(Date.now() - enqueuedAt(job.jobId));
       const fn = await functions.get(job.functionId);
-      if (!fn || fn.version !== job.version) return; // deleted or redeployed meanwhile: nobody waits for this version
-      await scheduler.provision(fn);
+      if (!fn) return; // deleted meanwhile: nobody waits for it
+      // An older version than the latest is asked for by invocations pinned to it (a version or an alias).
+      const version = job.version === fn.version ? fn : await functions.version(fn.id, job.version);
+      if (!version) return; // removed meanwhile
+      await scheduler.provision(version);
     },
   });
   log.info({ url, worker_id: workerId }, 'aether is serving');

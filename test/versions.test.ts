@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { InvokeCommand, LambdaClient } from '@aws-sdk/client-lambda';
 import { newAlias, pickVersion, versionsToRemove } from '../src/core/versions.ts';
 import type { FunctionRecord } from '../src/core/types.ts';
 import { startAether, type Aether } from './helpers/aether.ts';
@@ -81,10 +82,13 @@ describe('weighted choice and retention rules (pure)', () => {
   });
 });
 
+const KEY = { accessKeyId: 'AKIAAETHERTEST000001', secretAccessKey: 'aether-test-secret-0123456789' };
+const LAMBDA_ENV = { AETHER_LAMBDA_ACCESS_KEY_ID: KEY.accessKeyId, AETHER_LAMBDA_SECRET_ACCESS_KEY: KEY.secretAccessKey };
+
 describe('versions and aliases API', () => {
   let a: Aether;
   before(async () => {
-    a = await startAether({ isolation: 'bwrap', env: { AETHER_VERSIONS_KEPT: '3' } });
+    a = await startAether({ isolation: 'bwrap', env: { AETHER_VERSIONS_KEPT: '3', ...LAMBDA_ENV } });
   });
   after(() => a.stop());
 
@@ -189,5 +193,103 @@ describe('versions and aliases API', () => {
     // Deleting the function removes all of its code.
     assert.equal((await a.api('DELETE', '/api/functions/keep')).status, 204);
     for (const h of hashes) assert.ok(!fs.existsSync(codeDir(h)), `code ${h} removed with the function`);
+  });
+});
+
+/** What `n` invocations of `ref` (name[:qualifier]) answered, counted, `parallel` at a time. */
+async function answers(a: Aether, ref: string, n: number, parallel = 16): Promise<Map<string, number>> {
+  const counts = new Map<string, number>();
+  let left = n;
+  await Promise.all(
+    Array.from({ length: parallel }, async () => {
+      while (left-- > 0) {
+        const res = await a.invoke(ref);
+        const text = await res.text();
+        assert.equal(res.status, 200, text);
+        counts.set(text, (counts.get(text) ?? 0) + 1);
+      }
+    }),
+  );
+  return counts;
+}
+
+describe('invocation by qualifier (bwrap)', () => {
+  let a: Aether;
+  let lambda: LambdaClient;
+  before(async () => {
+    a = await startAether({ isolation: 'bwrap', env: LAMBDA_ENV });
+    lambda = new LambdaClient({ endpoint: a.url, region: 'eu-central-1', credentials: KEY, maxAttempts: 1 });
+    await a.deploy({ name: 'q', env_vars: { V: '1' }, concurrency: 50 }, { 'index.js': handler('a') }); // version 1
+    await a.api('PATCH', '/api/functions/q', { env_vars: { V: '2' } }); // version 2: configuration only
+    await a.upload('q', { 'index.js': handler('b') }); // version 3
+  });
+  after(async () => {
+    lambda.destroy();
+    await a.stop();
+  });
+
+  test('name:version runs that version, name and name:$LATEST the latest; unknown qualifiers are 404', async () => {
+    const text = async (ref: string) => (await a.invoke(ref)).text();
+    assert.equal(await text('q:1'), 'a:1');
+    assert.equal(await text('q:2'), 'a:2');
+    assert.equal(await text('q:3'), 'b:2');
+    assert.equal(await text('q'), 'b:2');
+    assert.equal(await text('q:$LATEST'), 'b:2');
+    for (const [ref, code] of [
+      ['q:9', 'version_not_found'],
+      ['q:0', 'version_not_found'],
+      ['q:nope', 'alias_not_found'],
+      ['nope:1', 'not_found'],
+    ]) {
+      const res = await a.invoke(ref!);
+      assert.equal(res.status, 404, ref);
+      assert.equal(((await res.json()) as { error: { code: string } }).error.code, code, ref);
+    }
+    // Instances are per version: each one runs exactly one.
+    const instances = (await a.api('GET', '/api/functions/q/instances')).body as { version: number; state: string }[];
+    assert.deepEqual([...new Set(instances.filter((i) => i.state === 'ready').map((i) => i.version))].sort(), [1, 2, 3]);
+  });
+
+  test('an alias with weights splits its invocations within 3 % of them over 2,000 requests', async () => {
+    assert.equal(
+      (await a.api('PUT', '/api/functions/q/aliases/live', { version: 1, additional_version_weights: { '3': 0.1 } })).status,
+      200,
+    );
+    const counts = await answers(a, 'q:live', 2000);
+    assert.deepEqual([...counts.keys()].sort(), ['a:1', 'b:2']);
+    const canary = counts.get('b:2')! / 2000;
+    assert.ok(Math.abs(canary - 0.1) <= 0.03, `version 3 got ${(canary * 100).toFixed(1)} % of the invocations, not 10 % ± 3 %`);
+  });
+
+  test('rollback is moving the alias: the next invocation runs the version it names', async () => {
+    await a.api('PUT', '/api/functions/q/aliases/prod', { version: 3 });
+    assert.equal(await (await a.invoke('q:prod')).text(), 'b:2');
+    await a.api('PUT', '/api/functions/q/aliases/prod', { version: 2 });
+    assert.deepEqual([...(await answers(a, 'q:prod', 20, 4)).keys()], ['a:2']);
+    // A new deploy does not move the alias: only $LATEST follows it.
+    await a.api('PATCH', '/api/functions/q', { env_vars: { V: '4' } }); // version 4
+    assert.equal(await (await a.invoke('q:prod')).text(), 'a:2');
+    assert.equal(await (await a.invoke('q')).text(), 'b:4');
+  });
+
+  test('the Lambda Invoke API: Qualifier (or name:qualifier) picks the version, X-Amz-Executed-Version says which ran', async () => {
+    const invoke = async (FunctionName: string, Qualifier?: string) => {
+      const out = await lambda.send(new InvokeCommand({ FunctionName, Qualifier, Payload: Buffer.from('{}') }));
+      return { version: out.ExecutedVersion, body: JSON.parse(Buffer.from(out.Payload!).toString()).body as string };
+    };
+    assert.deepEqual(await invoke('q', '1'), { version: '1', body: 'a:1' });
+    assert.deepEqual(await invoke('q:2'), { version: '2', body: 'a:2' });
+    assert.deepEqual(await invoke('q', 'prod'), { version: '2', body: 'a:2' });
+    assert.deepEqual(await invoke('q'), { version: '$LATEST', body: 'b:4' });
+    await a.api('PUT', '/api/functions/q/aliases/prod', { version: 1 });
+    assert.deepEqual(await invoke('arn:aws:lambda:eu-central-1:123456789012:function:q:prod'), { version: '1', body: 'a:1' });
+    for (const qualifier of ['9', 'nope']) {
+      const err = await invoke('q', qualifier).then(
+        () => assert.fail('expected an error'),
+        (e: { name: string; $metadata: { httpStatusCode: number }; message: string }) => e,
+      );
+      assert.deepEqual([err.name, err.$metadata.httpStatusCode], ['ResourceNotFoundException', 404]);
+      assert.match(err.message, new RegExp(`Function not found: .*function:q:${qualifier}`));
+    }
   });
 });

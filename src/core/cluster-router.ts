@@ -1,6 +1,6 @@
 /**
  * A gateway's routing in cluster mode: picks the worker for each invocation from discovery, and
- * where no instance of the function's current version exists, asks for a cold start through the
+ * where no instance of the version it runs (the record it is given) exists, asks for a cold start through the
  * provisioning queue and waits for the instance to appear. Knows nothing of etcd or Redis.
  */
 import type { Socket } from 'node:net';
@@ -114,7 +114,7 @@ export class ClusterRouter implements Router, Placement {
     return startsAllowed(state, fn.version, this.now(), 0) === 0 ? failing(state, fn.version) : undefined;
   }
 
-  /** Workers with a ready instance of the function's current version, least loaded first. */
+  /** Workers with a ready instance of the record's version, least loaded first. */
   private targets(fn: FunctionRecord): Target[] {
     const now = this.now();
     const workers = new Map(this.deps.directory.workers().map((w) => [w.id, w]));
@@ -205,7 +205,8 @@ export class ClusterRouter implements Router, Placement {
       instanceId: worker.id,
       handle: this.handleFor(worker),
       coldStart,
-      remote: { pathPrefix: `/functions/${fn.id}`, headers: this.deps.workerHeaders, maxConnections: CONNECTIONS_PER_WORKER },
+      // The worker runs the version this gateway chose (it may be pinned by a version or an alias).
+      remote: { pathPrefix: `/functions/${fn.id}:${fn.version}`, headers: this.deps.workerHeaders, maxConnections: CONNECTIONS_PER_WORKER },
       exitReason: async () => undefined,
       recycle: () => this.refusedUntil.set(worker.id, this.now() + REFUSED_BACKOFF_MS),
       release: () => {

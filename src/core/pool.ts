@@ -1,5 +1,5 @@
 /**
- * One function's instances and the requests waiting for them. This is where cold starts happen
+ * One version of a function: its instances and the requests waiting for them. This is where cold starts happen
  * (`coldStart`), where requests are routed to an instance with a free slot (`dispatch`), and where
  * idle instances scale down (`scaleDown`). Pure scheduling: it starts and stops instances through
  * the IsolationDriver port and never touches HTTP.
@@ -107,8 +107,9 @@ export class FunctionPool {
   private restartTimer?: NodeJS.Timeout;
 
   constructor(
-    private fn: FunctionRecord,
+    private readonly fn: FunctionRecord,
     private readonly deps: PoolDeps,
+    private retired = false,
   ) {
     this.now = deps.now ?? Date.now;
     this.keepMinimum();
@@ -172,14 +173,21 @@ export class FunctionPool {
     await this.coldStart(true);
   }
 
-  /** A new configuration or code: new requests go to the new version, old instances drain. */
-  update(fn: FunctionRecord): void {
-    const versionChanged = fn.version !== this.fn.version;
-    this.fn = fn;
-    if (!versionChanged) return;
-    for (const inst of this.instances.values()) if (inst.version !== fn.version) this.drain(inst);
-    this.scaleUp();
-    this.keepMinimum();
+  /**
+   * A newer version was deployed: this one's instances drain and none are kept warm. The pool still
+   * serves invocations pinned to its version (a version number or an alias), starting instances for them.
+   */
+  retire(): void {
+    if (this.retired) return;
+    this.retired = true;
+    clearTimeout(this.restartTimer);
+    for (const inst of this.instances.values()) this.drain(inst);
+    this.scaleUp(); // requests waiting for a busy instance that now drains
+  }
+
+  /** Retired, with nothing running or waiting: the scheduler may forget it. */
+  get empty(): boolean {
+    return this.retired && this.instances.size === 0 && this.waiters.length === 0;
   }
 
   /** Stops everything; waiting requests fail. */
@@ -226,7 +234,11 @@ export class FunctionPool {
   }
 
   private limits(): ScalingLimits {
-    return { concurrency: this.fn.concurrency, minInstances: this.fn.min_instances, maxInstances: this.fn.max_instances };
+    return {
+      concurrency: this.fn.concurrency,
+      minInstances: this.retired ? 0 : this.fn.min_instances,
+      maxInstances: this.fn.max_instances,
+    };
   }
 
   /** Slots on instances that are starting or may still be started: requests waiting for them are not "queued". */
@@ -327,7 +339,7 @@ export class FunctionPool {
     const state = afterStartFailure(startFailures.get(fn.id), fn, { error, instanceId }, now, settings.startBackoff);
     startFailures.record(state);
     log.warn({ function: fn.name, version: fn.version, failures: state.failures, retry_in_ms: state.retryAt - now }, 'function is failing');
-    if (fn.min_instances === 0) return;
+    if (this.limits().minInstances === 0) return;
     clearTimeout(this.restartTimer);
     this.restartTimer = setTimeout(() => this.keepMinimum(), state.retryAt - now);
     this.restartTimer.unref();

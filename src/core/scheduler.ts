@@ -1,6 +1,8 @@
 /**
- * Routes each invocation to its function's pool, creating pools on demand, and drives the
- * periodic scale-down. The single entry point the invocation adapters use.
+ * Routes each invocation to the pool of its function's version (an instance runs exactly one
+ * version), creating pools on demand, and drives the periodic scale-down. The single entry point
+ * the invocation adapters use. The latest version's pool keeps min_instances warm; a deploy retires
+ * the older versions' pools, which still serve invocations pinned to them.
  */
 import { FunctionPool, type Lease, type PoolDeps } from './pool.js';
 import { errorMessage } from './errors.js';
@@ -13,9 +15,12 @@ export interface Router {
 }
 
 export class Scheduler implements Router, Placement {
+  /** By `poolKey`. */
   private readonly pools = new Map<string, FunctionPool>();
   /** How each function's current version starts, as its driver prepared it at deploy time. */
   private readonly starts = new Map<string, { version: number; start: StartMode }>();
+  /** Each function's latest version, as far as this scheduler was told. */
+  private readonly latest = new Map<string, number>();
   private readonly timer: NodeJS.Timeout;
 
   constructor(
@@ -23,7 +28,10 @@ export class Scheduler implements Router, Placement {
     tickMs = 500,
   ) {
     this.timer = setInterval(() => {
-      for (const pool of this.pools.values()) pool.scaleDown();
+      for (const [key, pool] of this.pools) {
+        pool.scaleDown();
+        if (pool.empty) this.pools.delete(key);
+      }
     }, tickMs);
     this.timer.unref();
   }
@@ -37,15 +45,17 @@ export class Scheduler implements Router, Placement {
     return this.pool(fn).provision();
   }
 
-  /** Instances per function and state, for metrics. */
+  /** Instances per function (all its versions) and state, for metrics. */
   instanceCounts(): { fn: FunctionRecord; state: InstanceState; count: number }[] {
-    const out: { fn: FunctionRecord; state: InstanceState; count: number }[] = [];
+    const byFunction = new Map<string, { fn: FunctionRecord; counts: Map<InstanceState, number> }>();
     for (const pool of this.pools.values()) {
-      const counts = new Map<InstanceState, number>();
-      for (const i of pool.info()) counts.set(i.state, (counts.get(i.state) ?? 0) + 1);
-      for (const [state, count] of counts) out.push({ fn: pool.record, state, count });
+      const fn = pool.record;
+      const entry = byFunction.get(fn.id) ?? { fn, counts: new Map<InstanceState, number>() };
+      if (fn.version > entry.fn.version) entry.fn = fn;
+      for (const i of pool.info()) entry.counts.set(i.state, (entry.counts.get(i.state) ?? 0) + 1);
+      byFunction.set(fn.id, entry);
     }
-    return out;
+    return [...byFunction.values()].flatMap(({ fn, counts }) => [...counts].map(([state, count]) => ({ fn, state, count })));
   }
 
   /** Live instances across all functions (a worker's load). */
@@ -55,12 +65,12 @@ export class Scheduler implements Router, Placement {
     return n;
   }
 
-  /** A function was created, changed or got new code. */
+  /** A function was created, changed or got new code: a new latest version. */
   updated(fn: FunctionRecord): void {
     this.prepareStart(fn);
-    const pool = this.pools.get(fn.id);
-    if (pool) pool.update(fn);
-    else if (fn.min_instances > 0) this.pool(fn);
+    this.latest.set(fn.id, Math.max(fn.version, this.latest.get(fn.id) ?? 0));
+    for (const pool of this.poolsOf(fn.id)) if (pool.record.version < fn.version) pool.retire();
+    if (fn.min_instances > 0) this.pool(fn);
   }
 
   startMode(functionId: string): StartMode | undefined {
@@ -83,13 +93,14 @@ export class Scheduler implements Router, Placement {
 
   async removed(functionId: string): Promise<void> {
     this.starts.delete(functionId);
-    const pool = this.pools.get(functionId);
-    this.pools.delete(functionId);
-    await pool?.close();
+    const pools = [...this.poolsOf(functionId)];
+    for (const pool of pools) this.pools.delete(poolKey(pool.record));
+    this.latest.delete(functionId);
+    await Promise.all(pools.map((p) => p.close()));
   }
 
   instances(functionId: string): InstanceInfo[] {
-    return this.pools.get(functionId)?.info() ?? [];
+    return [...this.poolsOf(functionId)].flatMap((p) => p.info());
   }
 
   async shutdown(): Promise<void> {
@@ -100,11 +111,18 @@ export class Scheduler implements Router, Placement {
   }
 
   private pool(fn: FunctionRecord): FunctionPool {
-    let pool = this.pools.get(fn.id);
+    const key = poolKey(fn);
+    let pool = this.pools.get(key);
     if (!pool) {
-      pool = new FunctionPool(fn, this.deps);
-      this.pools.set(fn.id, pool);
+      pool = new FunctionPool(fn, this.deps, fn.version < (this.latest.get(fn.id) ?? 0));
+      this.pools.set(key, pool);
     }
     return pool;
   }
+
+  private *poolsOf(functionId: string): Iterable<FunctionPool> {
+    for (const pool of this.pools.values()) if (pool.functionId === functionId) yield pool;
+  }
 }
+
+const poolKey = (fn: FunctionRecord) => `${fn.id}@${fn.version}`;

@@ -16,7 +16,8 @@ import type { BodyLimits } from './request-body.js';
 
 /** What running an invocation needs, on every route. */
 export interface InvokeDeps {
-  functions: Pick<FunctionService, 'get'>;
+  /** What an invocation with a qualifier (none, `$LATEST`, a version, an alias) runs. */
+  functions: Pick<FunctionService, 'resolve'>;
   router: Router;
   /** Where invocations are recorded; a cluster worker leaves that to the gateway. */
   invocations?: InvocationLog;

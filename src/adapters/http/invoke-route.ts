@@ -23,7 +23,7 @@ import {
 import { type InvokeDeps, runInvocation } from './invocation.js';
 import { requireAuth } from './openapi.js';
 import { readRequestBody } from './request-body.js';
-import { FunctionParams } from './schemas.js';
+import { splitQualified } from '../../core/versions.js';
 
 export async function invokeRoutes(app: FastifyInstance, deps: InvokeDeps): Promise<void> {
   // Bodies are streamed to the instance untouched: no parser may read them here.
@@ -46,7 +46,8 @@ export async function invokeRoutes(app: FastifyInstance, deps: InvokeDeps): Prom
     };
     let fn: FunctionRecord;
     try {
-      fn = await deps.functions.get(req.params.id);
+      const { name, qualifier } = splitQualified(req.params.id);
+      ({ fn } = await deps.functions.resolve(name, qualifier));
     } catch (err) {
       fail(err, toAetherError(err), { status: 0, instanceId: null, error: null, coldStart: false });
       return;
@@ -81,7 +82,7 @@ export async function invokeRoutes(app: FastifyInstance, deps: InvokeDeps): Prom
   const response = { 200: { description: "the function's response", content: { '*/*': { schema: z.unknown() } } } };
   app.all(
     '/functions/:id',
-    { schema: { summary: 'Invoke a function', description, tags: ['invoke'], params: FunctionParams, response } },
+    { schema: { summary: 'Invoke a function', description, tags: ['invoke'], params: QualifiedParams, response } },
     handler,
   );
   app.all(
@@ -91,13 +92,21 @@ export async function invokeRoutes(app: FastifyInstance, deps: InvokeDeps): Prom
         summary: 'Invoke a function at a path',
         description,
         tags: ['invoke'],
-        params: FunctionParams.extend({ '*': z.string().describe('the rest of the path, as the function sees it (may contain "/")') }),
+        params: QualifiedParams.extend({ '*': z.string().describe('the rest of the path, as the function sees it (may contain "/")') }),
         response,
       },
     },
     handler,
   );
 }
+
+const QualifiedParams = z.strictObject({
+  id: z
+    .string()
+    .min(1)
+    .max(200)
+    .describe('the function id or name; `name:7` runs version 7, `name:prod` what the alias prod runs, plain `name` the latest ($LATEST)'),
+});
 
 /** The request path as the function sees it: everything after /functions/{id}, query included. */
 export function functionPath(url: string): string {

@@ -19,6 +19,7 @@ import type { FunctionService } from '../../../core/functions.js';
 import { newInvocationId } from '../../../core/invocations.js';
 import type { LogLine } from '../../../core/logs.js';
 import type { FunctionRecord } from '../../../core/types.js';
+import type { Resolved } from '../../../core/versions.js';
 import { toAetherError } from '../errors.js';
 import { exchange } from '../forward.js';
 import { type InvocationIds, type InvokeDeps, runInvocation } from '../invocation.js';
@@ -28,8 +29,6 @@ import { type AccessKey, SigV4Verifier } from './sigv4.js';
 
 /** Lambda's limits for a synchronous invocation's request and response payloads. */
 export const MAX_SYNC_PAYLOAD_BYTES = 6 * 1024 * 1024;
-/** Until versions and aliases exist, every invocation runs the latest code and configuration. */
-const LATEST = '$LATEST';
 
 export interface LambdaApiOptions {
   invoke: InvokeDeps;
@@ -69,8 +68,8 @@ export async function lambdaApiRoutes(app: FastifyInstance, opts: LambdaApiOptio
     const started = Date.now();
     const id = newInvocationId(started);
     void reply.header('x-amzn-RequestId', id);
-    const fn = await resolve(opts.invoke, req.params.name, req.query.Qualifier);
-    void reply.header('X-Amz-Executed-Version', LATEST);
+    const { fn, executedVersion } = await resolve(opts.invoke, req.params.name, req.query.Qualifier);
+    void reply.header('X-Amz-Executed-Version', executedVersion);
     const type = req.headers['x-amz-invocation-type'] ?? 'RequestResponse';
     if (type === 'DryRun') return reply.status(204).send();
     if (type === 'Event') {
@@ -111,7 +110,7 @@ const invokeSchema = {
   summary: 'Lambda Invoke API: run a function with a JSON event (AWS SDKs, aws lambda invoke)',
   tags: ['lambda'],
   params: z.object({ name: z.string().min(1).describe("the function's name, id or ARN") }),
-  querystring: z.object({ Qualifier: z.string().optional().describe('only $LATEST for now') }),
+  querystring: z.object({ Qualifier: z.string().optional().describe('$LATEST (the default), a version number or an alias') }),
   consumes: { 'application/json': z.unknown().describe('the event: any JSON, up to 6 MB') },
   response: {
     200: {
@@ -255,7 +254,7 @@ function asLambdaError(err: unknown): LambdaApiError {
  * The function a FunctionName names: `name`, `name:qualifier`, `123456789012:function:name[:qualifier]`
  * or a whole ARN (any partition, region and account: Aether has one namespace of functions).
  */
-async function resolve(deps: InvokeDeps, functionName: string, queryQualifier: string | undefined): Promise<FunctionRecord> {
+async function resolve(deps: InvokeDeps, functionName: string, queryQualifier: string | undefined): Promise<Resolved> {
   const parts = functionName.split(':');
   let rest = parts;
   if (parts[0] === 'arn') {
@@ -271,22 +270,14 @@ async function resolve(deps: InvokeDeps, functionName: string, queryQualifier: s
   }
   const qualifier = nameQualifier ?? queryQualifier;
   const arn = `${FUNCTION_ARN_PREFIX}${name}${qualifier ? `:${qualifier}` : ''}`;
-  let fn: FunctionRecord;
   try {
-    fn = await deps.functions.get(name);
+    return await deps.functions.resolve(name, qualifier);
   } catch (err) {
-    if (err instanceof AetherError && err.status === 404)
-      throw new LambdaApiError(404, 'ResourceNotFoundException', `Function not found: ${arn}`);
+    if (err instanceof AetherError && err.status === 404) {
+      throw new LambdaApiError(404, 'ResourceNotFoundException', `Function not found: ${arn} (${err.message})`);
+    }
     throw err;
   }
-  if (qualifier && qualifier !== LATEST) {
-    throw new LambdaApiError(
-      404,
-      'ResourceNotFoundException',
-      `Function not found: ${arn} (Aether runs $LATEST only: no versions or aliases yet)`,
-    );
-  }
-  return fn;
 }
 
 /** The event as the handler will get it: any JSON value; no payload is `{}`, as on Lambda. */

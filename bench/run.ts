@@ -8,8 +8,14 @@
  *   --microvm      in a --quick run, also boot one microVM (a full run without --cluster boots 5)
  *   --cluster      bubblewrap only, single node next to a cluster (1 gateway + 1 worker on real etcd,
  *                  Redis and S3 started for the run), and how the cluster compares
- *   --apps         only the real apps' cold starts (Express, Fastify), per driver, with fast starts
- *                  (the default) and without (AETHER_FAST_START=0), and the trivial ones they compare to
+    if (!appsOnly) {
+      progress(`${label}: cold starts (${plan.coldSamples} per mode)`);
+      cold.push(...(await measureColdStarts(aether, plan.coldSamples)));
+    }
+    if (plan.appSamples > 0) {
+      progress(`${label}: real-app cold starts (${plan.appSamples} per app)`);
+      appCold.push(...(await measureAppColdStarts(aether, plan.appSamples)));
+    }
  *   --logs         bubblewrap single node only: warm latency of one function while another prints as
  *                  fast as it can for 30 s, as a ratio to the same function idle
  *   --json <file>  where to write the results (default bench/results/<ISO timestamp>.json)
@@ -96,10 +102,13 @@ const { values: args } = parseArgs({
     microvm: { type: 'boolean', default: false },
     logs: { type: 'boolean', default: false },
     apps: { type: 'boolean', default: false },
+    proxy: { type: 'boolean', default: false },
     json: { type: 'string' },
   },
 });
-const plan = args.quick ? { ...QUICK, microVmSamples: args.microvm ? 1 : 0 } : FULL;
+/** --proxy: enough cold starts for the burst's reference (its p50), none of the rest of the cold-start story. */
+const PROXY: Plan = { ...FULL, coldSamples: 5, appSamples: 0, microVmSamples: 0 };
+const plan = args.quick ? { ...QUICK, microVmSamples: args.microvm ? 1 : 0 } : args.proxy ? PROXY : FULL;
 const startedAt = new Date();
 const t0 = performance.now();
 const machine = {
@@ -111,7 +120,7 @@ const machine = {
   kernel: os.release(),
 };
 console.log(
-  `Aether bench ${startedAt.toISOString()}${args.quick ? ' (--quick: smoke run, few samples)' : ''}${args.cluster ? ' (--cluster: single node vs cluster, bwrap)' : ''}${args.logs ? ' (--logs: warm latency under a log flood, bwrap)' : ''}${args.apps ? ' (--apps: real-app cold starts only)' : ''}`,
+  `Aether bench ${startedAt.toISOString()}${args.quick ? ' (--quick: smoke run, few samples)' : ''}${args.cluster ? ' (--cluster: single node vs cluster, bwrap)' : ''}${args.logs ? ' (--logs: warm latency under a log flood, bwrap)' : ''}${args.apps ? ' (--apps: real-app cold starts only)' : ''}${args.proxy ? ' (--proxy: warm, throughput and burst; 5 cold starts)' : ''}`,
 );
 console.log(
   `machine: ${machine.cpus} cpus (${machine.cpu_model}), ${machine.memory_gb} GiB, load average at start ${machine.load_average_start.join(' ')}, node ${machine.node}, linux ${machine.kernel}`,
@@ -188,8 +197,10 @@ async function measure(label: string, start: () => Promise<AetherServer>, appsOn
       progress(`${label}: cold starts (${plan.coldSamples} per mode)`);
       cold.push(...(await measureColdStarts(aether, plan.coldSamples)));
     }
-    progress(`${label}: real-app cold starts (${plan.appSamples} per app)`);
-    appCold.push(...(await measureAppColdStarts(aether, plan.appSamples)));
+    if (plan.appSamples > 0) {
+      progress(`${label}: real-app cold starts (${plan.appSamples} per app)`);
+      appCold.push(...(await measureAppColdStarts(aether, plan.appSamples)));
+    }
     if (args.apps) return { ran: true };
     for (const mode of MODES) {
       const fn = await aether.deploy({ name: `hot-${mode}`, ...HOT_SPEC }, functionFiles(mode));

@@ -127,6 +127,11 @@ export interface InstanceHandle {
   /** Opens a new HTTP/1.1 connection to the instance (TCP, Unix socket or a dialed-in channel). */
   connect(): Promise<Socket>;
   /**
+   * The instance's frame connection (a handler-mode agent's lighter channel, docs/agent-protocol.md),
+   * when it has one open; otherwise invocations go over connect()'s HTTP.
+   */
+  frames?(): Socket | undefined;
+  /**
    * Settles as soon as the instance is known to be ending (the host killed it or is stopping it, or it
    * exited), with why; nothing may be routed to it from then on. `exited` follows after teardown.
    */

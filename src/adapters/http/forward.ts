@@ -17,6 +17,7 @@ import {
   REQUEST_ID_HEADER,
   SOURCE_IP_HEADER,
 } from '../../guest/agent/protocol.mjs';
+import { type FrameClient, frameClient } from './frame-client.js';
 import type { RequestBody } from './request-body.js';
 
 const HOP_BY_HOP = new Set([
@@ -105,36 +106,93 @@ export async function forward(req: IncomingMessage, res: ServerResponse, lease: 
   const headers = forwardedHeaders(req.headers, opts);
   if (Buffer.isBuffer(body)) headers['content-length'] = String(body.length); // a chunked body, read whole, has a length now
   const out: Forwarded = { status: 0, instanceId: opts.instanceId, error: null, coldStart: false };
+  // A body read whole goes over the instance's frame connection when it has one (handler mode); one still arriving streams over HTTP.
+  const frames = body === undefined || Buffer.isBuffer(body) ? frameClient(lease.handle) : undefined;
   try {
+    if (frames) await exchangeFrames(frames, req.method!, headers, body as Buffer | undefined, res, out, opts);
     // stream() writes the body straight into the client's response: no intermediate Readable.
-    await poolFor(lease.handle, opts.connections).stream(
-      {
-        method: req.method as 'GET',
-        path: opts.path,
-        headers,
-        body: Buffer.isBuffer(body) ? body : body?.stream,
-        headersTimeout: Math.max(1, opts.deadline - Date.now()),
-      },
-      ({ statusCode, headers: upstreamHeaders }) => {
-        const upstream = upstreamHeaders as IncomingHttpHeaders;
-        out.status = statusCode;
-        out.instanceId = single(upstream[INSTANCE_HEADER]) ?? out.instanceId;
-        out.error = decodeError(single(upstream[ERROR_HEADER]));
-        out.errorCode = errorCodeOf(single(upstream[ERROR_CODE_HEADER]));
-        out.coldStart = upstream[COLD_START_HEADER] === '1';
-        const answer = withoutHopByHop(upstream);
-        if (!opts.relay) for (const name of AETHER_FACTS) delete answer[name];
-        if (out.instanceId) answer[INSTANCE_HEADER] = out.instanceId;
-        res.writeHead(statusCode, Object.assign(answer, opts.responseHeaders));
-        return res;
-      },
-    );
+    else
+      await poolFor(lease.handle, opts.connections).stream(
+        {
+          method: req.method as 'GET',
+          path: opts.path,
+          headers,
+          body: Buffer.isBuffer(body) ? body : body?.stream,
+          headersTimeout: Math.max(1, opts.deadline - Date.now()),
+        },
+        ({ statusCode, headers: upstream }) => answerHead(res, statusCode, upstream as IncomingHttpHeaders, out, opts),
+      );
   } catch (err) {
     if (!res.headersSent) throw await explain(err, lease, body, opts.requestId);
     res.destroy(); // the client sees a truncated response rather than a silently short one
   }
   return out;
 }
+
+/** The answer's status and headers to the client, and what they tell Aether about the invocation into `out`. */
+function answerHead(res: ServerResponse, statusCode: number, upstream: IncomingHttpHeaders, out: Forwarded, opts: ForwardOptions) {
+  out.status = statusCode;
+  out.instanceId = single(upstream[INSTANCE_HEADER]) ?? out.instanceId;
+  out.error = decodeError(single(upstream[ERROR_HEADER]));
+  out.errorCode = errorCodeOf(single(upstream[ERROR_CODE_HEADER]));
+  out.coldStart = upstream[COLD_START_HEADER] === '1';
+  const answer = withoutHopByHop(upstream);
+  if (!opts.relay) for (const name of AETHER_FACTS) delete answer[name];
+  if (out.instanceId) answer[INSTANCE_HEADER] = out.instanceId;
+  res.writeHead(statusCode, Object.assign(answer, opts.responseHeaders));
+  return res;
+}
+
+/** The invocation over the frame connection; settles once the whole answer is written to the client. */
+function exchangeFrames(
+  client: FrameClient,
+  method: string,
+  headers: Record<string, string | string[]>,
+  body: Buffer | undefined,
+  res: ServerResponse,
+  out: Forwarded,
+  opts: ForwardOptions,
+): Promise<void> {
+  const flat: string[] = [];
+  for (const [name, value] of Object.entries(headers)) {
+    if (Array.isArray(value)) for (const v of value) flat.push(name, v);
+    else flat.push(name, value);
+  }
+  return new Promise((resolve, reject) => {
+    // As undici's headersTimeout: the head must arrive by the deadline; the body may take its time.
+    const timer = setTimeout(
+      () => {
+        cancel();
+        reject(new AnswerTimeout());
+      },
+      Math.max(1, opts.deadline - Date.now()),
+    );
+    const cancel = client.send({ method, url: opts.path, headers: flat }, body, {
+      head: ({ status, headers: upstream }) => {
+        clearTimeout(timer);
+        try {
+          answerHead(res, status, upstream as IncomingHttpHeaders, out, opts);
+        } catch (err) {
+          // e.g. a status node refuses: the function's fault, told as the HTTP path tells a bad answer
+          cancel();
+          reject(err);
+        }
+      },
+      body: (part) => res.write(part),
+      end: () => {
+        res.end();
+        resolve();
+      },
+      error: (err) => {
+        clearTimeout(timer);
+        reject(err);
+      },
+    });
+  });
+}
+
+/** No answer's head by the deadline over the frame connection (undici's HeadersTimeoutError on HTTP). */
+class AnswerTimeout extends Error {}
 
 /** A worker's ERROR_CODE_HEADER as one of Aether's codes (an unknown one, from a newer worker: function_error). */
 function errorCodeOf(value: string | undefined): ErrorCode | undefined {
@@ -167,7 +225,7 @@ async function explain(err: unknown, lease: Lease, body: RequestBody, requestId:
   if ((err as NodeJS.ErrnoException).code === 'ECONNREFUSED') {
     return new AetherError('connection_refused', 'the target refused the connection', { cause: err });
   }
-  if (err instanceof undiciErrors.HeadersTimeoutError) {
+  if (err instanceof undiciErrors.HeadersTimeoutError || err instanceof AnswerTimeout) {
     lease.recycle(requestId);
     return timedOut('the function did not respond within its timeout', { cause: err });
   }

@@ -10,7 +10,7 @@ import { chown, mkdir, rm } from 'node:fs/promises';
 import { createServer as createHttpServer, type ServerResponse } from 'node:http';
 import { createServer as createNetServer, type Server, type Socket } from 'node:net';
 import { join, resolve } from 'node:path';
-import { AGENT_SOCKET, CONFIG_PATH, MMDS_SOCKET, SPARE_CONNECTIONS, type AgentConfig } from '../../guest/agent/protocol.mjs';
+import { AGENT_SOCKET, CONFIG_PATH, FRAMES_SOCKET, MMDS_SOCKET, SPARE_CONNECTIONS, type AgentConfig } from '../../guest/agent/protocol.mjs';
 import { unavailable } from '../../core/errors.js';
 import { FUNCTION_DEFAULTS } from '../../core/function-spec.js';
 import type { InstanceSpec } from '../../core/ports.js';
@@ -46,6 +46,8 @@ export interface InstanceChannel {
    * the channel is closed.
    */
   connect(): Promise<Socket>;
+  /** The frame connection a handler-mode agent dialed (frames.sock), while it is open. */
+  frames(): Socket | undefined;
   /** Stops listening, destroys every connection and removes the directory. Idempotent. */
   close(): Promise<void>;
 }
@@ -60,6 +62,8 @@ const MAX_SOCKET_PATH = 107;
 const AGENT_CONNECTION_SLACK = 8;
 /** The agent needs one, once; more can only be something in the instance holding descriptors. */
 const MAX_METADATA_CONNECTIONS = 2;
+/** The agent dials one frame connection; a second one while it is open is refused. */
+const MAX_FRAME_CONNECTIONS = 2;
 
 /** `start: 'bundle'` when the driver mounted the function's prepared start (fast-start.ts) at GUEST_PATHS.start. */
 export function agentConfig(spec: InstanceSpec, start?: AgentConfig['start']): AgentConfig {
@@ -89,21 +93,30 @@ export async function openChannel(opts: ChannelOptions): Promise<InstanceChannel
   const conns = new Connections();
   const mmds = metadataService(token, opts.config);
   const agent = createNetServer((socket) => conns.add(socket));
+  let frames: Socket | undefined;
+  const framesServer = createNetServer((socket) => {
+    if (frames && !frames.destroyed) return void socket.destroy();
+    frames = socket;
+    socket.on('error', () => {}); // 'close' follows; the frame client fails what was in flight
+  });
   // Beyond these, Node closes each new connection as soon as it is accepted.
   agent.maxConnections = opts.config.concurrency + SPARE_CONNECTIONS + AGENT_CONNECTION_SLACK;
   mmds.server.maxConnections = MAX_METADATA_CONNECTIONS;
+  framesServer.maxConnections = MAX_FRAME_CONNECTIONS;
+  const servers = [mmds.server, agent, framesServer];
   try {
     if (owner) await chown(dir, owner.uid, owner.gid);
     for (const [server, name] of [
       [mmds.server, MMDS_SOCKET],
       [agent, AGENT_SOCKET],
+      [framesServer, FRAMES_SOCKET],
     ] as const) {
       server.listen(join(dir, name));
       await once(server, 'listening');
       if (owner) await chown(join(dir, name), owner.uid, owner.gid);
     }
   } catch (err) {
-    await shutdown([mmds.server, agent], dir);
+    await shutdown(servers, dir);
     throw err;
   }
   let closing: Promise<void> | undefined;
@@ -113,10 +126,12 @@ export async function openChannel(opts: ChannelOptions): Promise<InstanceChannel
     ready: conns.ready,
     authFailure: mmds.authFailure,
     connect: () => conns.take(),
+    frames: () => (frames?.destroyed === false ? frames : undefined),
     close: () =>
       (closing ??= (() => {
         conns.close();
-        return shutdown([mmds.server, agent], dir);
+        frames?.destroy();
+        return shutdown(servers, dir);
       })()),
   };
 }

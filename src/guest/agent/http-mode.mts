@@ -1,6 +1,7 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { errorMessage, log } from './log.mjs';
+import type { HttpAnswer } from './lambda-events.mjs';
 import { asInvocation } from './output-tagging.mjs';
 import { ERROR_HEADER, ERROR_HEADER_MAX_CHARS, REQUEST_ID_HEADER } from './protocol.mjs';
 
@@ -39,13 +40,17 @@ export function errorHeader(message: string): Record<string, string> {
 }
 
 /** An answer of the agent's own; the host records its message as the invocation's error. */
+export function errorAnswer(status: number, code: string, message: string): HttpAnswer {
+  return {
+    status,
+    headers: { 'content-type': 'application/json', ...errorHeader(message) },
+    body: Buffer.from(JSON.stringify({ error: { code, message } })),
+  };
+}
+
+/** errorAnswer, sent; `close` ends the connection after it. */
 export function sendError(res: ServerResponse, status: number, code: string, message: string, close = false): void {
-  const body = JSON.stringify({ error: { code, message } });
-  res.writeHead(status, {
-    'content-type': 'application/json',
-    'content-length': Buffer.byteLength(body),
-    ...errorHeader(message),
-    ...(close ? { connection: 'close' } : {}),
-  });
+  const { headers, body } = errorAnswer(status, code, message);
+  res.writeHead(status, { ...headers, 'content-length': body.length, ...(close ? { connection: 'close' } : {}) });
   res.end(body);
 }

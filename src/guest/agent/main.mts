@@ -9,11 +9,12 @@ import { loadBundle } from './bundle.mjs';
 import { fetchConfig, readToken, replaceEnv } from './config.mjs';
 import { detectMode, resolveEntry, type Mode } from './entry.mjs';
 import { fetchResponder } from './fetch-mode.mjs';
+import { serveFrames } from './frame-mode.mjs';
 import { serveConnections } from './http-mode.mjs';
-import { lambdaResponder } from './lambda.mjs';
+import { lambdaAnswerer, lambdaResponder } from './lambda.mjs';
 import { tagOutput } from './output-tagging.mjs';
 import { errorMessage, fail, log } from './log.mjs';
-import { AGENT_ENV, AGENT_SOCKET, EXIT_CONFIG, GUEST_PATHS, type AgentConfig } from './protocol.mjs';
+import { AGENT_ENV, AGENT_SOCKET, EXIT_CONFIG, FRAMES_SOCKET, GUEST_PATHS, type AgentConfig } from './protocol.mjs';
 import { proxyConnections, waitForPort } from './server-mode.mjs';
 import { Spares } from './spares.mjs';
 
@@ -61,8 +62,12 @@ function connectionHandler(mode: Mode) {
   switch (mode.kind) {
     case 'server':
       return proxyConnections(config.port, onFirstUse);
-    case 'lambda':
-      return serveConnections(lambdaResponder(mode.handler, config), onFirstUse);
+    case 'lambda': {
+      // Dialed before the spares, so that the host usually has it by the time the instance is ready.
+      const answer = lambdaAnswerer(mode.handler, config);
+      serveFrames(join(runDir, FRAMES_SOCKET), answer);
+      return serveConnections(lambdaResponder(answer), onFirstUse);
+    }
     case 'fetch':
       return serveConnections(fetchResponder(mode.target), onFirstUse);
   }

@@ -46,6 +46,11 @@ export const EXIT_CONFIG = 78;
 
 export const MMDS_SOCKET = 'mmds.sock';
 export const AGENT_SOCKET = 'agent.sock';
+/**
+ * Handler mode's frame channel (frames.mts): one connection the agent dials here carries many
+ * invocations at once. Optional on both sides: HTTP on agent.sock carries whatever it does not.
+ */
+export const FRAMES_SOCKET = 'frames.sock';
 /** Unused connections the agent keeps dialed to agent.sock, on top of those carrying requests. */
 export const SPARE_CONNECTIONS = 2;
 /** What the metadata service serves, once, to the holder of the token. */

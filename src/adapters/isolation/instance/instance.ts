@@ -140,6 +140,10 @@ export class Instance implements InstanceHandle {
     return Promise.reject(new Error(`instance ${this.id} takes no connections`));
   }
 
+  frames(): Socket | undefined {
+    return this.hasEnded || this.agentGone ? undefined : this.plan.channel?.frames();
+  }
+
   /** Asks the instance to end, and kills it after graceMs (at once with 0). Idempotent. */
   stop(graceMs = DEFAULT_STOP_GRACE_MS): Promise<void> {
     this.stopping ??= (async () => {

@@ -3,11 +3,12 @@
  * against a real `aether serve` with bwrap sandboxes, and against a cluster gateway (a worker, real
  * etcd, Redis and S3). A person's path: log in, create a function, deploy a zip by upload, invoke it
  * with the form, watch the invocation and its log line arrive, see it scale to zero, delete it.
- * Screenshots go to test-output/dashboard/ (git ignores it).
+ * axe-core audits the pages for accessibility. Screenshots go to test-output/dashboard/ (git ignores it).
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
+import { createRequire } from 'node:module';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { type Browser, chromium, type Page } from 'playwright-core';
@@ -17,6 +18,7 @@ import { skipUnless } from './helpers/skip.ts';
 import { until } from './helpers/wait.ts';
 
 const CHROMIUM = '/usr/bin/chromium';
+const AXE = createRequire(import.meta.url).resolve('axe-core/axe.min.js');
 const SHOTS = path.join(ROOT, 'test-output/dashboard');
 const noChromium = skipUnless(fs.existsSync(CHROMIUM), `no ${CHROMIUM}: apt-get install chromium (npm test's set-up does)`);
 const PHONE = { width: 375, height: 812 };
@@ -226,6 +228,40 @@ describe('dashboard on one node', { skip: noChromium }, () => {
     );
     assert.deepEqual(problems, [], 'no script errors or blocked content');
     await page.close();
+  });
+
+  test('axe finds no WCAG 2 A/AA or best-practice violations on the login, functions, function and workers pages', async () => {
+    await a.deploy({ name: 'audited', env_vars: { WHO: 'axe' } }, { 'handler.js': HELLO });
+    assert.equal((await a.invoke('audited', '/')).status, 200);
+    // The audit injects axe's script, which the page's CSP would block (and rightly): this page bypasses it.
+    const context = await browser.newContext({ bypassCSP: true });
+    const page = await context.newPage();
+    const audit = async (where: string) => {
+      await page.addScriptTag({ path: AXE });
+      const result = await page.evaluate(() => (window as any).axe.run({ runOnly: ['wcag2a', 'wcag2aa', 'best-practice'] }));
+      const found = result.violations.map(
+        (v: any) => `${v.id} (${v.impact}): ${v.help} at ${v.nodes.map((n: any) => n.target).join(', ')}`,
+      );
+      assert.deepEqual(found, [], where);
+      assert.ok(result.passes.length > 10, `${where}: axe ran its checks`);
+    };
+    await page.goto(a.url);
+    await audit('login');
+    await login(page, TOKEN);
+    await page
+      .getByRole('row', { name: /audited/ })
+      .locator('canvas')
+      .first()
+      .waitFor();
+    await audit('functions');
+    await page.goto(`${a.url}/#/functions/audited`);
+    await page.getByRole('log').getByText('instance started').waitFor();
+    await page.getByRole('region', { name: 'Invocations' }).getByRole('row').nth(1).waitFor();
+    await audit('function');
+    await page.goto(`${a.url}/#/workers`);
+    await page.getByRole('region', { name: 'This server' }).waitFor();
+    await audit('workers');
+    await context.close();
   });
 });
 

@@ -7,11 +7,13 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { startMetricsListener } from './adapters/http/system-routes.js';
 import { selectDriver, type SelectedDriver } from './adapters/isolation/select.js';
+import { WarmPool, type WarmPoolStatus, withWarmPool } from './adapters/isolation/warm-pool.js';
 import { PrometheusMetrics, type PrometheusSources } from './adapters/metrics/prometheus.js';
 import type { Config, FunctionLogSettings } from './config.js';
 import { LogWriter } from './core/log-writer.js';
+import { FUNCTION_DEFAULTS } from './core/function-spec.js';
 import type { PoolDeps, PoolSettings } from './core/pool.js';
-import type { LogSink } from './core/ports.js';
+import type { IsolationDriver, LogSink } from './core/ports.js';
 import type { FunctionRecord } from './core/types.js';
 import { secretMasker } from './secret-mask.js';
 
@@ -28,7 +30,10 @@ export function prepareDataDir(dir: string): void {
   fs.chmodSync(dir, 0o711);
 }
 
-/** Picks the isolation driver and says which and why (loudly when there is none). */
+/**
+ * Picks the isolation driver and says which and why (loudly when there is none), behind a warm pool
+ * of pre-started instances where the driver can have one and AETHER_WARM_POOL_MB allows it.
+ */
 export async function startIsolation(config: Config, log: Logger, cgroupParent: string): Promise<SelectedDriver> {
   const selected = await selectDriver(config.isolation, {
     runDir: path.join(config.dataDir, 'run'),
@@ -43,10 +48,21 @@ export async function startIsolation(config: Config, log: Logger, cgroupParent: 
     onProgress: (message) => log.info({}, message),
     cgroupParent,
   });
-  const { driver, reason } = selected;
+  const { reason } = selected;
+  const driver = withWarmPool(selected.driver, {
+    settings: { ...config.warmPool, defaultMemoryMb: FUNCTION_DEFAULTS.memory_mb },
+    startTimeoutMs: config.startTimeoutMs,
+    log,
+  });
   if (driver.name === 'none') log.warn({ isolation: 'none' }, `NO ISOLATION: ${reason}`);
-  else log.info({ isolation: driver.name }, `isolation: ${reason}`);
-  return selected;
+  else
+    log.info({ isolation: driver.name, warm_pool_mb: driver === selected.driver ? 0 : config.warmPool.budgetMb }, `isolation: ${reason}`);
+  return { driver, reason };
+}
+
+/** For /api/system: the warm pool's state, when the driver has one. */
+export async function warmPoolInfo(driver: IsolationDriver): Promise<{ warm_pool?: WarmPoolStatus }> {
+  return driver instanceof WarmPool ? { warm_pool: await driver.status() } : {};
 }
 
 /** The process's metrics, and their own listener when AETHER_METRICS_LISTEN asks for one. */

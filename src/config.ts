@@ -48,6 +48,8 @@ const schema = z.object({
     .enum(['0', '1', 'false', 'true'], { error: 'must be 1 or 0' })
     .default('1')
     .transform((v) => v === '1' || v === 'true'),
+  AETHER_WARM_POOL_MB: int(0, 10_000_000).default(512),
+  AETHER_WARM_POOL_WINDOW_S: int(1, 86_400).default(60),
   AETHER_LOG_RETENTION_H: z.coerce.number().min(0.01).max(87_600).default(72),
   AETHER_LOG_MAX_MB: int(1, 10_000_000).default(256),
   AETHER_LOG_MAX_LINES: int(10, 100_000_000).default(50_000),
@@ -106,6 +108,8 @@ export interface Config {
   tmpMb: number;
   /** Sandbox drivers prepare each function's code at deploy time for faster starts (adapters/isolation/fast-start.ts). */
   fastStart: boolean;
+  /** Pre-started generic instances (bwrap, gVisor): the memory their idle instances may reserve (0: no pool), and how far back cold starts count. */
+  warmPool: { budgetMb: number; windowMs: number };
   /** The access key the Lambda Invoke API checks signatures against; no key, no Invoke API. */
   lambdaKey?: { accessKeyId: string; secretAccessKey: string };
   functionLogs: FunctionLogSettings;
@@ -173,6 +177,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     openFilesLimit: c.AETHER_INSTANCE_OPEN_FILES,
     tmpMb: c.AETHER_TMP_MB,
     fastStart: c.AETHER_FAST_START,
+    warmPool: { budgetMb: c.AETHER_WARM_POOL_MB, windowMs: c.AETHER_WARM_POOL_WINDOW_S * 1000 },
     functionLogs: {
       retentionMs: Math.round(c.AETHER_LOG_RETENTION_H * 3_600_000),
       maxBytes: c.AETHER_LOG_MAX_MB * MB,

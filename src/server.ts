@@ -15,7 +15,7 @@ import type { Config } from './config.js';
 import { FunctionService } from './core/functions.js';
 import { Scheduler } from './core/scheduler.js';
 import { LocalStartFailures } from './core/start-failures.js';
-import { functionLogs, poolSettings, prepareDataDir, startIsolation, startMetrics, type RunningServer } from './compose.js';
+import { functionLogs, poolSettings, prepareDataDir, startIsolation, startMetrics, warmPoolInfo, type RunningServer } from './compose.js';
 import { AETHER_VERSION } from './version.js';
 
 const MB = 1024 * 1024;
@@ -58,12 +58,13 @@ export async function startServer(config: Config, logger: Logger = pino({ level:
     logger,
     token,
     system: {
-      info: () => ({
+      info: async () => ({
         role: 'serve',
         version: AETHER_VERSION,
         node: process.version,
         started_at: startedAt,
         isolation: { driver: driver.name, reason },
+        ...(await warmPoolInfo(driver)),
         capacity: { cpus: os.availableParallelism(), memory_mb: Math.round(os.totalmem() / MB), instances: scheduler.instanceCount() },
       }),
       metrics,

@@ -22,7 +22,7 @@ import { errorMessage } from './core/errors.js';
 import type { WorkerInfo } from './core/ports.js';
 import { Scheduler } from './core/scheduler.js';
 import { resolveQualified } from './core/versions.js';
-import { functionLogs, poolSettings, prepareDataDir, startIsolation, startMetrics, type RunningServer } from './compose.js';
+import { functionLogs, poolSettings, prepareDataDir, startIsolation, startMetrics, warmPoolInfo, type RunningServer } from './compose.js';
 import { AETHER_VERSION } from './version.js';
 
 const MB = 1024 * 1024;
@@ -119,13 +119,14 @@ export async function startWorker(config: WorkerConfig, logger: Logger = pino({ 
     logger: log,
     token: config.apiToken,
     system: {
-      info: () => ({
+      info: async () => ({
         role: 'worker',
         version: AETHER_VERSION,
         node: process.version,
         started_at: startedAt,
         worker_id: workerId,
         isolation: { driver: driver.name, reason },
+        ...(await warmPoolInfo(driver)),
         capacity: { ...capacity, instances: scheduler.instanceCount() },
       }),
       metrics,

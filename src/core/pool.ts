@@ -209,6 +209,7 @@ export class FunctionPool {
       started_at: i.startedAt.toISOString(),
       in_flight: i.inFlight,
       served: i.served,
+      prewarmed: i.handle?.prewarmed ?? false,
     }));
   }
 

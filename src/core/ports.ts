@@ -142,6 +142,30 @@ export interface InstanceHandle {
   stop(graceMs?: number): Promise<void>;
   /** Where the start-up time went, where the driver measures it (the microVM drivers). */
   readonly boot?: BootPhases;
+  /** It was started ahead of its function, as a generic instance of a warm pool. */
+  readonly prewarmed?: boolean;
+}
+
+/** What a generic instance is started for, before its function is known. */
+export interface PrestartShape {
+  /** node's heap limit is set at start: such an instance can only take a function of this memory size. */
+  memoryMb: number;
+  startTimeoutMs: number;
+}
+
+/** A generic instance started up to the point where only the function is missing (a warm pool's). */
+export interface PrestartedInstance {
+  readonly memoryMb: number;
+  /** Settles if it ends before or after it was assigned. */
+  readonly exited: Promise<ExitInfo>;
+  /**
+   * Gives it its function (code, env through the single-use token, limits) and resolves once it is
+   * ready, as IsolationDriver.start does. Once only: the instance serves that function until it ends.
+   */
+  assign(spec: InstanceSpec): Promise<InstanceHandle>;
+  stop(graceMs?: number): Promise<void>;
+  /** What it costs while it waits: memory charged to it now, and CPU time used so far. */
+  usage(): Promise<{ memoryBytes: number; cpuMs: number }>;
 }
 
 /** A microVM's start-up, phase by phase, in ms: VMM start, guest kernel, init, agent ready. */
@@ -161,6 +185,8 @@ export interface IsolationDriver {
    * will start; never rejects. A driver without it always starts plainly.
    */
   prepare?(spec: StartPrep): Promise<StartMode>;
+  /** Drivers that can: a generic instance for a warm pool, resolved once node and the agent are up. */
+  prestart?(shape: PrestartShape): Promise<PrestartedInstance>;
   /** Releases what the driver holds on the host once every instance has stopped. */
   close?(): Promise<void>;
 }

@@ -75,6 +75,8 @@ export interface InstanceInfo {
   started_at: string;
   in_flight: number;
   served: number;
+  /** It came from the warm pool (pre-started, then given this function). */
+  prewarmed: boolean;
   /** Cluster mode: the worker that runs it. */
   worker_id?: string;
 }

@@ -39,7 +39,9 @@ export async function startAether(
     dataDir,
     token: TOKEN,
     isolation: opts.isolation ?? 'auto',
-    env: opts.env,
+    // No warm pool unless a test asks for one: its instances would be background load in every test
+    // file and extra sandboxes in the ones that count them. warm-pool.test.ts tests the pool.
+    env: { AETHER_WARM_POOL_MB: '0', ...opts.env },
     onLine: (line) => logs.push(line),
     root: opts.root,
   });

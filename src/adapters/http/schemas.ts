@@ -63,6 +63,7 @@ export const InstanceInfoSchema = z.strictObject({
   started_at: z.iso.datetime(),
   in_flight: z.number().int().min(0),
   served: z.number().int().min(0),
+  prewarmed: z.boolean().describe('it came from the warm pool: started before its function was known, then given the function'),
   worker_id: z.string().optional().describe('cluster mode: the worker that runs it'),
 });
 
@@ -167,6 +168,21 @@ export const SystemInfo = z.strictObject({
       max_instances: z.number().int().optional().describe('worker: instances it offers'),
     })
     .optional(),
+  warm_pool: z
+    .strictObject({
+      budget_mb: z.number().int(),
+      sizes: z
+        .strictObject({ memory_mb: z.number().int(), idle: z.number().int(), target: z.number().int() })
+        .array()
+        .describe('per memory size: pre-started instances waiting for a function, and how many the pool wants now'),
+      starting: z.number().int().describe('being pre-started'),
+      hits: z.number().int().describe('cold starts that took a pre-started instance'),
+      misses: z.number().int().describe('cold starts that found none of their memory size'),
+      idle_memory_bytes: z.number().int().describe('memory charged to the waiting instances together'),
+      idle_cpu_ms: z.number().describe('CPU time the waiting instances used so far, together'),
+    })
+    .optional()
+    .describe('serve and worker with a warm pool (AETHER_WARM_POOL_MB > 0, bwrap or gVisor)'),
   worker_id: z.string().optional(),
   workers: z.number().int().optional().describe('gateway: live workers'),
 });

@@ -24,7 +24,8 @@ export interface ChannelOptions {
   /** The uid (and gid, default the same) the sandbox runs as: it gets the directory and the sockets. */
   uid?: number;
   gid?: number;
-  config: AgentConfig;
+  /** Absent for a pre-started (pooled) instance: `assign` gives it once its function is known. */
+  config?: AgentConfig;
 }
 
 export interface InstanceChannel {
@@ -34,6 +35,13 @@ export interface InstanceChannel {
   readonly token: string;
   /** Resolves when the agent dials its first connection; rejects if the channel closes first. */
   readonly ready: Promise<void>;
+  /**
+   * Resolves when the agent opens its metadata connection, which it does as soon as node and the
+   * agent are loaded, before it waits for the token: from then on a pooled instance only lacks its function.
+   */
+  readonly booted: Promise<void>;
+  /** The config the metadata service serves (a pooled instance's, once its function is known): set before the token goes out. */
+  assign(config: AgentConfig): void;
   /**
    * Resolves with a reason on the first refused metadata request (wrong, missing or reused token).
    * Before ready the agent fails closed by itself; after ready it means something in the sandbox is
@@ -91,7 +99,7 @@ export async function openChannel(opts: ChannelOptions): Promise<InstanceChannel
   const owner = opts.uid === undefined ? undefined : { uid: opts.uid, gid: opts.gid ?? opts.uid };
   const token = randomBytes(32).toString('hex');
   const conns = new Connections();
-  const mmds = metadataService(token, opts.config);
+  const mmds = metadataService(token);
   const agent = createNetServer((socket) => conns.add(socket));
   let frames: Socket | undefined;
   const framesServer = createNetServer((socket) => {
@@ -99,8 +107,13 @@ export async function openChannel(opts: ChannelOptions): Promise<InstanceChannel
     frames = socket;
     socket.on('error', () => {}); // 'close' follows; the frame client fails what was in flight
   });
-  // Beyond these, Node closes each new connection as soon as it is accepted.
-  agent.maxConnections = opts.config.concurrency + SPARE_CONNECTIONS + AGENT_CONNECTION_SLACK;
+  const assign = (config: AgentConfig) => {
+    mmds.config = config;
+    // Beyond these, Node closes each new connection as soon as it is accepted.
+    agent.maxConnections = config.concurrency + SPARE_CONNECTIONS + AGENT_CONNECTION_SLACK;
+  };
+  agent.maxConnections = SPARE_CONNECTIONS + AGENT_CONNECTION_SLACK;
+  if (opts.config) assign(opts.config);
   mmds.server.maxConnections = MAX_METADATA_CONNECTIONS;
   framesServer.maxConnections = MAX_FRAME_CONNECTIONS;
   const servers = [mmds.server, agent, framesServer];
@@ -124,6 +137,8 @@ export async function openChannel(opts: ChannelOptions): Promise<InstanceChannel
     dir,
     token,
     ready: conns.ready,
+    booted: mmds.booted,
+    assign,
     authFailure: mmds.authFailure,
     connect: () => conns.take(),
     frames: () => (frames?.destroyed === false ? frames : undefined),
@@ -150,27 +165,36 @@ async function shutdown(servers: Server[], dir: string): Promise<void> {
 }
 
 /** Serves the config once, to the holder of the token; reports every refused request. */
-function metadataService(token: string, config: AgentConfig) {
+function metadataService(token: string) {
   const expected = Buffer.from(`Bearer ${token}`);
-  const body = JSON.stringify(config);
   let used = false;
   let reportFailure!: (reason: string) => void;
   const authFailure = new Promise<string>((resolve) => (reportFailure = resolve));
-  const server = createHttpServer((req, res) => {
-    const presented = Buffer.from(req.headers.authorization ?? '');
-    const valid = presented.length === expected.length && timingSafeEqual(presented, expected);
-    if (!valid || used) {
-      const reason = !req.headers.authorization ? 'missing token' : valid ? 'token reused' : 'wrong token';
-      reportFailure(`metadata request refused: ${reason}`);
-      reply(res, 401, JSON.stringify({ error: { code: 'unauthorized', message: reason } }));
-    } else if (req.method !== 'GET' || req.url !== CONFIG_PATH) {
-      reply(res, 404, JSON.stringify({ error: { code: 'not_found', message: 'not found' } }));
-    } else {
-      used = true;
-      reply(res, 200, body);
-    }
-  });
-  return { server, authFailure };
+  let markBooted!: () => void;
+  const booted = new Promise<void>((resolve) => (markBooted = resolve));
+  const service: { server: Server; authFailure: Promise<string>; booted: Promise<void>; config?: AgentConfig } = {
+    authFailure,
+    booted,
+    server: createHttpServer((req, res) => {
+      const presented = Buffer.from(req.headers.authorization ?? '');
+      const valid = presented.length === expected.length && timingSafeEqual(presented, expected);
+      if (!valid || used) {
+        const reason = !req.headers.authorization ? 'missing token' : valid ? 'token reused' : 'wrong token';
+        reportFailure(`metadata request refused: ${reason}`);
+        reply(res, 401, JSON.stringify({ error: { code: 'unauthorized', message: reason } }));
+      } else if (req.method !== 'GET' || req.url !== CONFIG_PATH) {
+        reply(res, 404, JSON.stringify({ error: { code: 'not_found', message: 'not found' } }));
+      } else if (!service.config) {
+        // The token only goes out after assign(): nothing holding it can get here.
+        reply(res, 503, JSON.stringify({ error: { code: 'unavailable', message: 'no function assigned' } }));
+      } else {
+        used = true;
+        reply(res, 200, JSON.stringify(service.config));
+      }
+    }),
+  };
+  service.server.once('connection', () => markBooted());
+  return service;
 }
 
 function reply(res: ServerResponse, status: number, body: string): void {

@@ -6,7 +6,7 @@
 import { join, relative } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { loadBundle } from './bundle.mjs';
-import { fetchConfig, readToken, replaceEnv } from './config.mjs';
+import { configRequest, readToken, replaceEnv } from './config.mjs';
 import { detectMode, resolveEntry, type Mode } from './entry.mjs';
 import { fetchResponder } from './fetch-mode.mjs';
 import { serveFrames } from './frame-mode.mjs';
@@ -24,10 +24,12 @@ const codeDir = process.env[AGENT_ENV.codeDir] || GUEST_PATHS.code;
 let config: AgentConfig;
 let entry: string;
 try {
+  // A pre-started instance connects first and then waits here, in readToken, until it gets a function.
+  const early = process.env[AGENT_ENV.prewarm] ? configRequest(runDir) : undefined;
   const token = readToken();
   // Only microVMs can be snapshots; elsewhere the import would cost a cold start a few ms.
   if (process.env[AGENT_ENV.reseed]) (await import('./reseed.mjs')).reseedMathRandom();
-  config = await fetchConfig(runDir, token);
+  config = await (early ?? configRequest(runDir))(token);
   replaceEnv(config);
   process.chdir(codeDir);
   entry = resolveEntry(codeDir, config.entrypoint);

@@ -34,6 +34,11 @@ export const AGENT_ENV = {
   uid: 'AETHER_UID',
   /** Set in microVMs: the agent may be a restored snapshot's, so it reseeds Math.random (reseed.mts). */
   reseed: 'AETHER_RESEED',
+  /**
+   * Set by the sandbox drivers on a pre-started (warm pool) instance: the agent opens its metadata
+   * connection before it waits for the token, which tells the host that node and the agent are up.
+   */
+  prewarm: 'AETHER_PREWARM',
 } as const;
 
 /** Lines the agent writes itself start with this: the host quotes them first when a start fails. */

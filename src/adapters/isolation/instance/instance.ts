@@ -86,7 +86,10 @@ export async function launchInstance(plan: InstancePlan): Promise<Instance> {
 }
 
 export class Instance implements InstanceHandle {
-  readonly id: string;
+  /** A pre-started instance takes its function's instance id when it gets the function. */
+  id: string;
+  /** It was pre-started, before its function was known (a warm pool's). */
+  prewarmed = false;
   readonly exited: Promise<ExitInfo>;
   readonly condemned: Promise<string>;
   readonly output: InstanceOutput;
@@ -117,12 +120,23 @@ export class Instance implements InstanceHandle {
 
   /** Called once, right after construction (the plan's start must see the process's output from the beginning). */
   async start(): Promise<void> {
-    const failure = await this.untilReady();
-    if (!failure) {
-      // Before ready the agent fails closed by itself; after ready a refused token means probing.
-      void this.plan.channel?.authFailure.then((reason) => this.kill(reason));
-      return;
-    }
+    await this.step(() => this.plan.start(this.child, this.output, (reason) => this.agentExited(reason)), this.plan.startTimeoutMs);
+    // Before ready the agent fails closed by itself; after ready a refused token means probing.
+    void this.plan.channel?.authFailure.then((reason) => this.kill(reason));
+  }
+
+  /**
+   * A later start step of a running instance (a pre-started one getting its function), raced against
+   * the timeout and the process's end like the start: a failure kills the instance and rejects with
+   * what went wrong first, quoting its last words.
+   */
+  async resume(step: (child: ChildProcess) => Promise<void>, timeoutMs: number): Promise<void> {
+    await this.step(() => step(this.child), timeoutMs);
+  }
+
+  private async step(run: () => Promise<void>, timeoutMs: number): Promise<void> {
+    const failure = await this.untilDone(run, timeoutMs);
+    if (!failure) return;
     this.kill(failure.message);
     const { reason } = await this.exited;
     const explained = reason && reason !== failure.message ? ` (${reason})` : ''; // e.g. the driver saw an OOM kill
@@ -163,19 +177,18 @@ export class Instance implements InstanceHandle {
     return this.stopping;
   }
 
-  /** Undefined once the plan's start resolved; otherwise what went wrong first. */
-  private async untilReady(): Promise<AetherError | undefined> {
+  /** Undefined once `run` resolved; otherwise what went wrong first. */
+  private async untilDone(run: () => Promise<void>, timeoutMs: number): Promise<AetherError | undefined> {
     const exitFailure = async () => new AetherError('start_failed', (await this.exited).reason ?? 'ended');
-    if (this.child.pid === undefined) return exitFailure();
-    const { startTimeoutMs } = this.plan;
+    if (this.child.pid === undefined || this.hasEnded) return exitFailure();
     let timer: NodeJS.Timeout | undefined;
-    const timedOut = new Promise<'timeout'>((resolve) => (timer = setTimeout(resolve, startTimeoutMs, 'timeout')));
-    const ready = this.plan.start(this.child, this.output, (reason) => this.agentExited(reason)).then(() => 'ready' as const);
+    const timedOut = new Promise<'timeout'>((resolve) => (timer = setTimeout(resolve, timeoutMs, 'timeout')));
+    const ready = run().then(() => 'ready' as const);
     ready.catch(() => {}); // may settle after the race is decided
     try {
       const outcome = await Promise.race([ready, timedOut, this.ended.then(() => 'exit' as const)]);
       if (outcome === 'ready') return undefined;
-      if (outcome === 'timeout') return new AetherError('start_timeout', `did not become ready within ${startTimeoutMs} ms`);
+      if (outcome === 'timeout') return new AetherError('start_timeout', `did not become ready within ${timeoutMs} ms`);
       return await exitFailure();
     } catch (err) {
       return err instanceof AetherError ? err : new AetherError('start_failed', errorMessage(err), { cause: err });

@@ -9,12 +9,23 @@
  * source's path inside its filesystem in /proc/self/mountinfo (the data dir's code and channel dirs,
  * the state dir's root and agent): bwrap has no way around that; gVisor presents its own mount table.
  */
-import type { InstanceHandle, InstanceSpec, IsolationDriver, StartPrep } from '../../../core/ports.js';
+import { randomUUID } from 'node:crypto';
+import type { InstanceHandle, InstanceSpec, IsolationDriver, PrestartedInstance, PrestartShape, StartPrep } from '../../../core/ports.js';
 import type { StartMode } from '../../../core/types.js';
 import { agentNodeArgs } from '../../../guest/agent-files.js';
-import { GUEST_PATHS } from '../../../guest/agent/protocol.mjs';
+import { AGENT_ENV, GUEST_PATHS } from '../../../guest/agent/protocol.mjs';
 import { commandPath } from '../command-path.js';
-import { launchSandboxed, prepareStart, type Sandbox, type SandboxCommand, type SandboxHost, untraversable } from './host.js';
+import {
+  launchSandboxed,
+  prepareStart,
+  prestartSandboxed,
+  type Sandbox,
+  type SandboxCommand,
+  type SandboxHost,
+  type SandboxShape,
+  shapeOf,
+  untraversable,
+} from './host.js';
 
 const MB = 1024 * 1024;
 
@@ -56,29 +67,38 @@ export class BwrapDriver implements IsolationDriver {
     }
   }
 
-  /** The per-Aether cgroup parent would otherwise stay behind, empty, in every controller. */
-  close(): Promise<void> {
-    return this.host.cgroups.removeParent();
+  /** The per-Aether cgroup parent would otherwise stay behind, empty, in every controller; the slots' mount too. */
+  async close(): Promise<void> {
+    await this.host.slots.close();
+    await this.host.cgroups.removeParent();
   }
 
   start(spec: InstanceSpec): Promise<InstanceHandle> {
-    return launchSandboxed(this.host, spec, async (sandbox) => this.command(spec, sandbox));
+    return launchSandboxed(this.host, spec, async (sandbox) => this.command(shapeOf(spec), sandbox));
   }
 
   prepare(spec: StartPrep): Promise<StartMode> {
     return prepareStart(this.host, spec);
   }
 
-  private async command(spec: InstanceSpec, { uid, cgroup, channel, startDir }: Sandbox): Promise<SandboxCommand> {
+  prestart(shape: PrestartShape): Promise<PrestartedInstance> {
+    const id = `warm-${randomUUID()}`;
+    return prestartSandboxed(this.host, { ...shape, id }, async (sandbox) =>
+      this.command({ id, memoryMb: shape.memoryMb, vcpu: 1 }, sandbox),
+    );
+  }
+
+  private async command(shape: SandboxShape, { uid, cgroup, channel, root: rootDir, startDir }: Sandbox): Promise<SandboxCommand> {
     const { root, agentDir, nodePath, tmpMb } = this.host;
     const { setpriv, bwrap } = await this.commands;
     const id = String(uid);
     const options = [
       ...['--unshare-all', '--unshare-user', '--disable-userns', '--die-with-parent', '--new-session'],
       ...['--uid', id, '--gid', id, '--hostname', 'fn', '--clearenv'],
-      ...['--ro-bind', root.dir, '/'],
+      ...(shape.codeDir ? [] : ['--setenv', AGENT_ENV.prewarm, '1']),
+      ...['--ro-bind', rootDir, '/'],
       ...root.runtimeBinds.flatMap((dir) => ['--ro-bind', dir, dir]),
-      ...['--ro-bind', spec.codeDir, GUEST_PATHS.code],
+      ...(shape.codeDir ? ['--ro-bind', shape.codeDir, GUEST_PATHS.code] : []),
       ...['--ro-bind', agentDir, GUEST_PATHS.agent],
       ...['--ro-bind', channel.dir, GUEST_PATHS.run],
       ...(startDir ? ['--ro-bind', startDir, GUEST_PATHS.start] : []),
@@ -103,7 +123,7 @@ export class BwrapDriver implements IsolationDriver {
         '3',
         '--',
         nodePath,
-        ...agentNodeArgs(spec.memoryMb, GUEST_PATHS.agent),
+        ...agentNodeArgs(shape.memoryMb, GUEST_PATHS.agent),
       ],
       env: {},
       input3: options.map((option) => `${option}\0`).join(''),

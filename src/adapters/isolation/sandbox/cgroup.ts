@@ -11,12 +11,20 @@ import { setTimeout as sleep } from 'node:timers/promises';
 const LIMITED = ['memory', 'pids', 'cpu'] as const;
 const MB = 1024 * 1024;
 export const CFS_PERIOD_US = 100_000;
+/** The kernel's default weight: every instance running a function competes at it. */
+const CPU_SHARES = 1024;
+/** The kernel's least weight: a pre-started instance booting for the pool yields to every running one. */
+export const IDLE_CPU_SHARES = 2;
+/** USER_HZ, the unit of /proc/<pid>/stat's times: 100 on every Linux architecture Node runs on. */
+const MS_PER_TICK = 10;
 const SAFE_NAME = /^(?!\.\.?$)[A-Za-z0-9_.-]+$/;
 
 export interface CgroupLimits {
   memoryMb: number;
   vcpu: number;
   pids: number;
+  /** CPU weight against the other instances (default: the kernel's, 1024). */
+  cpuShares?: number;
 }
 
 export interface CgroupOptions {
@@ -55,7 +63,7 @@ export class CgroupTree {
       await write(group.dir('memory'), 'memory.memsw.limit_in_bytes', memory).catch(ignoreMissing);
       await write(group.dir('pids'), 'pids.max', String(limits.pids));
       await write(group.dir('cpu'), 'cpu.cfs_period_us', String(CFS_PERIOD_US));
-      await write(group.dir('cpu'), 'cpu.cfs_quota_us', String(cpuQuotaUs(limits.vcpu)));
+      await group.setCpu(limits.vcpu, limits.cpuShares);
     } catch (err) {
       await group.remove().catch(() => {});
       throw err;
@@ -110,6 +118,12 @@ export class InstanceCgroup {
     return this.tree.controllerDir(ctrl, this.instanceId);
   }
 
+  /** The CPU quota (`vcpu` CPUs) and weight: a pre-started instance gets its function's when it gets the function. */
+  async setCpu(vcpu: number, shares = CPU_SHARES): Promise<void> {
+    await write(this.dir('cpu'), 'cpu.cfs_quota_us', String(cpuQuotaUs(vcpu)));
+    await write(this.dir('cpu'), 'cpu.shares', String(shares));
+  }
+
   /** The `cgroup.procs` files a process writes its pid to, to enter every limited group. */
   get procsFiles(): string[] {
     return LIMITED.map((ctrl) => path.join(this.dir(ctrl), 'cgroup.procs'));
@@ -131,6 +145,20 @@ export class InstanceCgroup {
     const pidsDenied = /^max (\d+)$/m.exec(await this.read('pids', 'pids.events'))?.[1];
     if (Number(pidsDenied ?? 0) > 0) return { reason: `process limit of ${this.limits.pids} reached (exit code ${exit.code})` };
     return {};
+  }
+
+  /** What its processes use now: memory charged to the group, and CPU time so far (of the processes still in it). */
+  async usage(): Promise<{ memoryBytes: number; cpuMs: number }> {
+    const memoryBytes = Number(await this.read('memory', 'memory.usage_in_bytes')) || 0;
+    const pids = (await this.read('memory', 'cgroup.procs')).split('\n').filter(Boolean);
+    let ticks = 0;
+    for (const pid of pids) {
+      // utime and stime, fields 14 and 15, counted after the command's closing parenthesis.
+      const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      ticks += Number(fields[11] ?? 0) + Number(fields[12] ?? 0);
+    }
+    return { memoryBytes, cpuMs: ticks * MS_PER_TICK };
   }
 
   private read(ctrl: string, file: string): Promise<string> {

@@ -9,12 +9,22 @@ import { execFile } from 'node:child_process';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import type { InstanceHandle, InstanceSpec, IsolationDriver, StartPrep } from '../../../core/ports.js';
+import { randomUUID } from 'node:crypto';
+import type { InstanceHandle, InstanceSpec, IsolationDriver, PrestartedInstance, PrestartShape, StartPrep } from '../../../core/ports.js';
 import type { StartMode } from '../../../core/types.js';
 import { agentNodeArgs } from '../../../guest/agent-files.js';
-import { GUEST_PATHS } from '../../../guest/agent/protocol.mjs';
+import { AGENT_ENV, GUEST_PATHS } from '../../../guest/agent/protocol.mjs';
 import { CFS_PERIOD_US, cpuQuotaUs } from './cgroup.js';
-import { launchSandboxed, prepareStart, type Sandbox, type SandboxCommand, type SandboxHost } from './host.js';
+import {
+  launchSandboxed,
+  prepareStart,
+  prestartSandboxed,
+  type Sandbox,
+  type SandboxCommand,
+  type SandboxHost,
+  type SandboxShape,
+  shapeOf,
+} from './host.js';
 
 const run = promisify(execFile);
 const MB = 1024 * 1024;
@@ -31,21 +41,27 @@ export class GvisorDriver implements IsolationDriver {
     this.runscRoot = path.join(host.stateDir, 'runsc');
   }
 
-  /** The per-Aether cgroup parent would otherwise stay behind, empty, in every controller. */
-  close(): Promise<void> {
-    return this.host.cgroups.removeParent();
+  /** The per-Aether cgroup parent would otherwise stay behind, empty, in every controller; the slots' mount too. */
+  async close(): Promise<void> {
+    await this.host.slots.close();
+    await this.host.cgroups.removeParent();
   }
 
   start(spec: InstanceSpec): Promise<InstanceHandle> {
-    return launchSandboxed(this.host, spec, (sandbox) => this.command(spec, sandbox));
+    return launchSandboxed(this.host, spec, (sandbox) => this.command(shapeOf(spec), sandbox));
   }
 
   prepare(spec: StartPrep): Promise<StartMode> {
     return prepareStart(this.host, spec);
   }
 
-  private async command(spec: InstanceSpec, sandbox: Sandbox): Promise<SandboxCommand> {
-    const bundle = path.join(this.host.stateDir, 'bundles', spec.instanceId);
+  prestart(shape: PrestartShape): Promise<PrestartedInstance> {
+    const id = `warm-${randomUUID()}`;
+    return prestartSandboxed(this.host, { ...shape, id }, (sandbox) => this.command({ id, memoryMb: shape.memoryMb, vcpu: 1 }, sandbox));
+  }
+
+  private async command(spec: SandboxShape, sandbox: Sandbox): Promise<SandboxCommand> {
+    const bundle = path.join(this.host.stateDir, 'bundles', spec.id);
     await mkdir(bundle, { recursive: true, mode: 0o700 });
     await writeFile(path.join(bundle, 'config.json'), JSON.stringify(this.ociSpec(spec, sandbox))).catch(async (err) => {
       await rm(bundle, { recursive: true, force: true });
@@ -56,17 +72,17 @@ export class GvisorDriver implements IsolationDriver {
       // The sandbox dies with `runsc run` (started "attached"), and this makes `runsc run` die with
       // Aether: no instance outlives the process that accounts for it.
       command: 'setpriv',
-      args: ['--pdeathsig=KILL', 'runsc', ...flags, 'run', `--bundle=${bundle}`, spec.instanceId],
+      args: ['--pdeathsig=KILL', 'runsc', ...flags, 'run', `--bundle=${bundle}`, spec.id],
       env: { PATH: this.host.hostPath },
       cleanup: async () => {
         // `runsc run` is gone and its sandbox with it; delete drops runsc's state.
-        await run('runsc', [...flags, 'delete', '--force', spec.instanceId], { env: { PATH: this.host.hostPath } }).catch(() => {});
+        await run('runsc', [...flags, 'delete', '--force', spec.id], { env: { PATH: this.host.hostPath } }).catch(() => {});
         await rm(bundle, { recursive: true, force: true });
       },
     };
   }
 
-  private ociSpec(spec: InstanceSpec, { uid, cgroup, channel, startDir }: Sandbox): object {
+  private ociSpec(spec: SandboxShape, { uid, cgroup, channel, root: rootDir, startDir }: Sandbox): object {
     const { root, agentDir, nodePath, tmpMb, pidsLimit, openFilesLimit } = this.host;
     const readOnly = (source: string, destination: string) => ({
       destination,
@@ -79,18 +95,18 @@ export class GvisorDriver implements IsolationDriver {
       process: {
         user: { uid, gid: uid },
         args: [nodePath, ...agentNodeArgs(spec.memoryMb, GUEST_PATHS.agent)],
-        env: [],
+        env: spec.codeDir ? [] : [`${AGENT_ENV.prewarm}=1`],
         cwd: '/',
         noNewPrivileges: true,
         rlimits: [{ type: 'RLIMIT_NOFILE', hard: openFilesLimit, soft: openFilesLimit }],
         capabilities: { bounding: [], effective: [], inheritable: [], permitted: [], ambient: [] },
       },
-      root: { path: root.dir, readonly: true },
+      root: { path: rootDir, readonly: true },
       hostname: 'fn',
       mounts: [
         { destination: '/proc', type: 'proc', source: 'proc' },
         ...root.runtimeBinds.map((dir) => readOnly(dir, dir)),
-        readOnly(spec.codeDir, GUEST_PATHS.code),
+        ...(spec.codeDir ? [readOnly(spec.codeDir, GUEST_PATHS.code)] : []),
         readOnly(agentDir, GUEST_PATHS.agent),
         readOnly(channel.dir, GUEST_PATHS.run),
         ...(startDir ? [readOnly(startDir, GUEST_PATHS.start)] : []),

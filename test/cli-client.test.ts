@@ -176,6 +176,19 @@ describe('aether CLI against a running server', () => {
     assert.match(describe.stdout, /^name: +my-app$/m);
     assert.match(describe.stdout, /^env vars: +REGION, WHO \(values hidden\)$/m);
     assert.match(describe.stdout, /^running: +1 ready$/m);
+    const latest = JSON.parse((await ok(['describe', 'my-app', '--json'])).stdout).version;
+    assert.match(describe.stdout, new RegExp(`^versions: +${latest}, ${latest - 1}(, \\d+)* \\(kept, newest first\\)$`, 'm'));
+    assert.match(describe.stdout, /^aliases: +none$/m);
+    const alias = await fetch(`${server.url}/api/functions/my-app/aliases/prod`, {
+      method: 'PUT',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ version: latest - 1, additional_version_weights: { [latest]: 0.1 } }),
+    });
+    assert.equal(alias.status, 200);
+    assert.match(
+      (await ok(['describe', 'my-app'])).stdout,
+      new RegExp(`^aliases: +prod -> ${latest - 1} \\(90 %\\), ${latest} \\(10 %\\)$`, 'm'),
+    );
 
     const instances = JSON.parse((await ok(['instances', 'my-app', '--json'])).stdout);
     assert.equal(instances.length, 1);

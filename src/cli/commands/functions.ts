@@ -1,6 +1,7 @@
-/** `aether ls`, `aether describe NAME`, `aether rm NAME`: the functions, their state and settings. */
+/** `aether ls`, `aether describe NAME`, `aether rm NAME`: the functions, their state, settings, versions and aliases. */
 import type { Command } from 'commander';
 import type { FunctionView, InstanceInfo } from '../../core/types.js';
+import type { AliasRecord } from '../../core/versions.js';
 import { type Client, fnPath } from '../client.js';
 import { ago, bytes, duration, keyValues, out, printJson, table } from '../output.js';
 import type { TargetOptions } from '../target.js';
@@ -38,7 +39,11 @@ export function functionCommands(program: Command): void {
     const client = clientFor(opts);
     const fn = await client.json<FunctionView>('GET', fnPath(name));
     if (opts.json) return printJson(fn);
-    const instances = await instancesOf(client, fn);
+    const [instances, versions, aliases] = await Promise.all([
+      instancesOf(client, fn),
+      client.json<{ version: number }[]>('GET', fnPath(fn.id, '/versions')),
+      client.json<AliasRecord[]>('GET', fnPath(fn.id, '/aliases')),
+    ]);
     const envNames = Object.keys(fn.env_vars).sort();
     const byState = new Map<string, number>();
     for (const i of instances) byState.set(i.state, (byState.get(i.state) ?? 0) + 1);
@@ -54,6 +59,8 @@ export function functionCommands(program: Command): void {
         ['runtime', fn.runtime],
         ['entrypoint', fn.entrypoint ?? '(found in the code)'],
         ['version', fn.version],
+        ['versions', versions.length ? `${versions.map((v) => v.version).join(', ')} (kept, newest first)` : 'none yet'],
+        ['aliases', aliases.length ? aliases.map(describeAlias).join('; ') : 'none'],
         ['code', fn.code_hash ? `${bytes(fn.code_size)}, sha256 ${fn.code_hash}` : 'none yet: `aether deploy DIR`'],
         ['memory', `${fn.memory_mb} MB`],
         ['vcpu', fn.vcpu],
@@ -77,6 +84,15 @@ export function functionCommands(program: Command): void {
 }
 
 const instancesOf = (client: Client, fn: FunctionView) => client.json<InstanceInfo[]>('GET', fnPath(fn.id, '/instances'));
+
+/** `prod -> 7`, or with a canary `prod -> 7 (90 %), 8 (10 %)`. */
+function describeAlias(a: AliasRecord): string {
+  const extra = Object.entries(a.additional_version_weights);
+  if (extra.length === 0) return `${a.name} -> ${a.version}`;
+  const pct = (w: number) => `${Math.round(w * 1000) / 10} %`;
+  const rest = 1 - extra.reduce((sum, [, w]) => sum + w, 0);
+  return `${a.name} -> ${[`${a.version} (${pct(rest)})`, ...extra.map(([v, w]) => `${v} (${pct(w)})`)].join(', ')}`;
+}
 
 /** One word for people: no code, failing, ready, starting, or scaled to zero. */
 function stateOf(fn: FunctionView, instances: InstanceInfo[]): string {

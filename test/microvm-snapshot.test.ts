@@ -5,17 +5,27 @@
  * AETHER_TEST_VM_CACHE=<dir> keeps the kernel download and image between runs.
  */
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { chmod, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { request, type IncomingMessage } from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { promisify } from 'node:util';
 import { QemuDriver } from '../src/adapters/isolation/microvm/qemu/driver.js';
 import type { VmInstance } from '../src/adapters/isolation/microvm/qemu/vm.js';
+import { CgroupTree } from '../src/adapters/isolation/cgroup.js';
+import { UidPool } from '../src/adapters/isolation/uid-pool.js';
 import type { InstanceSpec } from '../src/core/ports.js';
 import { skipUnless } from './helpers/skip.js';
+
+const run = promisify(execFile);
+
+const isRoot = process.getuid?.() === 0;
+const cgroups = new CgroupTree({ parent: `aether-test-vmsnap-${process.pid}` });
+const FIRST_UID = 310_000;
+const MB = 1024 * 1024;
 
 const hasQemu = (() => {
   try {
@@ -73,7 +83,15 @@ describe('QEMU snapshots (TCG)', {
     work = await mkdtemp(path.join(os.tmpdir(), 'aether-vmsnap-'));
     await chmod(work, 0o755);
     const cacheDir = process.env.AETHER_TEST_VM_CACHE ?? path.join(work, 'cache');
-    driver = await QemuDriver.create({ runDir: path.join(work, 'run'), cacheDir, accel: 'tcg', tcgMinStartTimeoutMs: 0 });
+    // As root, every QEMU runs in its own cgroups as its own uid (as `aether serve` does).
+    driver = await QemuDriver.create({
+      runDir: path.join(work, 'run'),
+      cacheDir,
+      accel: 'tcg',
+      tcgMinStartTimeoutMs: 0,
+      snapshotDir: path.join(work, 'snapshots'), // this run's own: a size must have none until the test makes it
+      confine: isRoot ? { cgroups, uids: new UidPool(FIRST_UID, 100), pidsLimit: 128, openFilesLimit: 1024 } : undefined,
+    });
     state = await driver.prepareSnapshot({ memoryMb: 128, vcpu: 1, port: 3000 });
     stateDigest = await sha256(state);
     stateMtime = (await stat(state)).mtimeMs;
@@ -81,6 +99,7 @@ describe('QEMU snapshots (TCG)', {
 
   after(async () => {
     await Promise.all([...live].map((instance) => instance.stop(0)));
+    await cgroups.removeParent();
     if (work) await rm(work, { recursive: true, force: true });
   });
 
@@ -101,7 +120,7 @@ describe('QEMU snapshots (TCG)', {
       memoryMb,
       vcpu: 1,
       concurrency: 1,
-      startTimeoutMs: 60_000,
+      startTimeoutMs: 120_000, // a TCG boot is 5-7 s on an idle machine; this one is shared
       onLog: (stream, line) => console.log(`# ${name} ${stream}: ${line}`),
     };
     const instance = await driver.start(spec);
@@ -110,8 +129,10 @@ describe('QEMU snapshots (TCG)', {
     return instance;
   }
 
-  async function report(instance: VmInstance): Promise<Report & { hostNow: number }> {
+  /** The function's report, and the host's clock when the request went out and when the answer came. */
+  async function report(instance: VmInstance): Promise<Report & { sentAt: number; hostNow: number }> {
     const socket = await instance.connect();
+    const sentAt = Date.now();
     const res = await new Promise<IncomingMessage>((resolve, reject) => {
       const req = request({ createConnection: () => socket, path: '/', headers: { host: 'fn' } }, resolve);
       req.on('error', reject);
@@ -122,7 +143,13 @@ describe('QEMU snapshots (TCG)', {
     for await (const chunk of res) body += chunk;
     socket.destroy();
     assert.equal(res.statusCode, 200, body);
-    return { ...(JSON.parse(body) as Report), hostNow };
+    return { ...(JSON.parse(body) as Report), sentAt, hostNow };
+  }
+
+  /** The guest's clock is the host's: within the request's round trip, plus the second `date -s` rounds to. */
+  function assertClock(r: { now: number; sentAt: number; hostNow: number }): void {
+    const at = (ms: number) => new Date(ms).toISOString();
+    assert.ok(r.now >= r.sentAt - 1000 && r.now <= r.hostNow + 1000, `guest clock ${at(r.now)}, host ${at(r.sentAt)}..${at(r.hostNow)}`);
   }
 
   test('a function resumed from the snapshot answers, with its own code and the real time', async () => {
@@ -141,6 +168,28 @@ describe('QEMU snapshots (TCG)', {
     await instance.stop();
   });
 
+  test('QEMU runs as its own unprivileged uid, in cgroups limiting its memory and CPU, removed after', {
+    skip: skipUnless(isRoot, 'cgroups and uids need root'),
+  }, async () => {
+    const instance = await start('confined', await codeDir('confined'));
+    const pid = await qemuPid(instance.id);
+    const status = await readFile(`/proc/${pid}/status`, 'utf8');
+    const uid = Number(/^Uid:\s+(\d+)/m.exec(status)?.[1]);
+    assert.ok(uid >= FIRST_UID && uid < FIRST_UID + 100, `QEMU runs as uid ${uid}`);
+    assert.match(status, /^Groups:\s*$/m, 'QEMU kept supplementary groups');
+    assert.match(status, /^NoNewPrivs:\s+1$/m);
+    const groups = await readFile(`/proc/${pid}/cgroup`, 'utf8');
+    const own = `/${cgroups.parent}/${instance.id}`;
+    assert.match(groups, new RegExp(`:memory:${own}$`, 'm'));
+    assert.match(groups, new RegExp(`:cpu,cpuacct:${own}$|:cpu:${own}$`, 'm'));
+    const limit = Number(await readFile(path.join(cgroups.controllerDir('memory', instance.id), 'memory.limit_in_bytes'), 'utf8'));
+    assert.equal(limit, (128 + 64 + 64 + 128) * MB, 'guest RAM (function + 64) + TCG cache + QEMU');
+    assert.equal(Number(await readFile(path.join(cgroups.controllerDir('cpu', instance.id), 'cpu.cfs_quota_us'), 'utf8')), 100_000);
+    assert.equal((await report(instance)).name, 'confined');
+    await instance.stop();
+    await assert.rejects(stat(cgroups.controllerDir('memory', instance.id)), { code: 'ENOENT' });
+  });
+
   test('two restores of one snapshot draw different random numbers from every source and keep the time', async () => {
     const code = await codeDir('second');
     const [a, b] = await Promise.all([start('second-a', code), start('second-b', code)]);
@@ -150,7 +199,7 @@ describe('QEMU snapshots (TCG)', {
     for (const source of ['crypto', 'uuid', 'math', 'urandom'] as const) {
       assert.notEqual(ra[source], rb[source], `both restores drew the same ${source} value`);
     }
-    for (const r of [ra, rb]) assert.ok(Math.abs(r.now - r.hostNow) < 2000, `guest clock off by ${r.now - r.hostNow} ms`);
+    for (const r of [ra, rb]) assertClock(r);
     await Promise.all([a.stop(), b.stop()]);
   });
 
@@ -174,6 +223,16 @@ describe('QEMU snapshots (TCG)', {
     await resumed.stop();
   });
 });
+
+/** The QEMU process of an instance: the one whose command line names the instance's channel. */
+async function qemuPid(instanceId: string): Promise<number> {
+  const { stdout } = await run('ps', ['-eo', 'pid=,args=']);
+  const line = stdout
+    .split('\n')
+    .find((l) => l.includes('qemu-system-x86_64 ') && l.includes(`/${instanceId}/mmds.sock`) && !l.includes('/bin/sh'));
+  assert.ok(line, `no QEMU process for ${instanceId}`);
+  return Number(line.trim().split(/\s+/)[0]);
+}
 
 async function sha256(file: string): Promise<string> {
   return createHash('sha256')

@@ -18,12 +18,12 @@ import { FirecrackerDriver } from './microvm/firecracker/driver.js';
 import { jailerConfig } from './microvm/firecracker/jailer.js';
 import { QemuDriver } from './microvm/qemu/driver.js';
 import { BwrapDriver } from './sandbox/bwrap.js';
-import { CgroupTree } from './sandbox/cgroup.js';
+import { CgroupTree } from './cgroup.js';
 import { GvisorDriver, RUNSC_PLATFORM } from './sandbox/gvisor.js';
 import { cleanLeftovers, prepareSandboxHost, type SandboxHost } from './sandbox/host.js';
 import { NoIsolationDriver } from './sandbox/none.js';
 import { mkdirTraversable } from './sandbox/rootfs.js';
-import { UidPool } from './sandbox/uid-pool.js';
+import { UidPool } from './uid-pool.js';
 
 const run = promisify(execFile);
 
@@ -135,6 +135,11 @@ export async function selectDriver(mode: IsolationMode, opts: SelectOptions): Pr
         cacheDir: vmCacheDir,
         kernel: opts.kernel,
         snapshots: opts.vmSnapshots,
+        // cgroups and setpriv need root; without it QEMU runs as this process, unconfined.
+        confine:
+          process.getuid?.() === 0
+            ? { cgroups: host.cgroups, uids: host.uids, pidsLimit: host.pidsLimit, openFilesLimit: host.openFilesLimit }
+            : undefined,
         onProgress: opts.onProgress,
       });
       const why = `qemu: ${qemu.accel.accel} (${qemu.accel.detail})`;

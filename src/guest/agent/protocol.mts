@@ -156,14 +156,21 @@ export const GUEST_UID = 1000;
 export const DISK_SERIAL = { root: 'aether-root', code: 'aether-code' } as const;
 export const PORT_NAME = { ctl: 'aether.ctl', mmds: 'aether.mmds', stdout: 'aether.stdout', stderr: 'aether.stderr' } as const;
 /**
- * QEMU: lines on the control port. Guest to host: `waiting` (for its token), `ready`, `exit <status>`;
- * host to guest: `<token> <unix seconds> <random hex>` (controlLine: an answer to `waiting`, or at
- * once when a snapshot resumes: its `waiting` went to the template), then `stop`.
+ * QEMU: lines on the control port. Guest to host: `waiting` (for its token), `time` (asks for the
+ * host's clock), `ready`, `exit <status>`; host to guest: `<token> <random hex>` (helloLine: an answer
+ * to `waiting`, or at once when a snapshot resumes: its `waiting` went to the template), `<unix
+ * seconds>` (an answer to `time`: asked for just before it is set, as a restored guest may take a
+ * while to get there), then `stop`.
  */
-export const CONTROL = { waiting: 'waiting', stop: 'stop', ready: 'ready', exit: 'exit' } as const;
-/** The first line to a QEMU guest: its token, the host's time (rounded to the second: what `date -s` takes), bytes for its RNG. */
-export function controlLine(token: string, nowMs: number, seedHex: string): string {
-  return `${token} ${Math.round(nowMs / 1000)} ${seedHex}\n`;
+export const CONTROL = { waiting: 'waiting', time: 'time', stop: 'stop', ready: 'ready', exit: 'exit' } as const;
+
+/** The first line to a QEMU guest: its token, and bytes for its RNG. */
+export function helloLine(token: string, seedHex: string): string {
+  return `${token} ${seedHex}\n`;
+}
+/** The host's time for a QEMU guest, in whole seconds (what busybox `date -s @` takes), rounded. */
+export function timeLine(nowMs: number): string {
+  return `${Math.round(nowMs / 1000)}\n`;
 }
 /** QEMU: the descriptor on which listen mode tells init that the agent is ready. */
 export const LISTEN_READY_FD = 4;

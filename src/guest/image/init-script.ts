@@ -199,10 +199,11 @@ log ${EV.awaitingConfig}
 
 # The host answers with the line (so the time in it is fresh); a restored copy gets it when it resumes.
 echo ${CONTROL.waiting} >&3
-read -r token now seed <&3 || die "no token on the control port"
-# Before anything of the function runs: the host's time, and its random bytes mixed into the kernel's
-# pool, which is then reseeded (ioctl RNDRESEEDCRNG): every restored copy draws different numbers.
-date -s @$now >/dev/null && echo "$seed" >/dev/urandom &&
+read -r token seed <&3 || die "no token on the control port"
+# Before anything of the function runs: the host's time (asked for now: a restored copy may have
+# taken seconds to get here), and its random bytes mixed into the kernel's pool, which is then
+# reseeded (ioctl RNDRESEEDCRNG): every restored copy draws different numbers.
+echo ${CONTROL.time} >&3 && read -r now <&3 && date -s @$now >/dev/null && echo "$seed" >/dev/urandom &&
   chroot $R /usr/bin/socat -u OPEN:/dev/null OPEN:/dev/urandom,wronly,ioctl-void=${RNDRESEEDCRNG} || die "setting the clock and the RNG"
 unset seed
 log ${EV.config}

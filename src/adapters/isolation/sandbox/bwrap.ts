@@ -14,6 +14,7 @@ import type { InstanceHandle, InstanceSpec, IsolationDriver, PrestartedInstance,
 import type { StartMode } from '../../../core/types.js';
 import { agentNodeArgs } from '../../../guest/agent-files.js';
 import { AGENT_ENV, GUEST_PATHS } from '../../../guest/agent/protocol.mjs';
+import { enterCgroups } from '../cgroup.js';
 import { commandPath } from '../command-path.js';
 import {
   launchSandboxed,
@@ -28,14 +29,6 @@ import {
 } from './host.js';
 
 const MB = 1024 * 1024;
-
-/**
- * Runs as root: enters the cgroups (each `cgroup.procs` path given
- * before `--`), lowers the open files limit (soft and hard: the instance cannot raise it again) to
- * the next argument, then execs the rest. The pid stays the same through every exec, so nothing runs
- * outside the cgroups, ever.
- */
-const ENTER_CGROUPS = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 1; shift; done; shift; ulimit -n "$1" || exit 1; shift; exec "$@"';
 
 export class BwrapDriver implements IsolationDriver {
   readonly name = 'bwrap';
@@ -107,16 +100,8 @@ export class BwrapDriver implements IsolationDriver {
       ...['--size', String(tmpMb * MB), '--tmpfs', '/tmp'],
     ];
     const dropPrivileges = [setpriv, '--reuid', id, '--regid', id, '--clear-groups', '--no-new-privs'];
-    const limit = String(this.host.openFilesLimit);
     return {
-      command: '/bin/sh',
-      args: [
-        '-c',
-        ENTER_CGROUPS,
-        'aether-sandbox',
-        ...cgroup.procsFiles,
-        '--',
-        limit,
+      ...enterCgroups(cgroup, this.host.openFilesLimit, [
         ...dropPrivileges,
         bwrap,
         '--args',
@@ -124,7 +109,7 @@ export class BwrapDriver implements IsolationDriver {
         '--',
         nodePath,
         ...agentNodeArgs(shape.memoryMb, GUEST_PATHS.agent),
-      ],
+      ]),
       env: {},
       input3: options.map((option) => `${option}\0`).join(''),
     };

@@ -14,7 +14,7 @@ import type { InstanceHandle, InstanceSpec, IsolationDriver, PrestartedInstance,
 import type { StartMode } from '../../../core/types.js';
 import { agentNodeArgs } from '../../../guest/agent-files.js';
 import { AGENT_ENV, GUEST_PATHS } from '../../../guest/agent/protocol.mjs';
-import { CFS_PERIOD_US, cpuQuotaUs } from './cgroup.js';
+import { CFS_PERIOD_US, cpuQuotaUs } from '../cgroup.js';
 import {
   launchSandboxed,
   prepareStart,

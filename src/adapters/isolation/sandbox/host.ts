@@ -14,10 +14,10 @@ import { agentConfig, openChannel, type InstanceChannel } from '../channel.js';
 import { FastStarts } from '../fast-start.js';
 import { type Instance, launchInstance, type InstancePlan } from '../instance/instance.js';
 import type { InstanceOutput } from '../instance/output.js';
-import { type CgroupTree, IDLE_CPU_SHARES, type InstanceCgroup } from './cgroup.js';
+import { type CgroupTree, IDLE_CPU_SHARES, type InstanceCgroup } from '../cgroup.js';
 import { type CodeSlot, CodeSlots } from './code-slot.js';
 import { prepareSandboxRoot, type SandboxRoot } from './rootfs.js';
-import type { UidPool } from './uid-pool.js';
+import type { UidPool } from '../uid-pool.js';
 
 /** Prepared starts, in the state dir: cleared at start-up (cleanLeftovers) and prepared again on demand. */
 const START_DIR = 'start';

@@ -16,7 +16,7 @@ export type Accel = 'kvm' | 'tcg';
 
 /** Addresses inside QEMU's user network (its defaults), passed to the guest on the kernel command line. */
 export const GUEST_NET = { ip: '10.0.2.15/24', gateway: '10.0.2.2' } as const;
-const TCG_CACHE_MB = 64;
+export const TCG_CACHE_MB = 64;
 /** Host fds of the virtio-serial backends, in spawn's stdio order. */
 export const PORT_FDS = { ctl: 3, stdout: 4, stderr: 5 } as const;
 

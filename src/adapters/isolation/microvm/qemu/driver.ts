@@ -16,11 +16,12 @@ import { AGENT_MODULES, GUEST_PATHS, MMDS_SOCKET } from '../../../../guest/agent
 import { buildImage, type GuestImage, type KernelChoice } from '../../../../guest/image/build-image.js';
 import { freePort } from '../../../free-port.js';
 import { ISOLATION_DRIVERS } from '../../drivers.js';
-import { agentConfig, openChannel } from '../../channel.js';
+import { agentConfig, openChannel, type InstanceChannel } from '../../channel.js';
 import { CodeDisks } from '../code-disk.js';
 import { guestMemoryMb, guestVcpus } from '../guest.js';
 import { probeAccel, type ProbeResult } from './accel.js';
 import { qemuArgs, type Accel, type VmLaunch } from './args.js';
+import { confineVm, type ConfinedVm, type QemuConfinement } from './confine.js';
 import { Snapshots, snapshotKey, takeSnapshot } from './snapshot.js';
 import { hostTscKhz } from './tsc.js';
 import { launchVm, type VmInstance } from './vm.js';
@@ -50,8 +51,12 @@ export interface QemuDriverOptions {
   tcgMinStartTimeoutMs?: number;
   /** Resume snapshots of VMs whose agent already runs, instead of booting (default true; AETHER_VM_SNAPSHOTS). */
   snapshots?: boolean;
+  /** Where snapshots are kept (default `<cacheDir>/snapshots`). */
+  snapshotDir?: string;
   /** How long a snapshot's template may take to boot (default 120 s). */
   templateTimeoutMs?: number;
+  /** Run each QEMU in its own cgroups as its own unprivileged uid (confine.ts); unset: as this process. */
+  confine?: QemuConfinement;
 }
 
 /** What a snapshot must match, besides the image: the machine's size and what the guest runs. */
@@ -73,7 +78,7 @@ export class QemuDriver implements IsolationDriver {
     private readonly tscKhz: number | undefined,
   ) {
     this.codeDisks = new CodeDisks(path.join(opts.cacheDir, 'code'));
-    if (opts.snapshots !== false) this.snapshots = new Snapshots(path.join(opts.cacheDir, 'snapshots'));
+    if (opts.snapshots !== false) this.snapshots = new Snapshots(opts.snapshotDir ?? path.join(opts.cacheDir, 'snapshots'));
   }
 
   /** Builds (or finds) the guest image and settles the accelerator, once per driver. */
@@ -167,10 +172,17 @@ export class QemuDriver implements IsolationDriver {
       startTimeoutMs: 0,
       onLog: () => {},
     };
-    const channel = await openChannel({ runDir: this.opts.runDir, instanceId: id, config: agentConfig(spec) });
+    const confined = await this.confineVm(id, machine.memoryMb, machine.vcpus);
+    const channel = await openChannel({ runDir: this.opts.runDir, instanceId: id, config: agentConfig(spec), uid: confined?.uid }).catch(
+      async (err) => {
+        await confined?.release();
+        throw err;
+      },
+    );
     this.opts.onProgress?.(`snapshot: booting a template (${machine.memoryMb} MB, ${machine.vcpus} vCPU)`);
     const started = Date.now();
     await takeSnapshot({
+      confined,
       id,
       qemu: this.qemu,
       args: this.args(machine, {
@@ -186,20 +198,32 @@ export class QemuDriver implements IsolationDriver {
     this.opts.onProgress?.(`snapshot: taken in ${Date.now() - started} ms`);
   }
 
+  private confineVm(id: string, memoryMb: number, vcpu: number): Promise<ConfinedVm | undefined> {
+    return this.opts.confine ? confineVm(this.opts.confine, id, { accel: this.accel.accel, memoryMb, vcpu }) : Promise.resolve(undefined);
+  }
+
   /** Boots, or resumes `state`; QEMU binds the hostfwd port itself, so a port taken meanwhile means another try. */
   private async launch(spec: InstanceSpec, machine: Machine, codeDisk: string, state?: string): Promise<VmInstance> {
     for (let attempt = 1; ; attempt++) {
       const hostPort = await freePort();
-      const channel = await openChannel({ runDir: this.opts.runDir, instanceId: spec.instanceId, config: agentConfig(spec) });
+      const confined = await this.confineVm(spec.instanceId, machine.memoryMb, spec.vcpu);
+      let channel: InstanceChannel | undefined;
       let args: string[];
       try {
+        channel = await openChannel({
+          runDir: this.opts.runDir,
+          instanceId: spec.instanceId,
+          config: agentConfig(spec),
+          uid: confined?.uid,
+        });
         args = this.args(machine, { codeDisk, mmdsSocket: path.join(channel.dir, MMDS_SOCKET), hostPort });
       } catch (err) {
-        await channel.close();
+        await channel?.close();
+        await confined?.release();
         throw err;
       }
       try {
-        return await launchVm({ spec, channel, qemu: this.qemu, args, hostPort, state });
+        return await launchVm({ spec, channel, qemu: this.qemu, args, hostPort, state, confined });
       } catch (err) {
         const clash = err instanceof Error && err.message.includes('Could not set up host forwarding rule');
         if (!clash || attempt === PORT_ATTEMPTS) throw err;

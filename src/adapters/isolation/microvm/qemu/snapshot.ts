@@ -12,7 +12,7 @@
  */
 import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { access, mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
+import { access, chown, mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -24,6 +24,7 @@ import type { InstanceChannel } from '../../channel.js';
 import { launchInstance } from '../../instance/instance.js';
 import { GuestConsole } from '../guest.js';
 import { PORT_FDS } from './args.js';
+import type { ConfinedVm } from './confine.js';
 import { Qmp, qmpArgs } from './qmp.js';
 
 const TEMPLATE_QMP_FD = 6;
@@ -106,17 +107,19 @@ export interface TemplateLaunch {
   timeoutMs: number;
   /** Where to write the migration state. */
   out: string;
+  confined?: Pick<ConfinedVm, 'uid' | 'exec' | 'release'>;
 }
 
 /** Boots the template, waits until its agent waits for a token, migrates it into `out`, ends it. */
 export async function takeSnapshot(t: TemplateLaunch): Promise<void> {
   let qmp: Promise<Qmp> | undefined;
+  const args = [...t.args, ...qmpArgs(TEMPLATE_QMP_FD)];
   const vm = await launchInstance({
     id: t.id,
     startTimeoutMs: t.timeoutMs,
     onLog: () => {},
-    command: t.qemu,
-    args: [...t.args, ...qmpArgs(TEMPLATE_QMP_FD)],
+    ...(t.confined ? t.confined.exec(t.qemu, args) : { command: t.qemu, args }),
+    cleanup: t.confined?.release,
     stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe'],
     channel: t.channel,
     start: (child, output) =>
@@ -130,7 +133,7 @@ export async function takeSnapshot(t: TemplateLaunch): Promise<void> {
       }),
   });
   try {
-    await migrateTo(await qmp!, t.out);
+    await migrateTo(await qmp!, t.out, t.confined?.uid);
   } finally {
     await vm.stop(0);
   }
@@ -141,7 +144,7 @@ export async function takeSnapshot(t: TemplateLaunch): Promise<void> {
  * so it migrates to a Unix socket this process listens on and copies into the file. Live (not
  * paused first): a resumed copy then runs by itself.
  */
-async function migrateTo(qmp: Qmp, out: string): Promise<void> {
+async function migrateTo(qmp: Qmp, out: string, uid: number | undefined): Promise<void> {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'aether-migrate-'));
   const socketPath = path.join(dir, 'sock');
   const server = createServer();
@@ -153,6 +156,7 @@ async function migrateTo(qmp: Qmp, out: string): Promise<void> {
       });
     });
     await new Promise<void>((resolve, reject) => server.once('error', reject).listen(socketPath, resolve));
+    if (uid !== undefined) await Promise.all([chown(dir, uid, uid), chown(socketPath, uid, uid)]); // QEMU connects as that uid
     await qmp.execute('migrate', { uri: `unix:${socketPath}` });
     await received;
     for (;;) {

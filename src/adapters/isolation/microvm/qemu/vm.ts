@@ -9,12 +9,13 @@ import { open } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { InstanceSpec } from '../../../../core/ports.js';
-import { CONTROL, controlLine, INIT_EVENTS } from '../../../../guest/agent/protocol.mjs';
+import { CONTROL, helloLine, INIT_EVENTS, timeLine } from '../../../../guest/agent/protocol.mjs';
 import type { InstanceChannel } from '../../channel.js';
 import { launchInstance, type Instance } from '../../instance/instance.js';
 import { readLines } from '../../instance/output.js';
 import { GuestConsole } from '../guest.js';
 import { PORT_FDS } from './args.js';
+import type { ConfinedVm } from './confine.js';
 import { Qmp, qmpArgs } from './qmp.js';
 
 /** Host fds of a restore: its QMP monitor, and the snapshot's state (read-only: one state serves every restore). */
@@ -56,12 +57,14 @@ export interface VmLaunch {
   hostPort: number;
   /** A snapshot's migration state to resume (the args must be the snapshot's machine), instead of a boot. */
   state?: string;
+  /** Confinement (confine.ts): how to run QEMU, and what to release once it is gone. */
+  confined?: Pick<ConfinedVm, 'exec' | 'release'>;
 }
 
 const EXIT_LINE = new RegExp(`^${CONTROL.exit} (\\d+)$`);
 
 /** Boots the VM and resolves once its agent is ready; otherwise kills it, cleans up and rejects. */
-export async function launchVm({ spec, channel, qemu, args, hostPort, state }: VmLaunch): Promise<VmInstance> {
+export async function launchVm({ spec, channel, qemu, args, hostPort, state, confined }: VmLaunch): Promise<VmInstance> {
   const spawnedAt = Date.now();
   let readyAt = 0;
   let resumedAt = 0;
@@ -72,15 +75,17 @@ export async function launchVm({ spec, channel, qemu, args, hostPort, state }: V
       ? undefined
       : await open(state, 'r').catch(async (err) => {
           await channel.close();
+          await confined?.release();
           throw err;
         });
+  const full = stateFile ? [...args, ...qmpArgs(RESTORE_FDS.qmp), '-incoming', `fd:${RESTORE_FDS.state}`] : args;
   try {
     const instance = await launchInstance({
       id: spec.instanceId,
       startTimeoutMs: spec.startTimeoutMs,
       onLog: spec.onLog,
-      command: qemu,
-      args: stateFile ? [...args, ...qmpArgs(RESTORE_FDS.qmp), '-incoming', `fd:${RESTORE_FDS.state}`] : args,
+      ...(confined ? confined.exec(qemu, full) : { command: qemu, args: full }),
+      cleanup: confined?.release,
       stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe', 'pipe', ...(stateFile ? ['pipe' as const, stateFile.fd] : [])],
       channel,
       start: (child, output, agentExited) =>
@@ -94,15 +99,16 @@ export async function launchVm({ spec, channel, qemu, args, hostPort, state }: V
           ctl = ports[PORT_FDS.ctl]!;
           ctl.on('error', () => {}); // EPIPE once QEMU is gone: the exit path reports that
           let greeted = false;
-          // The time goes with the token, so it is sent when the guest takes it: asked for, or as a snapshot resumes.
+          // Sent when the guest takes it: asked for, or as a snapshot resumes.
           const hello = () => {
             if (greeted) return;
             greeted = true;
-            ctl!.write(controlLine(channel.token, Date.now(), randomBytes(32).toString('hex')));
+            ctl!.write(helloLine(channel.token, randomBytes(32).toString('hex')));
           };
           readLines(ctl, (bytes) => {
             const line = bytes.toString();
             if (line === CONTROL.waiting) hello();
+            if (line === CONTROL.time) ctl!.write(timeLine(Date.now()));
             if (line === CONTROL.ready) {
               readyAt ||= Date.now();
               ready();

@@ -1,7 +1,8 @@
 /**
- * cgroup v1 groups for sandboxed instances: `<mountRoot>/<controller>/<parent>/<instanceId>` for the
- * memory, pids and cpu controllers. The driver puts the sandbox's first process into them before any
- * user code runs; this module creates them with limits, reads why an instance died and removes them.
+ * cgroup v1 groups for instances (sandboxes, QEMU microVMs): `<mountRoot>/<controller>/<parent>/<instanceId>`
+ * for the memory, pids and cpu controllers. The driver puts the instance's first process into them before
+ * any user code runs (enterCgroups); this module creates them with limits, reads why an instance died and
+ * removes them.
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
@@ -185,6 +186,18 @@ export class InstanceCgroup {
       }
     }
   }
+}
+
+/**
+ * Runs as root: enters the cgroups (each `cgroup.procs` path given before `--`), lowers the open files
+ * limit (soft and hard: the instance cannot raise it again) to the next argument, then execs the rest.
+ * The pid stays the same through every exec, so nothing runs outside the cgroups, ever.
+ */
+const ENTER_CGROUPS = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 1; shift; done; shift; ulimit -n "$1" || exit 1; shift; exec "$@"';
+
+/** The command that runs `command` (argv) inside `group`, with at most `openFiles` open files. */
+export function enterCgroups(group: InstanceCgroup, openFiles: number, command: string[]): { command: string; args: string[] } {
+  return { command: '/bin/sh', args: ['-c', ENTER_CGROUPS, 'aether-instance', ...group.procsFiles, '--', String(openFiles), ...command] };
 }
 
 /** CPU time per CFS period for `vcpu` CPUs (fractions allowed; the kernel's minimum is 1 ms). */

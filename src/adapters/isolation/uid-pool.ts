@@ -2,7 +2,7 @@
  * Hands out a distinct unprivileged host uid per live instance, so that no two instances share an
  * identity that could signal or read the other's files. A uid is reused only after `release`.
  */
-import { unavailable } from '../../../core/errors.js';
+import { unavailable } from '../../core/errors.js';
 
 export class UidPool {
   private readonly inUse = new Set<number>();

@@ -57,7 +57,9 @@ export class FastStarts {
     const key = startKey(spec);
     let pending = this.pending.get(key);
     if (!pending) {
-      pending = this.queue.then(() => this.prepareOnce(key, spec));
+      pending = this.queue
+        .then(() => this.prepareOnce(key, spec))
+        .catch((err: unknown): Prepared => ({ mode: 'plain', reason: `preparing failed: ${errorMessage(err)}` }));
       this.queue = pending;
       this.pending.set(key, pending);
     }

@@ -82,6 +82,7 @@ export function poolSettings(config: Config): PoolSettings {
     maxQueue: config.maxQueue,
     scaleDownGraceMs: config.scaleDownGraceMs,
     startTimeoutMs: config.startTimeoutMs,
+    startsAtOnce: config.startsAtOnce,
     stopGraceMs: config.stopGraceMs,
     startBackoff: config.startBackoff,
   };

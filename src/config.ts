@@ -38,6 +38,7 @@ const schema = z.object({
   AETHER_BODY_IDLE_TIMEOUT_MS: int(100, 3_600_000).default(10_000),
   AETHER_SCALE_DOWN_GRACE_S: z.coerce.number().min(0).max(86_400).default(30),
   AETHER_START_TIMEOUT_MS: int(100, 600_000).default(10_000),
+  AETHER_STARTS_AT_ONCE: int(1, 10_000).default(os.availableParallelism()),
   AETHER_START_BACKOFF_MS: int(10, 600_000).default(1000),
   AETHER_START_BACKOFF_MAX_MS: int(10, 3_600_000).default(60_000),
   AETHER_STOP_GRACE_MS: int(0, 600_000).default(2_000),
@@ -99,6 +100,8 @@ export interface Config {
   body: { bufferBytes: number; timeoutMs: number; idleTimeoutMs: number };
   scaleDownGraceMs: number;
   startTimeoutMs: number;
+  /** Instances of one function that start at once at most; more wait for those to be ready. */
+  startsAtOnce: number;
   /** Between start attempts of a function whose instances fail to start: doubling from initialMs up to maxMs. */
   startBackoff: { initialMs: number; maxMs: number };
   stopGraceMs: number;
@@ -171,6 +174,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     },
     scaleDownGraceMs: c.AETHER_SCALE_DOWN_GRACE_S * 1000,
     startTimeoutMs: c.AETHER_START_TIMEOUT_MS,
+    startsAtOnce: c.AETHER_STARTS_AT_ONCE,
     startBackoff: { initialMs: c.AETHER_START_BACKOFF_MS, maxMs: Math.max(c.AETHER_START_BACKOFF_MS, c.AETHER_START_BACKOFF_MAX_MS) },
     stopGraceMs: c.AETHER_STOP_GRACE_MS,
     pidsLimit: c.AETHER_PIDS_LIMIT,

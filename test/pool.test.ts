@@ -129,3 +129,47 @@ test('min_instances: an instance started ahead of requests survives a failing ho
     [true, true],
   );
 });
+
+/** A stand-in driver whose starts finish when the test says so, in order. */
+class GatedDriver extends FakeDriver {
+  readonly pending: Array<() => void> = [];
+  override async start(spec: InstanceSpec): Promise<InstanceHandle> {
+    await new Promise<void>((resolve) => this.pending.push(resolve));
+    return super.start(spec);
+  }
+}
+
+const tick = () => new Promise((resolve) => setImmediate(resolve));
+
+test('a burst starts startsAtOnce instances, then more only as those are ready and only while requests still wait', async () => {
+  const driver = new GatedDriver();
+  const settings = {
+    maxQueue: 10,
+    scaleDownGraceMs: 60_000,
+    startTimeoutMs: 1000,
+    stopGraceMs: 0,
+    startBackoff: { initialMs: 1000, maxMs: 1000 },
+  };
+  const p = pool({ driver, settings: { ...settings, startsAtOnce: 2 } }, [], { concurrency: 1, max_instances: 20 });
+  const leases = Array.from({ length: 10 }, () => p.acquire(Date.now() + 5000));
+  await tick();
+  assert.equal(driver.pending.length, 2, 'two starts at once, not ten');
+  driver.pending[0]!();
+  const first = await leases[0]!;
+  await tick();
+  assert.equal(driver.pending.length, 3, 'one ready: its start slot goes to the queue that still waits');
+  // The ready instance drains the queue (a fast function) before the others are up.
+  let lease = first;
+  for (const next of leases.slice(1)) {
+    lease.release();
+    lease = await next;
+  }
+  lease.release();
+  driver.pending[1]!();
+  driver.pending[2]!();
+  await tick();
+  await tick();
+  assert.equal(driver.pending.length, 3, 'nothing waits any more: no further starts');
+  assert.equal(driver.started.length, 3);
+  await p.close();
+});

@@ -5,7 +5,15 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { afterCrash, CRASH_WINDOW_MS, keepMinimumCount, type Load, scaleDownVictims, scaleUpCount } from '../src/core/scaling.js';
+import {
+  afterCrash,
+  CRASH_WINDOW_MS,
+  keepMinimumCount,
+  type Load,
+  scaleDownVictims,
+  scaleUpCount,
+  startsAtOnce,
+} from '../src/core/scaling.js';
 
 const T0 = Date.parse('2026-12-01T10:00:00Z');
 
@@ -52,6 +60,19 @@ describe('scaleUpCount', () => {
 
   test('more live instances than needed (e.g. min_instances) is not negative', () => {
     assert.equal(scaleUpCount({ limits: limits(), waiting: 0, live: [inst('a', T0), inst('b', T0)], startable: Infinity }), 0);
+  });
+});
+
+describe('startsAtOnce', () => {
+  test('up to the limit while others start; none beyond it', () => {
+    assert.equal(startsAtOnce(0, 2), 2);
+    assert.equal(startsAtOnce(1, 2), 1);
+    assert.equal(startsAtOnce(2, 2), 0);
+    assert.equal(startsAtOnce(5, 2), 0, 'more starting than the limit (it was lowered): none, never negative');
+  });
+
+  test('a burst of 200 at concurrency 1 starts only the limit, as scaleUpCount gets it as `startable`', () => {
+    assert.equal(scaleUpCount({ limits: limits({ maxInstances: 20 }), waiting: 200, live: [], startable: startsAtOnce(0, 2) }), 2);
   });
 });
 

@@ -8,7 +8,7 @@ import { randomUUID } from 'node:crypto';
 import { type AetherError, badGateway, conflict, errorMessage, involving, notFound, timedOut, unavailable } from './errors.js';
 import type { InstanceEvent } from './log-writer.js';
 import type { ExitInfo, InstanceHandle, IsolationDriver, Logger, Metrics } from './ports.js';
-import { afterCrash, keepMinimumCount, type ScalingLimits, scaleDownVictims, scaleUpCount } from './scaling.js';
+import { afterCrash, keepMinimumCount, type ScalingLimits, scaleDownVictims, scaleUpCount, startsAtOnce } from './scaling.js';
 import {
   afterStartFailure,
   type BackoffPolicy,
@@ -29,6 +29,8 @@ export interface PoolSettings {
   stopGraceMs: number;
   /** Between start attempts of a function whose instances fail to start. */
   startBackoff: BackoffPolicy;
+  /** Instances of one function starting at once at most (scaling.ts startsAtOnce); default: no limit. */
+  startsAtOnce?: number;
 }
 
 export interface PoolDeps {
@@ -324,7 +326,11 @@ export class FunctionPool {
   /** How many instances may start now: a function failing to start backs off (start-failures.ts). */
   private startable(): number {
     const starting = this.current().filter((i) => i.state === 'starting').length;
-    return startsAllowed(this.deps.startFailures.get(this.fn.id), this.fn.version, this.now(), starting);
+    const limit = this.deps.settings.startsAtOnce ?? Number.POSITIVE_INFINITY;
+    return Math.min(
+      startsAllowed(this.deps.startFailures.get(this.fn.id), this.fn.version, this.now(), starting),
+      startsAtOnce(starting, limit),
+    );
   }
 
   /** The start failure that leaves a request nothing to wait for: no instance, and none may start yet. */
@@ -406,6 +412,9 @@ export class FunctionPool {
       this.deps.log.error({ function: fn.name, instance: inst.id, err: errorMessage(err) }, 'instance ready, but announcing it failed');
     }
     this.dispatch(inst);
+    // A start slot is free (startsAtOnce): what is still waiting, or min_instances, may need another.
+    this.scaleUp();
+    this.keepMinimum();
   }
 
   /** With nothing ready or starting, waiting requests would only time out: tell them why now. */

@@ -32,6 +32,16 @@ export function scaleUpCount(s: { limits: ScalingLimits; waiting: number; live: 
   return Math.max(0, Math.min(missing, room, s.startable));
 }
 
+/**
+ * How many more instances of a function may start while `starting` of them are: at most `limit` at once.
+ * Starts compete for the host's CPUs: twenty at once on two cores each take about ten times as long,
+ * while two at a time have the first ones serving the queue after about one start's time (and the
+ * pool starts the next ones as those become ready, only if the queue still needs them).
+ */
+export function startsAtOnce(starting: number, limit: number): number {
+  return Math.max(0, limit - starting);
+}
+
 /** How many instances to start to keep min_instances up. */
 export function keepMinimumCount(s: { limits: ScalingLimits; live: number; startable: number }): number {
   return Math.max(0, Math.min(s.limits.minInstances - s.live, s.startable));

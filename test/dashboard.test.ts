@@ -187,6 +187,13 @@ describe('dashboard on one node', { skip: noChromium }, () => {
     await invocations.getByText('None that match').waitFor();
     await shot(page, 'function');
 
+    // The function's own URL opens in a new tab that gets no copy of the token (the function shares the origin).
+    const [tab] = await Promise.all([page.waitForEvent('popup'), page.getByRole('link', { name: `${a.url}/functions/hello/` }).click()]);
+    await tab.waitForLoadState();
+    assert.match((await tab.textContent('body'))!, /^hello world from \/: $/);
+    assert.equal(await tab.evaluate(() => sessionStorage.length), 0, 'no token in the function page');
+    await tab.close();
+
     // Idle for idle_timeout_s (5 s): the last instance stops.
     await page.locator('.badge', { hasText: 'scaled to zero' }).waitFor({ timeout: 15_000 });
     await page.getByRole('region', { name: 'Instances' }).getByText('None: scaled to zero').waitFor();

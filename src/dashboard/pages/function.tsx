@@ -468,7 +468,11 @@ export function FunctionPage({ name }: { name: string }) {
           <StatusBadge fn={f} instances={instances.data} />
         </span>
         <span class="hint">
-          {readyCount(instances.data) ?? '…'} ready · <a href={url}>{url}</a>
+          {readyCount(instances.data) ?? '…'} ready ·{' '}
+          {/* A function's page shares this origin: in a new tab without an opener it gets no copy of the token. */}
+          <a href={url} target="_blank" rel="noopener noreferrer">
+            {url}
+          </a>
         </span>
         <DeleteButton name={f.name} />
       </div>

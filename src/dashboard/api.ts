@@ -74,6 +74,7 @@ export function uploadCode(
     xhr.open('POST', `${fnPath(name)}/code`);
     for (const [k, v] of Object.entries(authHeaders())) xhr.setRequestHeader(k, v);
     xhr.upload.onprogress = (e) => e.lengthComputable && onProgress(e.loaded / e.total);
+    xhr.upload.onload = () => onProgress(1); // all sent; the server checks and stores it before answering
     xhr.onerror = () => reject(new ApiError(0, 'network_error', 'the upload failed: the server could not be reached'));
     xhr.onload = () => {
       if (xhr.status === 200) return resolve(JSON.parse(xhr.responseText));

@@ -127,7 +127,7 @@ function Deploy({ fn, onDeployed }: { fn: FunctionView; onDeployed: () => void }
         />
       </label>
       {progress !== undefined && (
-        <progress max={1} value={progress} aria-label="Upload progress">
+        <progress max={1} value={progress} aria-label="Upload progress" aria-valuetext={`${Math.round(progress * 100)} % uploaded`}>
           {Math.round(progress * 100)} %
         </progress>
       )}

@@ -66,7 +66,7 @@ describe('init script, Firecracker mode', () => {
     assert.match(script, /^halt_vm\(\) \{ \[ "\$vmm" = firecracker \] && reboot -f; poweroff -f; \}$/m);
   });
 
-  test('runs its steps in order: disks by order, MMDS, address from MMDS, code, vsock relays, agent, reboot', () => {
+  test('runs its steps in order: disks by order, MMDS, clock and RNG, address from MMDS, code, vsock relays, agent, reboot', () => {
     const body = shellFunction('firecracker_mode');
     const vsock = (port: number) => `VSOCK-CONNECT:2:${port}`;
     const steps = inOrder(body, [
@@ -78,6 +78,7 @@ describe('init script, Firecracker mode', () => {
       /mkfifo -m 600 \$R\/run\/out \$R\/run\/err/,
       new RegExp(`^ {2}instance=\\$\\(chroot \\$R /usr/bin/node ${GUEST_PATHS.agent}/mmds-fetch\\.mjs "\\[aether-init\\]"\\)`),
       /^ {2}token=\$1 ip=\$2 gw=\$3$/,
+      /^ {2}clock_and_rng \$5 \$4$/, // time (0: keep) and seed, before any of the function runs
       /ip route del 169\.254\.169\.254 dev eth0 && ip route add blackhole 169\.254\.169\.254/,
       /ip addr flush dev eth0 && ip addr add \$ip dev eth0 && ip route add default via \$gw/,
       /^ {2}mount -t ext4 -o ro,noload,nodev,nosuid \/dev\/vdb \$R\/code/,
@@ -93,7 +94,7 @@ describe('init script, Firecracker mode', () => {
       /^ {2}await_agent$/,
       /^ {2}reboot -f$/,
     ]);
-    assert.equal(steps.length, 22);
+    assert.equal(steps.length, 23);
     assert.doesNotMatch(
       body,
       /poweroff|virtio-ports|serial/,
@@ -131,7 +132,8 @@ class MmdsV2 {
 
 describe('mmds-fetch.mjs against an MMDS V2 server', () => {
   const mmds = new MmdsV2();
-  const instance = { token: 'a'.repeat(64), config: { port: 3000 }, network: { ip: '172.30.0.7/24', gateway: '172.30.0.1' } };
+  const seed = 'c'.repeat(64);
+  const instance = { token: 'a'.repeat(64), config: { port: 3000 }, network: { ip: '172.30.0.7/24', gateway: '172.30.0.1' }, seed };
   before(async () => {
     mmds.server.listen(0, '127.0.0.1');
     await once(mmds.server, 'listening');
@@ -160,7 +162,7 @@ describe('mmds-fetch.mjs against an MMDS V2 server', () => {
     mmds.instance = instance;
     const result = await fetch.done;
     assert.equal(result.code, 0, result.stderr);
-    assert.equal(result.stdout, `${'a'.repeat(64)} 172.30.0.7/24 172.30.0.1\n`);
+    assert.equal(result.stdout, `${'a'.repeat(64)} 172.30.0.7/24 172.30.0.1 ${seed} 0\n`, 'no time: a booted guest keeps its clock');
     assert.equal(result.stderr.match(/awaiting-config/g)?.length, 1);
     const polls = mmds.requests.filter((r) => r === 'GET /aether').length;
     assert.ok(polls > 2, `polled ${polls} times`);
@@ -172,6 +174,13 @@ describe('mmds-fetch.mjs against an MMDS V2 server', () => {
     const result = await fetchOnce().done;
     assert.equal(result.code, 0, result.stderr);
     assert.equal(result.stderr, '');
+  });
+
+  test("a restored template's instance carries the host's time, printed for init to set", async () => {
+    mmds.instance = { ...instance, time: 1_796_000_000 };
+    const result = await fetchOnce().done;
+    assert.equal(result.code, 0, result.stderr);
+    assert.equal(result.stdout, `${'a'.repeat(64)} 172.30.0.7/24 172.30.0.1 ${seed} 1796000000\n`);
   });
 
   test('something that is not an instance is refused with the config exit code', async () => {
@@ -293,7 +302,7 @@ describe('the image in Firecracker mode, booted under QEMU/TCG', {
   }
 
   test('a booted instance: disks by order, the instance from MMDS V2, then the vsock relays, which QEMU cannot serve', async () => {
-    mmds.instance = { token: 'ab'.repeat(32), config: {}, network };
+    mmds.instance = { token: 'ab'.repeat(32), config: {}, network, seed: 'cd'.repeat(32) };
     mmds.requests.length = 0;
     const { console: out, ended } = await boot(undefined, 60_000);
     assert.ok(ended, `the guest rebooted by itself:\n${out}`);

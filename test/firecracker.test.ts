@@ -246,8 +246,12 @@ describe('the driver against the double', () => {
       token: string;
       config: { env: Record<string, string>; port: number };
       network: { ip: string };
+      seed: string;
+      time?: number;
     };
     assert.match(mmds.token, /^[0-9a-f]{64}$/);
+    assert.match(mmds.seed, /^[0-9a-f]{64}$/, 'random bytes for the guest kernel');
+    assert.equal(mmds.time, undefined, 'a booted guest keeps the clock it booted with');
     assert.deepEqual(mmds.config.env, { GREETING: 'hello' });
     assert.equal(mmds.network.ip, '172.30.0.2/24');
     assert.equal(calls[1]!.body.mem_size_mib, 128 + 64);
@@ -358,6 +362,10 @@ describe('the driver against the double', () => {
     assert.deepEqual(load.network_overrides, [{ iface_id: 'eth0', host_dev_name: 'aetap2' }]);
     assert.match(String((load.vsock_override as { uds_path: string }).uds_path), /restored-.*\/vsock$/);
     assert.match(String(calls[2]!.body.path_on_host), /code\/[0-9a-f]{64}\.ext4$/);
+    // The resumed guest's clock is the template's: it gets the host's, and its own random bytes.
+    const handed = calls[3]!.body.aether as { seed: string; time: number };
+    assert.ok(Math.abs(handed.time * 1000 - Date.now()) < 30_000, `time ${handed.time}`);
+    assert.match(handed.seed, /^[0-9a-f]{64}$/);
     await instance.stop();
   });
 

@@ -2,7 +2,7 @@
  * Firecracker guests only: the init runs this once, as root in the root image, to read its instance
  * from Firecracker's MMDS (V2: a session token from `PUT /latest/api/token`, then `GET /aether` with
  * it). busybox's wget cannot PUT, and node is on the root disk anyway. Prints one line for the
- * shell, `<token> <ip/prefix> <gateway>`, and exits 0.
+ * shell, `<token> <ip/prefix> <gateway> <seed hex> <unix seconds, 0: keep the clock>`, and exits 0.
  *
  * No instance yet means a generic VM booted to be snapshotted: it says `awaiting-config` on the
  * console (the driver pauses and snapshots it then) and keeps polling; a restored copy finds its
@@ -19,7 +19,7 @@ const POLL_MS = 10;
 /** Consecutive failed polls (no route, no answer) before giving up: ~10 s. */
 const MAX_FAILURES = 1000;
 
-type Instance = Pick<MmdsInstance, 'token' | 'network'>;
+type Instance = Pick<MmdsInstance, 'token' | 'network' | 'seed' | 'time'>;
 
 function call(method: string, path: string, headers: Record<string, string>): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
@@ -47,9 +47,11 @@ async function poll(): Promise<Instance | undefined> {
 }
 
 function valid(instance: Instance): boolean {
-  const { token, network } = instance;
+  const { token, network, seed, time } = instance;
   return (
     /^[0-9a-f]{16,128}$/.test(String(token)) &&
+    /^[0-9a-f]{64}$/.test(String(seed)) &&
+    (time === undefined || (Number.isInteger(time) && time > 0)) &&
     /^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/.test(String(network?.ip)) &&
     /^\d{1,3}(\.\d{1,3}){3}$/.test(String(network?.gateway))
   );
@@ -66,8 +68,9 @@ for (;;) {
     if (++failures >= MAX_FAILURES) fail(`MMDS unreachable: ${errorMessage(err)}`, EXIT_CONFIG);
   }
   if (instance) {
-    if (!valid(instance)) fail(`MMDS /${MMDS_KEY} is not an instance (token, network.ip, network.gateway)`, EXIT_CONFIG);
-    process.stdout.write(`${instance.token} ${instance.network.ip} ${instance.network.gateway}\n`);
+    if (!valid(instance)) fail(`MMDS /${MMDS_KEY} is not an instance (token, network.ip, network.gateway, seed, time)`, EXIT_CONFIG);
+    const { token, network, seed, time } = instance;
+    process.stdout.write(`${token} ${network.ip} ${network.gateway} ${seed} ${time ?? 0}\n`);
     break;
   }
   if (!announced && failures === 0) {

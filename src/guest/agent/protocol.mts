@@ -187,4 +187,8 @@ export interface MmdsInstance {
   config: AgentConfig;
   /** The address to use: a restored guest still has the one of the VM that was snapshotted. */
   network: { ip: string; gateway: string };
+  /** 32 random bytes (hex) init mixes into the kernel's pool before reseeding it: a restored copy must not share its template's. */
+  seed: string;
+  /** A restore: the host's time (unix seconds) as it hands the instance over; the clock resumed from the snapshot's. */
+  time?: number;
 }

@@ -77,6 +77,13 @@ mount_root_image() {
     mount -t tmpfs -o nodev,nosuid,mode=1777 tmp $R/tmp && mount -t tmpfs -o nodev,nosuid,mode=755 run $R/run || die "mounting tmpfs"
 }
 
+# Before anything of the function runs: the host's time (unless 0), and its random bytes mixed into the
+# kernel's pool, which is then reseeded (ioctl RNDRESEEDCRNG): every restored copy draws different numbers.
+clock_and_rng() {
+  { [ "$1" = 0 ] || date -s @$1 >/dev/null; } && echo "$2" >/dev/urandom &&
+    chroot $R /usr/bin/socat -u OPEN:/dev/null OPEN:/dev/urandom,wronly,ioctl-void=${RNDRESEEDCRNG} || die "setting the clock and the RNG"
+}
+
 firecracker_mode() {
   trap halt_vm INT # ctrl-alt-del before there is an agent to stop
   for m in ${vsockModules.join(' ')}; do insmod /lib/modules/$m.ko || die "insmod $m"; done
@@ -95,9 +102,10 @@ firecracker_mode() {
   # Says awaiting-config (a snapshot template) and polls until the instance is there.
   instance=$(chroot $R /usr/bin/node ${agentDir}/${AGENT_MODULES.mmdsFetch} "${INIT_LOG_PREFIX}") || die "no instance from MMDS"
   set -- $instance; unset instance
-  [ $# -eq 3 ] || die "MMDS gave $# fields"
+  [ $# -eq 5 ] || die "MMDS gave $# fields"
   token=$1 ip=$2 gw=$3
-  log config
+  clock_and_rng $5 $4
+  log ${EV.config}
   # One read: from here on nothing in the guest reaches MMDS.
   ip route del ${MMDS_ADDRESS} dev eth0 && ip route add blackhole ${MMDS_ADDRESS} &&
     ip addr flush dev eth0 && ip addr add $ip dev eth0 && ip route add default via $gw || die "network from MMDS"
@@ -200,11 +208,9 @@ log ${EV.awaitingConfig}
 # The host answers with the line (so the time in it is fresh); a restored copy gets it when it resumes.
 echo ${CONTROL.waiting} >&3
 read -r token seed <&3 || die "no token on the control port"
-# Before anything of the function runs: the host's time (asked for now: a restored copy may have
-# taken seconds to get here), and its random bytes mixed into the kernel's pool, which is then
-# reseeded (ioctl RNDRESEEDCRNG): every restored copy draws different numbers.
-echo ${CONTROL.time} >&3 && read -r now <&3 && date -s @$now >/dev/null && echo "$seed" >/dev/urandom &&
-  chroot $R /usr/bin/socat -u OPEN:/dev/null OPEN:/dev/urandom,wronly,ioctl-void=${RNDRESEEDCRNG} || die "setting the clock and the RNG"
+# The time is asked for now: a restored copy may have taken seconds to get here.
+echo ${CONTROL.time} >&3 && read -r now <&3 || die "no time on the control port"
+clock_and_rng $now "$seed"
 unset seed
 log ${EV.config}
 # The code disk only now: a restored template had a placeholder in that slot. Rebinding its driver

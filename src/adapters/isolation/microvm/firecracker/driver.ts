@@ -6,6 +6,7 @@
  * and restored for each cold start. See docs/microvm.md for what the guest side must do and what
  * is verified only against the API double.
  */
+import { randomBytes } from 'node:crypto';
 import { execFile } from 'node:child_process';
 import { once } from 'node:events';
 import { constants } from 'node:fs';
@@ -249,7 +250,12 @@ export class FirecrackerDriver implements IsolationDriver {
     }
     const template = this.template;
     const restore = template && template.memoryMb === spec.memoryMb && template.vcpus === guestVcpus(spec.vcpu) ? template : undefined;
-    const instance: MmdsInstance = { token: channel.token, config: agentConfig(spec), network: { ip: net.guestIp, gateway: net.gateway } };
+    const instance: MmdsInstance = {
+      token: channel.token,
+      config: agentConfig(spec),
+      network: { ip: net.guestIp, gateway: net.gateway },
+      seed: randomBytes(32).toString('hex'),
+    };
     const guest = new GuestConsole(spec);
     const logServers: Server[] = [];
     return launchInstance(
@@ -275,7 +281,8 @@ export class FirecrackerDriver implements IsolationDriver {
             });
             // The running guest waits for its instance in MMDS, and mounts the code only then.
             await api.patch('/drives/code', { drive_id: 'code', path_on_host: await placement.place(codeDisk) });
-            await api.put('/mmds', { [MMDS_KEY]: instance });
+            // The resumed guest's clock is the template's: it sets the host's, read as the instance is handed over.
+            await api.put('/mmds', { [MMDS_KEY]: { ...instance, time: Math.round(Date.now() / 1000) } });
           } else {
             await this.boot(api, placement, { memoryMb: spec.memoryMb, vcpu: spec.vcpu, codeDisk, net, instance });
           }

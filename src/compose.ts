@@ -10,10 +10,12 @@ import { selectDriver, type SelectedDriver } from './adapters/isolation/select.j
 import { WarmPool, type WarmPoolStatus, withWarmPool } from './adapters/isolation/warm-pool.js';
 import { PrometheusMetrics, type PrometheusSources } from './adapters/metrics/prometheus.js';
 import type { Config, FunctionLogSettings } from './config.js';
+import { AsyncDispatcher, AsyncInvocations, type DispatcherDeps } from './core/async-invocations.js';
+import type { FunctionService } from './core/functions.js';
 import { LogWriter } from './core/log-writer.js';
 import { FUNCTION_DEFAULTS } from './core/function-spec.js';
 import type { PoolDeps, PoolSettings } from './core/pool.js';
-import type { IsolationDriver, LogSink } from './core/ports.js';
+import type { AsyncQueue, IsolationDriver, LogSink } from './core/ports.js';
 import type { FunctionRecord } from './core/types.js';
 import { secretMasker } from './secret-mask.js';
 
@@ -75,6 +77,35 @@ export async function startMetrics(
   const listener = config.metricsListen && (await startMetricsListener(config.metricsListen, metrics, logger));
   if (listener) logger.info({ address: listener.server.address() }, 'serving /metrics without a token on its own listener');
   return { metrics, close: async () => void (await listener?.close()) };
+}
+
+/** The longest wait between attempts of an async invocation, however the backoff grows. */
+const ASYNC_RETRY_MAX_MS = 15 * 60_000;
+/** How often a dispatcher looks at the queue unprompted: for retries falling due, and events other processes queued. */
+const ASYNC_POLL_MS = 200;
+
+/**
+ * Runs queued async invocations (serve, gateway): at most `perFunction` of a function at once, so
+ * that most of its capacity stays for synchronous requests.
+ */
+export function startAsyncInvocations(
+  config: Config,
+  log: Logger,
+  queue: AsyncQueue,
+  functions: FunctionService,
+  attempt: DispatcherDeps['attempt'],
+): { invocations: AsyncInvocations; dispatcher: AsyncDispatcher } {
+  const dispatcher = new AsyncDispatcher({
+    queue,
+    functions,
+    attempt,
+    perFunction: config.async.perFunction,
+    retry: { baseDelayMs: config.async.retryBaseMs, maxDelayMs: Math.max(config.async.retryBaseMs, ASYNC_RETRY_MAX_MS) },
+    pollMs: ASYNC_POLL_MS,
+    log,
+  });
+  dispatcher.start();
+  return { invocations: new AsyncInvocations(queue, functions, () => dispatcher.notify()), dispatcher };
 }
 
 export function poolSettings(config: Config): PoolSettings {

@@ -56,6 +56,8 @@ const schema = z.object({
   AETHER_LOG_MAX_LINES: int(10, 100_000_000).default(50_000),
   AETHER_LOG_LINES_PER_S: int(1, 10_000_000).default(1000),
   AETHER_LOG_KB_PER_S: int(1, 10_000_000).default(1024),
+  AETHER_ASYNC_CONCURRENCY: int(1, 10_000).default(4),
+  AETHER_ASYNC_RETRY_BASE_MS: int(10, 3_600_000).default(1000),
   AETHER_FUNCTION_LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'silent']).default('debug'),
   AETHER_LAMBDA_ACCESS_KEY_ID: z
     .string()
@@ -116,6 +118,8 @@ export interface Config {
   /** The access key the Lambda Invoke API checks signatures against; no key, no Invoke API. */
   lambdaKey?: { accessKeyId: string; secretAccessKey: string };
   functionLogs: FunctionLogSettings;
+  /** Async invocations: attempts of one function a server (or gateway) runs at once; the first retry's delay (doubling). */
+  async: { perFunction: number; retryBaseMs: number };
   /** GET /metrics without the token on the main port. */
   metricsPublic: boolean;
   /** A listener of its own that serves /metrics without the token (bind it where only scrapers reach). */
@@ -190,6 +194,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       bytesPerSecond: c.AETHER_LOG_KB_PER_S * 1024,
       echoLevel: c.AETHER_FUNCTION_LOG_LEVEL,
     },
+    async: { perFunction: c.AETHER_ASYNC_CONCURRENCY, retryBaseMs: c.AETHER_ASYNC_RETRY_BASE_MS },
     lambdaKey: keyId && secret ? { accessKeyId: keyId, secretAccessKey: secret } : undefined,
     metricsPublic: c.AETHER_METRICS_PUBLIC,
     metricsListen: c.AETHER_METRICS_LISTEN,

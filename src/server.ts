@@ -8,6 +8,9 @@ import path from 'node:path';
 import { pino, type Logger } from 'pino';
 import { LocalCodeStore } from './adapters/code/local-code-store.js';
 import { buildApp } from './adapters/http/app.js';
+import { attemptAsync } from './adapters/http/async-attempt.js';
+import type { InvokeDeps } from './adapters/http/invocation.js';
+import { SqliteAsyncQueue } from './adapters/store/sqlite-async-queue.js';
 import { SqliteLogStore } from './adapters/store/sqlite-log-store.js';
 import { SqliteStore } from './adapters/store/sqlite-store.js';
 import { loadOrCreateToken } from './api-token.js';
@@ -15,7 +18,16 @@ import type { Config } from './config.js';
 import { FunctionService } from './core/functions.js';
 import { Scheduler } from './core/scheduler.js';
 import { LocalStartFailures } from './core/start-failures.js';
-import { functionLogs, poolSettings, prepareDataDir, startIsolation, startMetrics, warmPoolInfo, type RunningServer } from './compose.js';
+import {
+  functionLogs,
+  poolSettings,
+  prepareDataDir,
+  startAsyncInvocations,
+  startIsolation,
+  startMetrics,
+  warmPoolInfo,
+  type RunningServer,
+} from './compose.js';
 import { AETHER_VERSION } from './version.js';
 
 const MB = 1024 * 1024;
@@ -50,8 +62,29 @@ export async function startServer(config: Config, logger: Logger = pino({ level:
     settings: poolSettings(config),
     ...functionLogs(config.functionLogs, logger, logs, { onDropped: (fn, lines) => metrics.logLinesDropped(fn, lines) }),
   });
-  const functions = new FunctionService(store, code, store, scheduler, startFailures, logs, { versionsKept: config.versionsKept });
+  const asyncQueue = new SqliteAsyncQueue(path.join(config.dataDir, 'async.db'));
+  const functions = new FunctionService(
+    store,
+    code,
+    store,
+    scheduler,
+    startFailures,
+    logs,
+    { versionsKept: config.versionsKept },
+    asyncQueue,
+  );
   for (const fn of await store.list()) scheduler.updated(fn); // warm min_instances after a restart
+
+  const invoke: InvokeDeps = {
+    functions,
+    router: scheduler,
+    invocations: store,
+    metrics,
+    startTimeoutMs: config.startTimeoutMs,
+    body: config.body,
+  };
+  const async = startAsyncInvocations(config, logger, asyncQueue, functions, (fn, ev) => attemptAsync(invoke, fn, ev));
+  invoke.async = async.invocations;
 
   const startedAt = new Date().toISOString();
   const app = await buildApp({
@@ -72,7 +105,7 @@ export async function startServer(config: Config, logger: Logger = pino({ level:
     },
     api: { functions, maxUploadBytes: config.limits.maxCompressedBytes },
     lambdaKeys: config.lambdaKey && [config.lambdaKey],
-    invoke: { functions, router: scheduler, invocations: store, metrics, startTimeoutMs: config.startTimeoutMs, body: config.body },
+    invoke,
   });
   const address = await app.listen({ port: config.port, host: config.host });
   logger.info({ url: address, data_dir: config.dataDir }, 'aether is serving');
@@ -82,11 +115,13 @@ export async function startServer(config: Config, logger: Logger = pino({ level:
     token,
     driver: driver.name,
     close: async () => {
+      await async.dispatcher.stop();
       await app.close();
       await telemetry.close();
       await scheduler.shutdown();
       store.close();
       logs.close();
+      asyncQueue.close();
     },
   };
 }

@@ -73,6 +73,8 @@ function record(name: string, over: Partial<FunctionRecord> = {}): FunctionRecor
     max_instances: 10,
     idle_timeout_s: 300,
     event_format: 'apigw-v2',
+    max_retries: 2,
+    max_event_age_s: 21_600,
     version: 1,
     code_hash: null,
     code_size: null,

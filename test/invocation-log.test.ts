@@ -42,6 +42,8 @@ function inv(functionId: string, i: number): InvocationRecord {
     instance_id: 'i-1',
     // A function's own 500 is a failure without an error message; a 502 from Aether has one.
     error: failed && i % 2 ? `crash ${i}` : null,
+    invocation_type: 'RequestResponse',
+    attempts: 1,
   };
   made.set(key, record);
   return record;

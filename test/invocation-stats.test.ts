@@ -23,6 +23,8 @@ const rec = (secondsAgo: number, duration_ms: number, more: Partial<InvocationRe
   cold_start: false,
   instance_id: 'i-1',
   error: null,
+  invocation_type: 'RequestResponse',
+  attempts: 1,
   ...more,
 });
 

@@ -280,6 +280,8 @@ const inv = (functionId: string, i: number): InvocationRecord => ({
   cold_start: i === 0,
   instance_id: 'i-1',
   error: null,
+  invocation_type: 'RequestResponse',
+  attempts: 1,
 });
 
 const isQueueUnavailable = (pattern: RegExp) => (err: unknown) =>

@@ -27,6 +27,7 @@ export const ERRORS = {
     meaning: 'The function has no such version: never deployed, or removed by retention (AETHER_VERSIONS_KEPT).',
   },
   alias_not_found: { status: 404, meaning: 'The function has no alias of that name.' },
+  dead_letter_not_found: { status: 404, meaning: 'The function has no dead letter with that event id (it was redriven or deleted).' },
   body_timeout: { status: 408, meaning: 'The request body did not arrive within the body timeout.' },
   conflict: {
     status: 409,
@@ -60,7 +61,7 @@ export const ERRORS = {
   too_many_followers: { status: 503, meaning: 'Too many clients follow logs on this server; try again later.' },
   store_unavailable: { status: 503, meaning: 'The function store (etcd) cannot be reached.' },
   discovery_unavailable: { status: 503, meaning: "Discovery (etcd) cannot be reached: the worker's instances are not announced yet." },
-  queue_unavailable: { status: 503, meaning: 'The provisioning queue (Redis) cannot be reached.' },
+  queue_unavailable: { status: 503, meaning: 'The provisioning or async invocation queue (Redis) cannot be reached.' },
   code_store_unavailable: { status: 503, meaning: 'Code storage (S3) cannot be reached.' },
   timeout: {
     status: 504,

@@ -40,6 +40,8 @@ const configShape = {
   max_instances: int(1, 100),
   idle_timeout_s: int(1, 7 * 24 * 3600),
   event_format: z.enum(EVENT_FORMATS, { error: `event_format must be one of: ${EVENT_FORMATS.join(', ')}` }),
+  max_retries: int(0, 2),
+  max_event_age_s: int(60, 6 * 3600),
 };
 
 export const FUNCTION_DEFAULTS = {
@@ -55,6 +57,9 @@ export const FUNCTION_DEFAULTS = {
   idle_timeout_s: 300,
   // Runs unchanged Lambda code and handlers written for the first event alike.
   event_format: 'apigw-v2' as EventFormat,
+  // Async invocations, as Lambda's defaults.
+  max_retries: 2,
+  max_event_age_s: 6 * 3600,
 } as const;
 
 const NAME = z

@@ -7,7 +7,7 @@ import { notFound } from './errors.js';
 import { invocationStats, type InvocationStats, type StatsWindow } from './invocation-stats.js';
 import { INVOCATIONS_KEPT, type InvocationQuery } from './invocations.js';
 import type { LogFilter, LogLine, LogPage, LogQuery } from './logs.js';
-import type { ArchiveFormat, CodeStore, FunctionStore, InvocationLog, LogReader, Placement } from './ports.js';
+import type { ArchiveFormat, AsyncQueue, CodeStore, FunctionStore, InvocationLog, LogReader, Placement } from './ports.js';
 import { functionStatus, type StartFailures } from './start-failures.js';
 import type { FunctionRecord, FunctionView, InstanceInfo, InvocationRecord } from './types.js';
 import {
@@ -36,6 +36,8 @@ export class FunctionService {
     private readonly startFailures: StartFailures,
     private readonly logReader: LogReader,
     private readonly settings: FunctionSettings,
+    /** Where a deleted function's async events and dead letters go from (where async invocations are taken). */
+    private readonly asyncQueue?: Pick<AsyncQueue, 'forget'>,
   ) {}
 
   /** The record as the API shows it: env var values masked, whether the function is failing to start, and how it starts. */
@@ -76,6 +78,7 @@ export class FunctionService {
     this.startFailures.clear(fn.id, Number.POSITIVE_INFINITY);
     await this.placement.removed(fn.id);
     await this.logReader.remove(fn.id);
+    await this.asyncQueue?.forget(fn.id);
     await this.removeUnusedCode([fn, ...versions]);
   }
 

@@ -33,6 +33,12 @@ export function isFailure(inv: Pick<InvocationRecord, 'status' | 'error'>): bool
   return inv.error !== null || inv.status >= 500;
 }
 
+/** A record as stored, with the defaults of fields added since it was written. */
+export function storedInvocation(json: string): InvocationRecord {
+  const stored = JSON.parse(json) as Partial<InvocationRecord>;
+  return { ...stored, invocation_type: stored.invocation_type ?? 'RequestResponse', attempts: stored.attempts ?? 1 } as InvocationRecord;
+}
+
 /** One page of a function's records, newest first. */
 export interface InvocationQuery {
   /** At most this many records. */

@@ -3,6 +3,7 @@
  * later etcd/Redis/S3/QEMU/Firecracker) implement them; the core never imports an adapter.
  */
 import type { Socket } from 'node:net';
+import type { AsyncEvent, DeadLetter } from './async-invocations.js';
 import type { InvocationOutcome } from './invocation-outcome.js';
 import type { InvocationQuery } from './invocations.js';
 import type { LogEntry, LogFilter, LogPage, LogQuery, LogLine } from './logs.js';
@@ -41,6 +42,36 @@ export interface InvocationLog {
   query(functionId: string, q: InvocationQuery): Promise<InvocationRecord[]>;
   /** Drops a deleted function's records (fire and forget too). */
   forget(functionId: string): void;
+}
+
+/** An event the queue handed to one dispatcher; `receipt` is the queue's own handle on it. */
+export interface TakenEvent {
+  event: AsyncEvent;
+  receipt: string;
+}
+
+/**
+ * Async invocations waiting to run, running, and dead-lettered (single node: SQLite; cluster: Redis
+ * Streams). An event taken and not filed (done, retry, deadLetter) runs again after its taker died.
+ */
+export interface AsyncQueue {
+  /** Resolves once the event is durable. */
+  enqueue(event: AsyncEvent): Promise<void>;
+  /** Events due at `now`, at most `room(functionId)` of each function (that many more may run here now); never waits. */
+  take(room: (functionId: string) => number, now: number): Promise<TakenEvent[]>;
+  /** The attempt succeeded (or the function is gone): the event leaves the queue. */
+  done(taken: TakenEvent): Promise<void>;
+  /** The event (its attempts and last error updated) runs again from `event.due_at`. */
+  retry(taken: TakenEvent, event: AsyncEvent): Promise<void>;
+  /** The event leaves the queue for its function's dead-letter list, in one step. */
+  deadLetter(taken: TakenEvent, letter: DeadLetter): Promise<void>;
+  /** Newest failure first. */
+  deadLetters(functionId: string, limit: number): Promise<DeadLetter[]>;
+  /** Queues one dead letter (or all) again as new (redriven in async-invocations.ts); how many. */
+  redrive(functionId: string, eventId: string | undefined, now: number): Promise<number>;
+  removeDeadLetters(functionId: string, eventId: string | undefined): Promise<number>;
+  /** A deleted function's queued events and dead letters go. */
+  forget(functionId: string): Promise<void>;
 }
 
 /** Where function log lines go (single node: SQLite; cluster workers: Redis Streams). */

@@ -22,6 +22,9 @@ export interface FunctionRecord {
   idle_timeout_s: number;
   /** Handler mode: the event an HTTP request becomes (API Gateway payload 2.0 or 1.0, or Aether's own). */
   event_format: EventFormat;
+  /** Async invocations: attempts after a failed first one (0-2), and the oldest an event may be when an attempt starts. */
+  max_retries: number;
+  max_event_age_s: number;
   /** Bumped by every code upload and config change: instances of older versions drain. */
   version: number;
   code_hash: string | null;
@@ -63,7 +66,13 @@ export interface InvocationRecord {
   instance_id: string | null;
   /** Why it failed (handler threw, crash, out of memory, timeout, start failure, no capacity...); null otherwise. */
   error: string | null;
+  /** `Event`: an async invocation's attempt (its request_id is the id the 202 answered with). */
+  invocation_type: InvocationType;
+  /** Which attempt this was (1 for sync invocations). */
+  attempts: number;
 }
+
+export type InvocationType = 'RequestResponse' | 'Event';
 
 /** `stopping`: killed by the host or crashed, not yet torn down; `draining`: finishing its requests before a stop. */
 export type InstanceState = 'starting' | 'ready' | 'draining' | 'stopping' | 'stopped';

@@ -11,6 +11,7 @@ import type { InstanceInfo } from '../../core/types.js';
 import { apiRoutes } from './api-routes.js';
 import { bearerAuth, clusterAuth } from './auth.js';
 import { dashboardRoutes } from './dashboard-routes.js';
+import { deadLetterRoutes } from './dead-letter-routes.js';
 import { installErrorHandling } from './errors.js';
 import type { InvokeDeps } from './invocation.js';
 import { invokeRoutes } from './invoke-route.js';
@@ -55,6 +56,7 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
       await apiRoutes(scope, api);
       await logRoutes(scope, api.functions);
       await versionRoutes(scope, api.functions);
+      if (opts.invoke.async) await deadLetterRoutes(scope, opts.invoke.async);
     });
     dashboardRoutes(app);
   }

@@ -235,18 +235,28 @@ async function explain(err: unknown, lease: Lease, body: RequestBody, requestId:
 }
 
 function forwardedHeaders(incoming: IncomingHttpHeaders, opts: ForwardOptions): Record<string, string | string[]> {
-  const out = withoutHopByHop(incoming);
-  // Facing a client: no Invoke API call can be made over HTTP, and the client's address is the one it came from.
-  if (!opts.relay) {
-    delete out[INVOKE_HEADER];
-    out[SOURCE_IP_HEADER] = opts.clientIp;
+  const out = opts.relay ? withoutHopByHop(incoming) : clientRequestHeaders(incoming, opts.clientIp);
+  if (opts.relay) {
+    const prior = incoming['x-forwarded-for'];
+    out['x-forwarded-for'] = prior ? `${prior}, ${opts.clientIp}` : opts.clientIp;
   }
-  const prior = incoming['x-forwarded-for'];
-  out['x-forwarded-for'] = prior ? `${prior}, ${opts.clientIp}` : opts.clientIp;
   out[REQUEST_ID_HEADER] = opts.requestId;
   out[CLIENT_REQUEST_ID_HEADER] = opts.requestId; // what the function sees, valid or generated
   out[DEADLINE_HEADER] = String(opts.deadline);
   return Object.assign(out, opts.extraHeaders);
+}
+
+/**
+ * A client's request headers as the function may see them: no Invoke API call can be made over HTTP,
+ * and the client's address is the one it came from.
+ */
+export function clientRequestHeaders(incoming: IncomingHttpHeaders, clientIp: string): Record<string, string | string[]> {
+  const out = withoutHopByHop(incoming);
+  delete out[INVOKE_HEADER];
+  out[SOURCE_IP_HEADER] = clientIp;
+  const prior = incoming['x-forwarded-for'];
+  out['x-forwarded-for'] = prior ? `${prior}, ${clientIp}` : clientIp;
+  return out;
 }
 
 /** The headers that belong to the message, not to one connection (or to Aether's cluster hop). */
@@ -259,13 +269,15 @@ function withoutHopByHop(headers: IncomingHttpHeaders): Record<string, string | 
 }
 
 export interface ExchangeOptions {
+  /** Default POST. */
+  method?: string;
   path: string;
   requestId: string;
   deadline: number;
   connections: number;
   extraHeaders?: Record<string, string>;
   instanceId: string | null;
-  headers: Record<string, string>;
+  headers: Record<string, string | string[]>;
   body: Buffer;
   /** A longer answer is cut off and reported as AetherError `response_too_large`. */
   maxResponseBytes: number;
@@ -277,24 +289,25 @@ export interface Exchanged extends Forwarded {
 }
 
 /**
- * A buffered POST to an instance (or a worker) and its whole answer, for callers that must look at it
- * (the Lambda Invoke API). A worker's own error comes back as the AetherError it was there.
+ * A buffered request to an instance (or a worker) and its whole answer, for callers that must look at
+ * it (the Lambda Invoke API, async invocations). A worker's own error comes back as the AetherError it was there.
  */
 export async function exchange(lease: Lease, opts: ExchangeOptions): Promise<Exchanged> {
   let res: Awaited<ReturnType<Pool['request']>>;
   try {
+    const bodyless = opts.body.length === 0 && (opts.method === 'GET' || opts.method === 'HEAD');
     res = await poolFor(lease.handle, opts.connections).request({
-      method: 'POST',
+      method: (opts.method ?? 'POST') as 'POST',
       path: opts.path,
       headers: {
         ...opts.headers,
-        'content-length': String(opts.body.length),
+        ...(bodyless ? {} : { 'content-length': String(opts.body.length) }),
         [REQUEST_ID_HEADER]: opts.requestId,
         [CLIENT_REQUEST_ID_HEADER]: opts.requestId,
         [DEADLINE_HEADER]: String(opts.deadline),
         ...opts.extraHeaders,
       },
-      body: opts.body,
+      body: bodyless ? undefined : opts.body,
       headersTimeout: Math.max(1, opts.deadline - Date.now()),
     });
   } catch (err) {

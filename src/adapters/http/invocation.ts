@@ -3,13 +3,14 @@
  * an instance (retried only while targets refuse the connection), the exchange with it, and the
  * invocation record.
  */
+import type { AsyncInvocations } from '../../core/async-invocations.js';
 import { AetherError } from '../../core/errors.js';
 import type { FunctionService } from '../../core/functions.js';
 import type { Lease } from '../../core/pool.js';
 import { invocationOutcome } from '../../core/invocation-outcome.js';
 import type { InvocationLog, Metrics } from '../../core/ports.js';
 import type { Router } from '../../core/scheduler.js';
-import type { FunctionRecord } from '../../core/types.js';
+import type { FunctionRecord, InvocationType } from '../../core/types.js';
 import { toAetherError } from './errors.js';
 import type { Forwarded } from './forward.js';
 import type { BodyLimits } from './request-body.js';
@@ -26,6 +27,8 @@ export interface InvokeDeps {
   body: BodyLimits;
   /** Cluster workers only take invocations from gateways, which present this token. */
   requireToken?: string;
+  /** Where async (`Event`) invocations are queued; absent on workers, which run what gateways send. */
+  async?: AsyncInvocations;
 }
 
 export interface InvocationIds {
@@ -34,6 +37,9 @@ export interface InvocationIds {
   /** What the client knows the invocation by (its own X-Request-Id, else the record's id). */
   requestId: string;
   started: number;
+  /** An async invocation's attempt, and which (default: a synchronous invocation). */
+  type?: InvocationType;
+  attempt?: number;
 }
 
 export interface InvocationSteps<P, T extends Forwarded> {
@@ -109,6 +115,8 @@ export async function runInvocation<P, T extends Forwarded>(
       cold_start: outcome.coldStart,
       instance_id: outcome.instanceId,
       error: outcome.error,
+      invocation_type: ids.type ?? 'RequestResponse',
+      attempts: ids.attempt ?? 1,
     });
   }
 }

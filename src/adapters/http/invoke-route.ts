@@ -4,7 +4,8 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import type { AetherError } from '../../core/errors.js';
+import { type AsyncEvent, type AsyncInvocations, MAX_ASYNC_PAYLOAD_BYTES } from '../../core/async-invocations.js';
+import { type AetherError, badRequest, tooLarge } from '../../core/errors.js';
 import { newInvocationId, validRequestId } from '../../core/invocations.js';
 import type { FunctionRecord } from '../../core/types.js';
 import { z } from 'zod';
@@ -13,6 +14,7 @@ import { toAetherError } from './errors.js';
 import { ERROR_HEADER, REQUEST_ID_HEADER } from '../../guest/agent/protocol.mjs';
 import {
   CLIENT_REQUEST_ID_HEADER,
+  clientRequestHeaders,
   COLD_START_HEADER,
   encodeError,
   ERROR_CODE_HEADER,
@@ -22,7 +24,7 @@ import {
 } from './forward.js';
 import { type InvokeDeps, runInvocation } from './invocation.js';
 import { requireAuth } from './openapi.js';
-import { readRequestBody } from './request-body.js';
+import { type BodyLimits, readRequestBody } from './request-body.js';
 import { splitQualified } from '../../core/versions.js';
 
 export async function invokeRoutes(app: FastifyInstance, deps: InvokeDeps): Promise<void> {
@@ -52,6 +54,19 @@ export async function invokeRoutes(app: FastifyInstance, deps: InvokeDeps): Prom
       fail(err, toAetherError(err), { status: 0, instanceId: null, error: null, coldStart: false });
       return;
     }
+    const type = deps.async && req.headers[INVOCATION_TYPE_HEADER];
+    if (deps.async && type !== undefined && type !== 'RequestResponse') {
+      try {
+        if (type !== 'Event') throw badRequest(`${INVOCATION_TYPE_HEADER} must be Event or RequestResponse, not ${String(type)}`);
+        const accepted = await acceptEvent(req, deps.async, fn, deps.body, requestId);
+        const body = JSON.stringify({ id: accepted.id, request_id: accepted.request_id });
+        res.writeHead(202, { [CLIENT_REQUEST_ID_HEADER]: requestId, 'content-type': 'application/json; charset=utf-8' });
+        res.end(body);
+      } catch (err) {
+        fail(err, toAetherError(err), { status: 0, instanceId: null, error: null, coldStart: false });
+      }
+      return;
+    }
     const { failure } = await runInvocation(
       deps,
       fn,
@@ -78,8 +93,15 @@ export async function invokeRoutes(app: FastifyInstance, deps: InvokeDeps): Prom
   };
   const description =
     'Method, path, query, headers and body reach the function; its response streams back. Every answer carries X-Request-Id. ' +
-    'Errors Aether answers itself are JSON: 408 body too slow, 502 crashed, 503 no capacity, 504 timeout.';
-  const response = { 200: { description: "the function's response", content: { '*/*': { schema: z.unknown() } } } };
+    'Errors Aether answers itself are JSON: 408 body too slow, 502 crashed, 503 no capacity, 504 timeout. ' +
+    `With ${INVOCATION_TYPE_HEADER}: Event the request (body up to 256 KB) is queued durably and answered 202 at once; it runs later, retried on failure.`;
+  const response = {
+    200: { description: "the function's response", content: { '*/*': { schema: z.unknown() } } },
+    202: {
+      description: `${INVOCATION_TYPE_HEADER}: Event: queued; its attempts are invocation records with this request_id`,
+      content: { 'application/json': { schema: z.strictObject({ id: z.string(), request_id: z.string() }) } },
+    },
+  };
   app.all(
     '/functions/:id',
     { schema: { summary: 'Invoke a function', description, tags: ['invoke'], params: QualifiedParams, response } },
@@ -107,6 +129,33 @@ const QualifiedParams = z.strictObject({
     .max(200)
     .describe('the function id or name; `name:7` runs version 7, `name:prod` what the alias prod runs, plain `name` the latest ($LATEST)'),
 });
+
+/** `Event`: the request is queued and answered 202 at once; it runs later (async invocation). */
+export const INVOCATION_TYPE_HEADER = 'x-aether-invocation-type';
+
+/** The whole request, as the function would have got it now, becomes a durably queued event. */
+async function acceptEvent(
+  req: FastifyRequest,
+  async: AsyncInvocations,
+  fn: FunctionRecord,
+  limits: BodyLimits,
+  requestId: string,
+): Promise<AsyncEvent> {
+  const body = await readRequestBody(req.raw, { ...limits, bufferBytes: MAX_ASYNC_PAYLOAD_BYTES }, Date.now() + limits.timeoutMs);
+  if (body && !Buffer.isBuffer(body)) {
+    body.stream.destroy();
+    throw tooLarge(
+      `an async request's body may be at most ${MAX_ASYNC_PAYLOAD_BYTES} bytes; send it without ${INVOCATION_TYPE_HEADER}: Event`,
+    );
+  }
+  const request = {
+    method: req.method,
+    path: functionPath(req.raw.url!),
+    headers: clientRequestHeaders(req.headers, req.ip),
+    body: (body ?? Buffer.alloc(0)).toString('base64'),
+  };
+  return async.accept(fn, 'http', request, requestId);
+}
 
 /** The request path as the function sees it: everything after /functions/{id}, query included. */
 export function functionPath(url: string): string {

@@ -77,6 +77,10 @@ export const InvocationRecordSchema = z.strictObject({
   cold_start: z.boolean().describe('the request waited for a new instance'),
   instance_id: z.string().nullable().describe('the instance that served it, failed, or failed to start'),
   error: z.string().nullable().describe('why it failed; null otherwise'),
+  invocation_type: z
+    .enum(['RequestResponse', 'Event'])
+    .describe('Event: an attempt of an async invocation (request_id: the id of its 202)'),
+  attempts: z.number().int().min(1).describe('which attempt this was (1 for synchronous invocations)'),
 });
 
 export const LogLineSchema = z.strictObject({

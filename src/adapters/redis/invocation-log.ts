@@ -4,7 +4,7 @@
  * page is one ZREVRANGEBYLEX from just below `before`, whichever gateway wrote the records.
  */
 import type { Redis } from 'ioredis';
-import { INVOCATIONS_KEPT, matches, type InvocationQuery } from '../../core/invocations.js';
+import { INVOCATIONS_KEPT, matches, storedInvocation, type InvocationQuery } from '../../core/invocations.js';
 import type { InvocationLog, Logger } from '../../core/ports.js';
 import type { InvocationRecord } from '../../core/types.js';
 import { asUnavailable, OutageWarner } from './connection.js';
@@ -41,7 +41,7 @@ export class RedisInvocationLog implements InvocationLog {
         const batch = filtered ? SCAN_BATCH : limit - out.length;
         const members = await this.redis.zrevrangebylex(setKey(functionId), max, '-', 'LIMIT', 0, batch);
         for (const member of members) {
-          const inv = JSON.parse(member.slice(member.indexOf(' ') + 1)) as InvocationRecord;
+          const inv = storedInvocation(member.slice(member.indexOf(' ') + 1));
           if (matches(inv, q) && out.push(inv) === limit) return out;
         }
         if (members.length < batch) return out;

@@ -7,7 +7,7 @@
 import Database from 'better-sqlite3';
 import { conflict } from '../../core/errors.js';
 import { storedRecord } from '../../core/function-spec.js';
-import { INVOCATIONS_KEPT, isFailure, newInvocationId, type InvocationQuery } from '../../core/invocations.js';
+import { INVOCATIONS_KEPT, isFailure, newInvocationId, storedInvocation, type InvocationQuery } from '../../core/invocations.js';
 import type { FunctionStore, InvocationLog } from '../../core/ports.js';
 import type { FunctionRecord, InvocationRecord } from '../../core/types.js';
 import type { AliasRecord } from '../../core/versions.js';
@@ -178,7 +178,7 @@ export class SqliteStore implements FunctionStore, InvocationLog {
       cold: flag(q.coldStart),
       limit: q.limit,
     }) as { record: string }[];
-    return rows.map((r) => JSON.parse(r.record) as InvocationRecord);
+    return rows.map((r) => storedInvocation(r.record));
   }
 
   /** Writes buffered invocation records and trims each function's history to the newest ones. */

@@ -16,6 +16,7 @@ import {
 import { z } from 'zod';
 import { AetherError } from '../../../core/errors.js';
 import type { FunctionService } from '../../../core/functions.js';
+import { MAX_ASYNC_PAYLOAD_BYTES } from '../../../core/async-invocations.js';
 import { newInvocationId } from '../../../core/invocations.js';
 import type { LogLine } from '../../../core/logs.js';
 import type { FunctionRecord } from '../../../core/types.js';
@@ -73,7 +74,13 @@ export async function lambdaApiRoutes(app: FastifyInstance, opts: LambdaApiOptio
     const type = req.headers['x-amz-invocation-type'] ?? 'RequestResponse';
     if (type === 'DryRun') return reply.status(204).send();
     if (type === 'Event') {
-      throw invalidParameter('InvocationType Event is not supported yet: invoke with RequestResponse (the default)');
+      const body = req.body ?? EMPTY;
+      if (body.length > MAX_ASYNC_PAYLOAD_BYTES) throw payloadTooLarge(MAX_ASYNC_PAYLOAD_BYTES, 'the Event invocation type');
+      if (!opts.invoke.async) throw new LambdaApiError(500, 'ServiceException', 'async invocations are not available here');
+      const request = { method: 'POST', path: INVOKE_PATH, headers: EVENT_HEADERS, body: jsonPayload(body).toString('base64') };
+      const event = await opts.invoke.async.accept(fn, 'invoke', request);
+      // Lambda answers an Event invocation with 202, no payload, and the request id its run will have.
+      return reply.header('x-amzn-RequestId', event.id).status(202).send();
     }
     if (type !== 'RequestResponse') {
       throw invalidParameter(`InvocationType must be RequestResponse, Event or DryRun, not ${String(type)}`);
@@ -105,18 +112,23 @@ export async function lambdaApiRoutes(app: FastifyInstance, opts: LambdaApiOptio
 }
 
 const EMPTY = Buffer.alloc(0);
+/** How an Invoke API event reaches the instance (see invokeSync), sync or async. */
+const EVENT_HEADERS = { 'content-type': 'application/json', [INVOKE_HEADER]: '1' };
 
 const invokeSchema = {
   summary: 'Lambda Invoke API: run a function with a JSON event (AWS SDKs, aws lambda invoke)',
   tags: ['lambda'],
   params: z.object({ name: z.string().min(1).describe("the function's name, id or ARN") }),
   querystring: z.object({ Qualifier: z.string().optional().describe('$LATEST (the default), a version number or an alias') }),
-  consumes: { 'application/json': z.unknown().describe('the event: any JSON, up to 6 MB') },
+  consumes: { 'application/json': z.unknown().describe('the event: any JSON, up to 6 MB (256 KB for InvocationType Event)') },
   response: {
     200: {
       description:
         "the handler's result; a function error has X-Amz-Function-Error and {errorType, errorMessage}; with X-Amz-Log-Type: Tail, X-Amz-Log-Result has the run's last log lines (base64)",
       content: { 'application/json': { schema: z.unknown() } },
+    },
+    202: {
+      description: 'InvocationType Event: the event (up to 256 KB) is queued durably; x-amzn-RequestId is the request id of its attempts',
     },
     204: { description: 'InvocationType DryRun: the caller may invoke the function' },
     default: {
@@ -143,7 +155,7 @@ async function invokeSync(deps: InvokeDeps, fn: FunctionRecord, event: Buffer, i
         connections: lease.remote?.maxConnections ?? fn.concurrency,
         extraHeaders: lease.remote?.headers,
         instanceId: sofar.instanceId,
-        headers: { 'content-type': 'application/json', [INVOKE_HEADER]: '1', ...(logEnd ? { [LOG_END_HEADER]: '1' } : {}) },
+        headers: { ...EVENT_HEADERS, ...(logEnd ? { [LOG_END_HEADER]: '1' } : {}) },
         body: event,
         maxResponseBytes: MAX_SYNC_PAYLOAD_BYTES,
       });
@@ -220,12 +232,8 @@ async function readPayload(payload: NodeJS.ReadableStream): Promise<Buffer> {
   return Buffer.concat(chunks, size);
 }
 
-const payloadTooLarge = () =>
-  new LambdaApiError(
-    413,
-    'RequestEntityTooLargeException',
-    `Request must be smaller than ${MAX_SYNC_PAYLOAD_BYTES} bytes for the InvokeFunction operation`,
-  );
+const payloadTooLarge = (limit = MAX_SYNC_PAYLOAD_BYTES, what = 'the InvokeFunction operation') =>
+  new LambdaApiError(413, 'RequestEntityTooLargeException', `Request must be smaller than ${limit} bytes for ${what}`);
 
 /** Aether's errors as the Lambda API names them. */
 function asLambdaError(err: unknown): LambdaApiError {
@@ -292,7 +300,7 @@ function jsonPayload(body: Buffer | undefined): Buffer {
 }
 
 /** For the invocation record: what the handler's error payload says, briefly. */
-function describeFunctionError(body: Buffer, status: number): string {
+export function describeFunctionError(body: Buffer, status: number): string {
   try {
     const { errorType, errorMessage } = JSON.parse(body.toString('utf8')) as { errorType?: unknown; errorMessage?: unknown };
     if (typeof errorMessage === 'string') return `${typeof errorType === 'string' ? errorType : 'Error'}: ${errorMessage}`.slice(0, 1000);

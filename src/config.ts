@@ -227,6 +227,7 @@ const clusterSchema = z
       .string({ error: 'is required in cluster mode: gateways and workers share it' })
       .min(16, 'must be at least 16 characters'),
     AETHER_LEASE_TTL_S: int(2, 60).default(5),
+    AETHER_ASYNC_LEASE_S: int(1, 3600).default(30),
   })
   .refine((c) => c.REDIS_ADDR || c.REDIS_URL, { message: 'is required in cluster mode (host:port, or REDIS_URL)', path: ['REDIS_ADDR'] });
 
@@ -245,6 +246,8 @@ export interface ClusterConfig extends Config {
   s3: { endpoint: string; accessKeyId: string; secretAccessKey: string; bucket: string; region: string };
   apiToken: string;
   leaseTtlS: number;
+  /** Gateways: a dead gateway's async invocations are taken over once idle this long. */
+  asyncLeaseMs: number;
 }
 
 export interface WorkerConfig extends ClusterConfig {
@@ -278,6 +281,7 @@ export function loadClusterConfig(env: NodeJS.ProcessEnv = process.env): Cluster
     },
     apiToken: c.AETHER_API_TOKEN,
     leaseTtlS: c.AETHER_LEASE_TTL_S,
+    asyncLeaseMs: c.AETHER_ASYNC_LEASE_S * 1000,
   };
 }
 

@@ -12,6 +12,9 @@ import { EtcdFunctionStore } from './adapters/etcd/function-store.js';
 import { EtcdStartFailures } from './adapters/etcd/start-failures.js';
 import { buildApp } from './adapters/http/app.js';
 import { CLUSTER_TOKEN_HEADER } from './adapters/http/auth.js';
+import { attemptAsync } from './adapters/http/async-attempt.js';
+import type { InvokeDeps } from './adapters/http/invocation.js';
+import { RedisAsyncQueue } from './adapters/redis/async-queue.js';
 import { connectRedis } from './adapters/redis/connection.js';
 import { RedisInvocationLog } from './adapters/redis/invocation-log.js';
 import { RedisLogStore } from './adapters/redis/log-stream.js';
@@ -22,7 +25,7 @@ import { ClusterRouter } from './core/cluster-router.js';
 import { FunctionService } from './core/functions.js';
 import type { WorkerInfo } from './core/ports.js';
 import type { InstanceInfo } from './core/types.js';
-import { prepareDataDir, startMetrics, type RunningServer } from './compose.js';
+import { prepareDataDir, startAsyncInvocations, startMetrics, type RunningServer } from './compose.js';
 import { AETHER_VERSION } from './version.js';
 
 export async function startGateway(config: ClusterConfig, logger: Logger = pino({ level: config.logLevel })): Promise<RunningServer> {
@@ -55,9 +58,24 @@ export async function startGateway(config: ClusterConfig, logger: Logger = pino(
   });
   // Gateways only read logs (workers write them), but deleting a function removes its stream here.
   const logs = new RedisLogStore(redis, config.functionLogs, logger);
-  const functions = new FunctionService(store, code, invocations, router, startFailures, logs, { versionsKept: config.versionsKept });
+  const asyncQueue = new RedisAsyncQueue(redis, logger, config.asyncLeaseMs);
+  const functions = new FunctionService(
+    store,
+    code,
+    invocations,
+    router,
+    startFailures,
+    logs,
+    { versionsKept: config.versionsKept },
+    asyncQueue,
+  );
   const telemetry = await startMetrics(config, logger, { functionNames: async () => (await store.list()).map((fn) => fn.name) });
   const { metrics } = telemetry;
+
+  const invoke: InvokeDeps = { functions, router, invocations, metrics, startTimeoutMs: config.startTimeoutMs, body: config.body };
+  // Every gateway runs async invocations; the consumer group gives each event to one of them.
+  const async = startAsyncInvocations(config, logger, asyncQueue, functions, (fn, ev) => attemptAsync(invoke, fn, ev));
+  invoke.async = async.invocations;
 
   const startedAt = new Date().toISOString();
   const app = await buildApp({
@@ -76,7 +94,7 @@ export async function startGateway(config: ClusterConfig, logger: Logger = pino(
     },
     api: { functions, maxUploadBytes: config.limits.maxCompressedBytes, workers: () => discovery.workers() },
     lambdaKeys: config.lambdaKey && [config.lambdaKey],
-    invoke: { functions, router, invocations, metrics, startTimeoutMs: config.startTimeoutMs, body: config.body },
+    invoke,
   });
   await app.listen({ port: config.port, host: config.host });
   const port = (app.server.address() as { port: number }).port;
@@ -87,6 +105,7 @@ export async function startGateway(config: ClusterConfig, logger: Logger = pino(
     token: config.apiToken,
     driver: 'cluster',
     close: async () => {
+      await async.dispatcher.stop();
       await app.close();
       await telemetry.close();
       await discovery.close();

@@ -224,6 +224,29 @@ describe('async invocations, single node', () => {
     assert.equal((await a.api('GET', '/api/functions/fail/dead-letters', undefined, { authorization: 'Bearer wrong' })).status, 401);
   });
 
+  test('an async invocation runs the version it was invoked with (name:version, Qualifier), unqualified the latest', async () => {
+    await a.deploy({ name: 'pinned' }, { 'handler.js': ECHO });
+    const v2 = await a.upload('pinned', { 'handler.js': ECHO.replace("'got '", "'got ' + 'v2:' + ") });
+    assert.equal(v2.status, 200);
+    const viaHttp = (await (await postEvent(a, 'pinned:1', '/', { body: 'one', headers: { 'x-request-id': 'pin-http' } })).json())
+      .request_id;
+    const viaSdk = await lambda.send(
+      new InvokeCommand({ FunctionName: 'pinned', Qualifier: '1', InvocationType: 'Event', Payload: encode({ pinned: true }) }),
+    );
+    const latest = (await (await postEvent(a, 'pinned', '/', { body: 'latest', headers: { 'x-request-id': 'pin-latest' } })).json())
+      .request_id;
+    assert.equal((await eventSeen(a, 'pinned', viaHttp)).body, 'one', 'version 1 printed it (no v2: prefix)');
+    assert.deepEqual(await eventSeen(a, 'pinned', viaSdk.$metadata.requestId!), { pinned: true });
+    await until(
+      async () =>
+        (await a.api('GET', `/api/functions/pinned/logs?request_id=${latest}`)).body.lines.some((l: { message: string }) =>
+          l.message.startsWith('got v2:'),
+        ),
+      15_000,
+      'the latest version to run the unqualified event',
+    );
+  });
+
   test('max_retries and max_event_age_s are validated like the other settings', async () => {
     const low = await a.api('POST', '/api/functions', { name: 'v1', runtime: 'node', max_retries: 3 });
     assert.deepEqual([low.status, low.body.error.code], [400, 'validation_failed']);

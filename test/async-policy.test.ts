@@ -118,9 +118,10 @@ describe('the dispatcher on the SQLite queue, with a fake clock', () => {
         return found;
       },
     };
+    const resolver = { resolve: async (id: string) => ({ fn: await functions.get(id) }) };
     const dispatcher = new AsyncDispatcher({
       queue,
-      functions,
+      functions: resolver,
       attempt,
       perFunction,
       retry: { baseDelayMs: 1000, maxDelayMs: 60_000 },

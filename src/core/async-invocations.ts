@@ -29,6 +29,8 @@ export interface AsyncEvent {
   /** ...unless the client brought its own request id (X-Request-Id on the HTTP route). */
   request_id: string;
   function_id: string;
+  /** The version it was invoked with: `$LATEST` (the latest when it runs) or a version number (an alias's choice included). */
+  qualifier?: string;
   /** `invoke`: the Lambda Invoke API's JSON event; `http`: a request to /functions/{id}/*. */
   source: 'invoke' | 'http';
   request: EventRequest;
@@ -100,7 +102,12 @@ export class AsyncInvocations {
   ) {}
 
   /** Resolves once the event is durably queued: only then may the client be told 202. */
-  async accept(fn: FunctionRecord, source: AsyncEvent['source'], request: EventRequest, requestId?: string): Promise<AsyncEvent> {
+  async accept(
+    fn: FunctionRecord,
+    source: AsyncEvent['source'],
+    request: EventRequest,
+    opts: { requestId?: string; qualifier?: string } = {},
+  ): Promise<AsyncEvent> {
     const bytes = Buffer.byteLength(request.body, 'base64');
     if (bytes > MAX_ASYNC_PAYLOAD_BYTES) {
       throw tooLarge(
@@ -111,8 +118,9 @@ export class AsyncInvocations {
     const id = newInvocationId(now);
     const event: AsyncEvent = {
       id,
-      request_id: requestId ?? id,
+      request_id: opts.requestId ?? id,
       function_id: fn.id,
+      qualifier: opts.qualifier,
       source,
       request,
       accepted_at: now,
@@ -153,7 +161,8 @@ const missingLetter = (fn: FunctionRecord, eventId: string) =>
 
 export interface DispatcherDeps {
   queue: AsyncQueue;
-  functions: { get(idOrName: string): Promise<FunctionRecord> };
+  /** The record an attempt runs: the event's function at its qualifier. */
+  functions: { resolve(idOrName: string, qualifier?: string): Promise<{ fn: FunctionRecord }> };
   /** Runs one attempt (and records it as an invocation); resolves with why it failed, or null. */
   attempt(fn: FunctionRecord, event: AsyncEvent): Promise<string | null>;
   /** Attempts of one function that this dispatcher runs at once: the rest of its capacity stays for sync requests. */
@@ -227,9 +236,13 @@ export class AsyncDispatcher {
     try {
       let fn: FunctionRecord;
       try {
-        fn = await this.deps.functions.get(ev.function_id);
+        ({ fn } = await this.deps.functions.resolve(ev.function_id, ev.qualifier));
       } catch (err) {
-        if (err instanceof AetherError && err.status === 404) return await queue.done(t); // the function is gone
+        if (err instanceof AetherError && err.status === 404) {
+          // The function, or the version it was invoked with (retention), is gone: nothing can run it.
+          this.deps.log.warn({ event: ev.id, err: err.message }, 'async invocation dropped');
+          return await queue.done(t);
+        }
         throw err;
       }
       const policy: RetryPolicy = { ...this.deps.retry, maxRetries: fn.max_retries, maxEventAgeMs: fn.max_event_age_s * 1000 };

@@ -47,9 +47,10 @@ export async function invokeRoutes(app: FastifyInstance, deps: InvokeDeps): Prom
       sendError(req.raw, res, error, { ...answerHeaders(requestId, outcome.coldStart, relay), ...errorHeaders(error, outcome, relay) });
     };
     let fn: FunctionRecord;
+    let executedVersion: string;
     try {
       const { name, qualifier } = splitQualified(req.params.id);
-      ({ fn } = await deps.functions.resolve(name, qualifier));
+      ({ fn, executedVersion } = await deps.functions.resolve(name, qualifier));
     } catch (err) {
       fail(err, toAetherError(err), { status: 0, instanceId: null, error: null, coldStart: false });
       return;
@@ -58,7 +59,7 @@ export async function invokeRoutes(app: FastifyInstance, deps: InvokeDeps): Prom
     if (deps.async && type !== undefined && type !== 'RequestResponse') {
       try {
         if (type !== 'Event') throw badRequest(`${INVOCATION_TYPE_HEADER} must be Event or RequestResponse, not ${String(type)}`);
-        const accepted = await acceptEvent(req, deps.async, fn, deps.body, requestId);
+        const accepted = await acceptEvent(req, deps.async, fn, deps.body, { requestId, qualifier: executedVersion });
         const body = JSON.stringify({ id: accepted.id, request_id: accepted.request_id });
         res.writeHead(202, { [CLIENT_REQUEST_ID_HEADER]: requestId, 'content-type': 'application/json; charset=utf-8' });
         res.end(body);
@@ -139,7 +140,7 @@ async function acceptEvent(
   async: AsyncInvocations,
   fn: FunctionRecord,
   limits: BodyLimits,
-  requestId: string,
+  opts: { requestId: string; qualifier: string },
 ): Promise<AsyncEvent> {
   const body = await readRequestBody(req.raw, { ...limits, bufferBytes: MAX_ASYNC_PAYLOAD_BYTES }, Date.now() + limits.timeoutMs);
   if (body && !Buffer.isBuffer(body)) {
@@ -154,7 +155,7 @@ async function acceptEvent(
     headers: clientRequestHeaders(req.headers, req.ip),
     body: (body ?? Buffer.alloc(0)).toString('base64'),
   };
-  return async.accept(fn, 'http', request, requestId);
+  return async.accept(fn, 'http', request, opts);
 }
 
 /** The request path as the function sees it: everything after /functions/{id}, query included. */

@@ -78,7 +78,7 @@ export async function lambdaApiRoutes(app: FastifyInstance, opts: LambdaApiOptio
       if (body.length > MAX_ASYNC_PAYLOAD_BYTES) throw payloadTooLarge(MAX_ASYNC_PAYLOAD_BYTES, 'the Event invocation type');
       if (!opts.invoke.async) throw new LambdaApiError(500, 'ServiceException', 'async invocations are not available here');
       const request = { method: 'POST', path: INVOKE_PATH, headers: EVENT_HEADERS, body: jsonPayload(body).toString('base64') };
-      const event = await opts.invoke.async.accept(fn, 'invoke', request);
+      const event = await opts.invoke.async.accept(fn, 'invoke', request, { qualifier: executedVersion });
       // Lambda answers an Event invocation with 202, no payload, and the request id its run will have.
       return reply.header('x-amzn-RequestId', event.id).status(202).send();
     }

@@ -17,12 +17,12 @@ import { createHash } from 'node:crypto';
 import { chmod, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { build, type Plugin, version as esbuildVersion } from 'esbuild';
+import { build, type OutputFile, type Plugin, version as esbuildVersion } from 'esbuild';
 import { errorMessage } from '../../core/errors.js';
 import type { StartPrep } from '../../core/ports.js';
 import type { StartMode } from '../../core/types.js';
 import { agentNodeArgs } from '../../guest/agent-files.js';
-import { BUNDLE_FILE, CODE_CACHE_FILE } from '../../guest/agent/bundle.mjs';
+import { BUNDLE_FILE, CODE_CACHE_FILE, SOURCE_MAP_FILE } from '../../guest/agent/bundle.mjs';
 import { resolveEntry } from '../../guest/agent/entry.mjs';
 import { AGENT_MODULES, GUEST_PATHS } from '../../guest/agent/protocol.mjs';
 
@@ -98,6 +98,7 @@ export class FastStarts {
     if (native) return { mode: 'plain', reason: `native module ${native}: a bundle cannot hold .node files` };
     const dynamic: string[] = [];
     let output: string;
+    let sourceMap: string;
     try {
       const result = await build({
         entryPoints: [entry],
@@ -108,6 +109,9 @@ export class FastStarts {
         target: `node${process.versions.node.split('.')[0]}`,
         write: false,
         outfile: path.join(spec.codeDir, BUNDLE_FILE),
+        // Stack traces name the function's own files, not the bundle (bundle.mts maps them lazily).
+        sourcemap: 'external',
+        sourcesContent: false,
         logLevel: 'silent',
         plugins: [asInTheCode(spec.codeDir, dynamic)],
       });
@@ -117,7 +121,8 @@ export class FastStarts {
           mode: 'plain',
           reason: `bundler: ${warning.location ? `${warning.location.file}:${warning.location.line}: ` : ''}${warning.text}`,
         };
-      output = result.outputFiles[0]!.text;
+      output = outputFile(result.outputFiles, '.js');
+      sourceMap = outputFile(result.outputFiles, '.map');
     } catch (err) {
       const first = (err as { errors?: Array<{ text: string; location: { file: string; line: number } | null }> }).errors?.[0];
       return {
@@ -135,6 +140,7 @@ export class FastStarts {
       const bundleFile = path.join(staging, BUNDLE_FILE);
       const cacheFile = path.join(staging, CODE_CACHE_FILE);
       await writeFile(bundleFile, output, { mode: 0o644 });
+      await writeFile(path.join(staging, SOURCE_MAP_FILE), sourceMap, { mode: 0o644 });
       await writeFile(cacheFile, '', { mode: 0o644 }); // without a cache the bundle still saves the module resolution
       const flags = agentNodeArgs(spec.memoryMb, this.agentDir).slice(0, -1);
       await run(this.nodePath, [...flags, path.join(this.agentDir, AGENT_MODULES.codeCache), bundleFile, cacheFile], {
@@ -151,6 +157,13 @@ export class FastStarts {
       throw err;
     }
   }
+}
+
+/** The text of esbuild's output file whose name ends with `suffix` (the bundle, its source map). */
+function outputFile(files: OutputFile[], suffix: string): string {
+  const file = files.find((f) => f.path.endsWith(suffix));
+  if (!file) throw new Error(`esbuild wrote no ${suffix} file`);
+  return file.text;
 }
 
 /** What decides the prepared start: the code, the entrypoint, the agent's V8 flags, node and esbuild. */

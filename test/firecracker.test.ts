@@ -259,6 +259,10 @@ describe('the driver against the double', () => {
     assert.deepEqual(calls[5]!.body, { iface_id: 'eth0', host_dev_name: 'aetap2', guest_mac: '06:00:ac:1e:00:02' });
     assert.deepEqual(calls[7]!.body, { version: 'V2', network_interfaces: ['eth0'] });
     assert.ok(logs.includes('stdout: loaded on hello'), logs.join('\n'));
+    // Its boot, phase by phase, from init's console lines (the cold-start metrics take them from here).
+    const boot = instance.boot!;
+    assert.ok(boot, 'a booted VM reports its boot phases');
+    for (const phase of ['vmm', 'kernel', 'init', 'agent'] as const) assert.ok(Number(boot[phase]) >= 0, `${phase}: ${boot[phase]}`);
 
     const stopped = Date.now();
     await instance.stop(10_000);
@@ -366,6 +370,7 @@ describe('the driver against the double', () => {
     const handed = calls[3]!.body.aether as { seed: string; time: number };
     assert.ok(Math.abs(handed.time * 1000 - Date.now()) < 30_000, `time ${handed.time}`);
     assert.match(handed.seed, /^[0-9a-f]{64}$/);
+    assert.equal(instance.boot, undefined, 'a restored VM did not boot: no boot phases');
     await instance.stop();
   });
 

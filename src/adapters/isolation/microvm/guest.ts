@@ -14,6 +14,19 @@ export const guestMemoryMb = (memoryMb: number) => memoryMb + GUEST_OVERHEAD_MB;
 /** Whole vCPUs (1..32, what Firecracker allows); fractional CPU shares are a cgroup matter. */
 export const guestVcpus = (vcpu: number) => Math.min(32, Math.max(1, Math.ceil(vcpu)));
 
+/** Where a booted VM's time to ready went, in ms (kernel from the guest's clock, the rest from the host's). */
+export interface BootTimings {
+  /** VMM start-up, firmware and loading the kernel: until the guest kernel's clock started. */
+  vmm: number;
+  /** Kernel boot until /init runs. */
+  kernel: number;
+  /** /init: modules, devices, network, mounts, until node is started. */
+  init: number;
+  /** node start-up, config, loading the function, until the agent takes connections. */
+  agent: number;
+  total: number;
+}
+
 /** The guest kernel's OOM killer announces itself on the console (at a level `quiet` still shows). */
 const OOM_LINE = /Out of memory: Killed process|oom-kill:/;
 const INIT_LINE = new RegExp(`^${INIT_LOG_PREFIX.replace(/[[\]]/g, '\\$&')} (.*) up=([\\d.]+)$`);
@@ -51,6 +64,24 @@ export class GuestConsole {
     }
     if (OOM_LINE.test(line)) this.oom = true;
     if (OOM_LINE.test(line) || init?.text.startsWith(INIT_EVENTS.fatal)) this.vm.onLog?.('stderr', `[aether-vm] ${line}`);
+  }
+
+  /**
+   * The boot's phases, from init's events on the console and the host's times of the VMM's spawn
+   * and of the instance being ready. None for a VM restored from a snapshot: it did not boot.
+   */
+  bootTimings(spawnedAt: number, readyAt: number): BootTimings | undefined {
+    const start = this.events.get(INIT_EVENTS.start);
+    const agent = this.events.get(INIT_EVENTS.agentStarted);
+    if (!start || !agent || !readyAt) return undefined;
+    const toInit = start.at - spawnedAt;
+    return {
+      vmm: Math.max(0, toInit - start.uptimeMs),
+      kernel: Math.min(toInit, start.uptimeMs),
+      init: agent.at - start.at,
+      agent: readyAt - agent.at,
+      total: readyAt - spawnedAt,
+    };
   }
 
   /** The agent's exit status, from the console or another report of the guest's. */

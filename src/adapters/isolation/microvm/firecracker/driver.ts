@@ -258,7 +258,8 @@ export class FirecrackerDriver implements IsolationDriver {
     };
     const guest = new GuestConsole(spec);
     const logServers: Server[] = [];
-    return launchInstance(
+    const spawnedAt = Date.now();
+    const launched = await launchInstance(
       vmmPlan({
         id: spec.instanceId,
         startTimeoutMs: spec.startTimeoutMs,
@@ -298,6 +299,8 @@ export class FirecrackerDriver implements IsolationDriver {
         },
       }),
     );
+    // A booted VM's phases (for the cold-start metrics); a restored one did not boot and reports none.
+    return Object.assign(launched, { boot: guest.bootTimings(spawnedAt, Date.now()) });
   }
 
   /** Firecracker for one VM: run directly, or jailed with cgroups for its size. */

@@ -13,26 +13,13 @@ import { CONTROL, helloLine, INIT_EVENTS, timeLine } from '../../../../guest/age
 import type { InstanceChannel } from '../../channel.js';
 import { launchInstance, type Instance } from '../../instance/instance.js';
 import { readLines } from '../../instance/output.js';
-import { GuestConsole } from '../guest.js';
+import { type BootTimings, GuestConsole } from '../guest.js';
 import { PORT_FDS } from './args.js';
 import type { ConfinedVm } from './confine.js';
 import { Qmp, qmpArgs } from './qmp.js';
 
 /** Host fds of a restore: its QMP monitor, and the snapshot's state (read-only: one state serves every restore). */
 export const RESTORE_FDS = { qmp: 6, state: 7 } as const;
-
-/** Where the time to ready went, in ms (kernel from the guest's clock, the rest from the host's). */
-export interface BootTimings {
-  /** QEMU start-up, firmware and loading the kernel: until the guest kernel's clock started. */
-  vmm: number;
-  /** Kernel boot until /init runs. */
-  kernel: number;
-  /** /init: modules, devices, network, mounts, until node is started. */
-  init: number;
-  /** node start-up, config, loading the function, until the agent takes connections. */
-  agent: number;
-  total: number;
-}
 
 /** Where the time to ready went after a snapshot, in ms (host clock). */
 export interface RestoreTimings {
@@ -130,7 +117,7 @@ export async function launchVm({ spec, channel, qemu, args, hostPort, state, con
       connect: () => connectHostfwd(hostPort),
     });
     return Object.assign(instance, {
-      boot: stateFile ? undefined : bootTimings(guest, spawnedAt, readyAt),
+      boot: stateFile ? undefined : guest.bootTimings(spawnedAt, readyAt),
       restore: stateFile ? restoreTimings(guest, spawnedAt, resumedAt, readyAt) : undefined,
     });
   } finally {
@@ -148,20 +135,6 @@ function connectHostfwd(port: number): Promise<Socket> {
     });
     socket.once('error', reject);
   });
-}
-
-function bootTimings(guest: GuestConsole, spawnedAt: number, readyAt: number): BootTimings | undefined {
-  const start = guest.events.get('start');
-  const agent = guest.events.get('agent-started');
-  if (!start || !agent || !readyAt) return undefined;
-  const toInit = start.at - spawnedAt;
-  return {
-    vmm: Math.max(0, toInit - start.uptimeMs),
-    kernel: Math.min(toInit, start.uptimeMs),
-    init: agent.at - start.at,
-    agent: readyAt - agent.at,
-    total: readyAt - spawnedAt,
-  };
 }
 
 function restoreTimings(guest: GuestConsole, spawnedAt: number, resumedAt: number, readyAt: number): RestoreTimings | undefined {

@@ -227,6 +227,42 @@ describe('function logs on one node (bwrap)', () => {
     );
   });
 
+  test('server mode, one request at a time: lines written while a request is in flight carry its id', async () => {
+    // A plain server: its lines carry no frame; the host knows which request the instance serves.
+    const server = `
+console.log('listening soon');
+require('http').createServer((req, res) => {
+  const tag = new URL(req.url, 'http://x').searchParams.get('tag');
+  console.log('got ' + tag);
+  setTimeout(() => { console.error('done ' + tag); res.end('ok'); }, 50);
+}).listen(process.env.PORT || 3000);`;
+    await a.deploy({ name: 'solo', concurrency: 1 }, { 'index.js': server });
+    await a.deploy({ name: 'shared', concurrency: 2 }, { 'index.js': server });
+    for (const name of ['solo', 'shared']) {
+      for (const tag of ['A', 'B']) {
+        const res = await a.invoke(name, `/?tag=${tag}`, { headers: { 'x-request-id': `req-${name}-${tag}` } });
+        assert.equal(res.status, 200);
+        await res.text();
+      }
+    }
+    const solo = await waitForLines(a, 'solo', (l) => l.filter((x) => /^(got|done) /.test(x.message)).length === 4, 'the solo lines');
+    const byRequest = solo.filter((l) => /^(got|done) /.test(l.message)).map((l) => [l.stream, l.message, l.request_id]);
+    assert.deepEqual(byRequest, [
+      ['stdout', 'got A', 'req-solo-A'],
+      ['stderr', 'done A', 'req-solo-A'],
+      ['stdout', 'got B', 'req-solo-B'],
+      ['stderr', 'done B', 'req-solo-B'],
+    ]);
+    assert.equal(solo.find((l) => l.message === 'listening soon')?.request_id, null, 'start-up output belongs to no request');
+    assert.deepEqual(messages(await logLines(a, 'solo', 'request_id=req-solo-B')), ['got B', 'done B']);
+    // Two at a time: a line could be either request's, so none is claimed.
+    const shared = await waitForLines(a, 'shared', (l) => l.filter((x) => /^(got|done) /.test(x.message)).length === 4, 'the shared lines');
+    assert.ok(
+      shared.every((l) => l.request_id === null),
+      JSON.stringify(shared),
+    );
+  });
+
   test('a Web-standard fetch handler is tagged as well', async () => {
     await a.deploy(
       { name: 'fetchy' },

@@ -36,9 +36,11 @@ class FakeInstance implements InstanceHandle {
 class FakeDriver implements IsolationDriver {
   readonly name = 'fake';
   readonly started: FakeInstance[] = [];
+  readonly specs: InstanceSpec[] = [];
   async start(spec: InstanceSpec): Promise<InstanceHandle> {
     const instance = new FakeInstance(spec.instanceId);
     this.started.push(instance);
+    this.specs.push(spec);
     return instance;
   }
 }
@@ -172,4 +174,31 @@ test('a burst starts startsAtOnce instances, then more only as those are ready a
   assert.equal(driver.pending.length, 3, 'nothing waits any more: no further starts');
   assert.equal(driver.started.length, 3);
   await p.close();
+});
+
+test('concurrency 1: an untagged line is filed under the request in flight; framed lines and higher concurrency keep their own', async () => {
+  for (const concurrency of [1, 2]) {
+    const driver = new FakeDriver();
+    const lines: [string, string | undefined][] = [];
+    const p = pool({ driver, onInstanceLog: (_fn, _id, _stream, line, requestId) => void lines.push([line, requestId]) }, [], {
+      concurrency,
+    });
+    const lease = await p.acquire(Date.now() + 1000, 'req-1');
+    const { onLog } = driver.specs[0]!;
+    onLog('stdout', 'during');
+    onLog('stdout', 'framed', 'req-other');
+    lease.release();
+    onLog('stdout', 'after');
+    const tagged = concurrency === 1 ? 'req-1' : undefined;
+    assert.deepEqual(
+      lines,
+      [
+        ['during', tagged],
+        ['framed', 'req-other'],
+        ['after', undefined],
+      ],
+      `concurrency ${concurrency}`,
+    );
+    await p.close();
+  }
 });

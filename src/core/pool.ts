@@ -62,6 +62,11 @@ class Instance {
   readyAt = Number.POSITIVE_INFINITY;
   /** Why the instance is ending, once it is known to be (before its exit is). */
   condemned?: string;
+  /**
+   * The request it is serving when it serves one at a time (concurrency 1): its output lines that
+   * carry no request id of their own (server mode) are filed under it.
+   */
+  soleRequest?: string;
   readonly version: number;
   constructor(
     /** The function as this instance runs it. */
@@ -93,6 +98,7 @@ const EXIT_REASON_WAIT_MS = 2000;
 interface Waiter {
   /** When it started waiting, in pool event order. */
   since: number;
+  requestId?: string;
   resolve(lease: Lease): void;
   reject(err: AetherError): void;
   timer: NodeJS.Timeout;
@@ -126,13 +132,13 @@ export class FunctionPool {
     return this.fn;
   }
 
-  /** Waits (bounded by the deadline) for a free slot on a ready instance of the current version. */
-  acquire(deadline: number): Promise<Lease> {
+  /** Waits (bounded by the deadline) for a free slot on a ready instance of the current version, for the request. */
+  acquire(deadline: number, requestId?: string): Promise<Lease> {
     if (this.closed) return Promise.reject(notFound(`function ${this.fn.name} was deleted`));
     if (!this.fn.code_hash)
       return Promise.reject(conflict(`function ${this.fn.name} has no code yet: upload it with POST /api/functions/${this.fn.id}/code`));
     const inst = this.freeInstance();
-    if (inst && this.waiters.length === 0) return Promise.resolve(this.lease(inst, false));
+    if (inst && this.waiters.length === 0) return Promise.resolve(this.lease(inst, false, requestId));
     const blocked = this.blockedBy();
     if (blocked) return Promise.reject(failingError(this.fn.name, blocked, this.now()));
     if (this.waiters.length >= this.deps.settings.maxQueue + this.slotsComing()) {
@@ -143,6 +149,7 @@ export class FunctionPool {
     return new Promise<Lease>((resolve, reject) => {
       const waiter: Waiter = {
         since: ++this.events,
+        requestId,
         resolve,
         reject,
         timer: setTimeout(
@@ -266,8 +273,9 @@ export class FunctionPool {
     return best;
   }
 
-  private lease(inst: Instance, coldStart: boolean): Lease {
+  private lease(inst: Instance, coldStart: boolean, requestId?: string): Lease {
     inst.inFlight++;
+    if (inst.fn.concurrency === 1) inst.soleRequest = requestId;
     inst.lastActive = this.now();
     let released = false;
     const handle = inst.handle!;
@@ -291,6 +299,7 @@ export class FunctionPool {
         if (released) return;
         released = true;
         inst.inFlight--;
+        if (inst.soleRequest === requestId) inst.soleRequest = undefined;
         inst.served++;
         inst.lastActive = this.now();
         if (inst.state === 'draining' && inst.inFlight === 0) void this.stop(inst);
@@ -306,7 +315,7 @@ export class FunctionPool {
       if (!inst) return;
       const waiter = this.waiters.shift()!;
       clearTimeout(waiter.timer);
-      waiter.resolve(this.lease(inst, inst.readyAt > waiter.since));
+      waiter.resolve(this.lease(inst, inst.readyAt > waiter.since, waiter.requestId));
     }
   }
 
@@ -373,7 +382,7 @@ export class FunctionPool {
         functionName: fn.name,
         eventFormat: fn.event_format,
         startTimeoutMs: this.deps.settings.startTimeoutMs,
-        onLog: (stream, line, requestId) => this.deps.onInstanceLog(fn, inst.id, stream, line, requestId),
+        onLog: (stream, line, requestId) => this.deps.onInstanceLog(fn, inst.id, stream, line, requestId ?? inst.soleRequest),
       });
     } catch (err) {
       this.instances.delete(inst.id);

@@ -11,7 +11,8 @@ import type { FunctionRecord, InstanceInfo, InstanceState, StartMode } from './t
 
 /** Hands out a slot for one invocation: the local Scheduler, or a gateway's cluster router. */
 export interface Router {
-  acquire(fn: FunctionRecord, deadline: number): Promise<Lease>;
+  /** `requestId`: the invocation the slot is for (an instance serving one request at a time files its output under it). */
+  acquire(fn: FunctionRecord, deadline: number, requestId?: string): Promise<Lease>;
 }
 
 export class Scheduler implements Router, Placement {
@@ -36,8 +37,8 @@ export class Scheduler implements Router, Placement {
     this.timer.unref();
   }
 
-  acquire(fn: FunctionRecord, deadline: number): Promise<Lease> {
-    return this.pool(fn).acquire(deadline);
+  acquire(fn: FunctionRecord, deadline: number, requestId?: string): Promise<Lease> {
+    return this.pool(fn).acquire(deadline, requestId);
   }
 
   /** Starts an instance ahead of requests (a cluster provisioning job). */

@@ -74,7 +74,7 @@ export async function runInvocation<P, T extends Forwarded>(
     const deadline = Date.now() + deps.startTimeoutMs + fn.timeout_ms;
     for (let attempt = 0; ; attempt++) {
       progress.waiting();
-      lease = await deps.router.acquire(fn, deadline);
+      lease = await deps.router.acquire(fn, deadline, ids.requestId);
       progress.running();
       outcome = { ...outcome, instanceId: lease.remote ? null : lease.instanceId, coldStart: outcome.coldStart || lease.coldStart };
       try {

@@ -78,7 +78,8 @@ export async function startCluster(driver: string, services: Services): Promise<
   const started: AetherProcess[] = [];
   const stop = () => stopAll(started, dirs);
   try {
-    const env = { ...services.env, WORKER_IP: '127.0.0.1', AETHER_WORKER_ID: 'bench-worker' };
+    // No warm pool: the cluster is compared with a single node without one, and `remove` waits for the worker to have no sandbox.
+    const env = { ...services.env, WORKER_IP: '127.0.0.1', AETHER_WORKER_ID: 'bench-worker', AETHER_WARM_POOL_MB: '0' };
     started.push(await launchAether({ role: 'worker', dataDir: dirs[0]!, token: TOKEN, isolation: driver, env, onLine: ready.onLine }));
     started.push(await launchAether({ role: 'gateway', dataDir: dirs[1]!, token: TOKEN, isolation: driver, env: services.env }));
     await until(

@@ -1,4 +1,5 @@
 /** The human-readable side of a run: aligned tables on stdout. */
+import os from 'node:os';
 import type { AppColdStartRow } from './app-cold-start.js';
 import type { BurstRow } from './burst.js';
 import type { ColdStartRow } from './cold-start.js';
@@ -8,6 +9,7 @@ import type { MicroVmRow } from './microvm.js';
 import type { TargetCheck } from './targets.js';
 import type { ThroughputRow } from './throughput.js';
 import type { WarmLatencyRow } from './warm-latency.js';
+import type { WarmPoolRow } from './warm-pool.js';
 
 type Cell = string | number;
 
@@ -203,6 +205,46 @@ export function logFloodTable(rows: LogFloodRow[]): string {
       r.lines_dropped,
     ]),
   );
+}
+
+export function warmPoolTable(rows: WarmPoolRow[]): string {
+  const out = table(
+    'Warm pool: cold start of a function never run, from a pre-started instance (handler mode), against a node -e spawn (ms); idle cost per pooled instance; warm latency of a running function while the pool refills',
+    [
+      'driver',
+      'cold p50',
+      'cold p95',
+      'of it: assign p50',
+      'node -e p50',
+      'ratio',
+      'idle MB',
+      'idle CPU %',
+      'warm p99 idle pool',
+      'warm p99 refilling',
+      'refills pending',
+    ],
+    rows.map((r) => [
+      r.driver,
+      fixed(r.cold_from_pool.p50),
+      fixed(r.cold_from_pool.p95),
+      fixed(r.instance_start.p50),
+      fixed(r.node.p50),
+      `${r.ratio_p50} x`,
+      fixed(r.idle_memory_mb),
+      fixed(r.idle_cpu_percent),
+      fixed(r.warm_idle_pool.p99),
+      fixed(r.warm_during_refill.p99),
+      `${r.refill_pending.at_start} -> ${r.refill_pending.at_end}`,
+    ]),
+  );
+  // Where a cold start from the pool went: assigning the instance (mounting the code, the agent importing
+  // the function and dialing in) vs the rest of the request's way; and the host's load then.
+  const notes = rows.map(
+    (r) =>
+      `note ${r.driver}: of the cold start p50 ${fixed(r.cold_from_pool.p50)} ms, assigning the pooled instance took ${fixed(r.instance_start.p50)} ms ` +
+      `(code mount, agent config, import, dial-in) and the request's own way the rest; load average ${r.load_average.toFixed(1)} on ${os.cpus().length} cpus`,
+  );
+  return `${out}\n${notes.join('\n')}`;
 }
 
 export function targetsTable(checks: TargetCheck[]): string {

@@ -42,6 +42,7 @@ import {
   clusterTable,
   coldStartTable,
   logFloodTable,
+  warmPoolTable,
   microVmTable,
   targetsTable,
   throughputTable,
@@ -50,6 +51,7 @@ import {
 import { checkTargets } from './targets.js';
 import { measureThroughput, type ThroughputOptions, type ThroughputRow } from './throughput.js';
 import { measureWarmLatency, type WarmLatencyRow, type WarmOptions } from './warm-latency.js';
+import { measureWarmPool, type WarmPoolOptions, type WarmPoolRow } from './warm-pool.js';
 
 const DRIVERS = ['bwrap', 'gvisor'];
 /** The cluster runs the fastest sandbox, so that what it shows is the cluster's own cost. */
@@ -66,6 +68,8 @@ interface Plan {
   warm: WarmOptions;
   throughput: ThroughputOptions;
   logFlood: LogFloodOptions;
+  /** The warm pool scenario besides its cold starts (coldSamples of them). */
+  pool: Omit<WarmPoolOptions, 'samples'>;
 }
 
 /**
@@ -79,6 +83,7 @@ const FULL: Plan = {
   warm: { warmup: 300, rounds: 4, perRound: 500 },
   throughput: { warmupSeconds: 0.5, rounds: 2, seconds: 2 },
   logFlood: { floodSeconds: 30, spinSeconds: 10, idleSeconds: 10, warmup: 300 },
+  pool: { idleWatchMs: 5000, warmRequests: 300 },
 };
 const QUICK: Plan = {
   coldSamples: 3,
@@ -87,6 +92,7 @@ const QUICK: Plan = {
   warm: { warmup: 50, rounds: 2, perRound: 100 },
   throughput: { warmupSeconds: 0.5, rounds: 1, seconds: 1 },
   logFlood: { floodSeconds: 5, spinSeconds: 2, idleSeconds: 2, warmup: 50 },
+  pool: { idleWatchMs: 2000, warmRequests: 100 },
 };
 
 /**
@@ -132,6 +138,8 @@ const warm: WarmLatencyRow[] = [];
 const throughput: ThroughputRow[] = [];
 const bursts: BurstRow[] = [];
 const logFlood: LogFloodRow[] = [];
+const pools: WarmPoolRow[] = [];
+const NO_POOL = { AETHER_WARM_POOL_MB: '0' };
 type Ran = { ran: boolean; reason?: string };
 const drivers: Record<string, Ran> = {};
 let cluster: Ran | undefined;
@@ -151,8 +159,11 @@ try {
     console.log(`\nno nginx baseline: ${nginxRan.reason}`);
   }
   for (const driver of args.logs ? [] : args.cluster ? [CLUSTER_DRIVER] : DRIVERS) {
-    drivers[driver] = await measure(driver, () => startSingleNode(driver));
+    // Cold starts as they were before the warm pool (AETHER_WARM_POOL_MB=0), and from it after; --apps
+    // measures the real apps with the pool, as a deployment runs them.
+    drivers[driver] = await measure(driver, () => startSingleNode(driver, args.apps ? undefined : NO_POOL));
     if (args.apps) await measure(`${driver}, no fast start`, () => startSingleNode(driver, { AETHER_FAST_START: '0' }), true);
+    if (!args.apps && !args.proxy && !args.cluster && drivers[driver]?.ran) await poolScenario(driver);
   }
   if (args.cluster) {
     progress('cluster: starting etcd, Redis and S3');
@@ -220,11 +231,27 @@ async function measure(label: string, start: () => Promise<AetherServer>, appsOn
   return { ran: true };
 }
 
+/** The warm pool's cold starts, idle cost and warm latency during a refill, on a single node with the default pool. */
+async function poolScenario(driver: string): Promise<void> {
+  let aether: AetherServer;
+  try {
+    aether = await startSingleNode(driver);
+  } catch (err) {
+    console.log(`\nskipping the warm pool on ${driver}: Aether does not start: ${err instanceof Error ? err.message : String(err)}`);
+    return;
+  }
+  try {
+    pools.push(await measureWarmPool(aether, { samples: plan.coldSamples, ...plan.pool }, progress));
+  } finally {
+    await aether.stop();
+  }
+}
+
 /** The --logs scenario on its own single node: nothing else runs meanwhile. */
 async function floodScenario(): Promise<Ran> {
   let aether: AetherServer;
   try {
-    aether = await startSingleNode(LOGS_DRIVER);
+    aether = await startSingleNode(LOGS_DRIVER, NO_POOL);
   } catch (err) {
     const reason = err instanceof Error ? err.message : String(err);
     console.log(`\nskipping the log flood: Aether does not start: ${reason}`);
@@ -238,7 +265,7 @@ async function floodScenario(): Promise<Ran> {
   return { ran: true };
 }
 
-const targets = checkTargets(cold, warm, throughput, bursts, logFlood, appCold, microvm?.cold_start);
+const targets = checkTargets(cold, warm, throughput, bursts, logFlood, appCold, microvm?.cold_start, pools);
 const results = {
   started_at: startedAt.toISOString(),
   duration_s: Math.round((performance.now() - t0) / 100) / 10,
@@ -254,6 +281,7 @@ const results = {
   throughput,
   burst: bursts,
   ...(logFlood.length && { log_flood: logFlood }),
+  ...(pools.length && { warm_pool: pools }),
   targets,
 };
 
@@ -265,6 +293,7 @@ if (throughput.length) console.log(throughputTable(throughput));
 if (bursts.length) console.log(burstTable(bursts));
 if (results.cluster_vs_single?.length) console.log(clusterTable(results.cluster_vs_single));
 if (logFlood.length) console.log(logFloodTable(logFlood));
+if (pools.length) console.log(warmPoolTable(pools));
 console.log(targetsTable(targets));
 
 const out = args.json ?? path.join(import.meta.dirname, 'results', `${startedAt.toISOString().replace(/[-:]|\.\d+/g, '')}.json`);

@@ -269,7 +269,7 @@ for (const [i, name] of ['bwrap', 'gvisor'].entries()) {
         rootHome: 'ENOENT',
         dataDir: 'ENOENT',
         otherChannel: 'ENOENT',
-        ownChannel: ['agent.sock', 'mmds.sock'],
+        ownChannel: ['agent.sock', 'frames.sock', 'mmds.sock'],
       });
       const { root, ...write } = seen.write;
       assert.deepEqual(write, { code: 'EROFS', tmp: 'ok', tmpPastLimit: 'ENOSPC' });

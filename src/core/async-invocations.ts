@@ -8,46 +8,10 @@ import { afterAttempt, type DeadLetterReason, isExpired, type RetryPolicy } from
 import { AetherError, errorMessage, tooLarge } from './errors.js';
 import { newInvocationId } from './invocations.js';
 import type { AsyncQueue, Logger, TakenEvent } from './ports.js';
-import type { FunctionRecord } from './types.js';
+import type { AsyncEvent, DeadLetter, EventRequest, FunctionRecord } from './types.js';
 
 /** Lambda's limit for an async invocation's payload; the HTTP route's Event requests are held to it too. */
 export const MAX_ASYNC_PAYLOAD_BYTES = 256 * 1024;
-
-/** The request an attempt sends to an instance: what a sync invocation would have sent. */
-export interface EventRequest {
-  method: string;
-  /** Path and query as the function sees them. */
-  path: string;
-  headers: Record<string, string | string[]>;
-  /** base64 */
-  body: string;
-}
-
-export interface AsyncEvent {
-  /** Answered with the 202; every attempt's invocation record has it as its request_id... */
-  id: string;
-  /** ...unless the client brought its own request id (X-Request-Id on the HTTP route). */
-  request_id: string;
-  function_id: string;
-  /** The version it was invoked with: `$LATEST` (the latest when it runs) or a version number (an alias's choice included). */
-  qualifier?: string;
-  /** `invoke`: the Lambda Invoke API's JSON event; `http`: a request to /functions/{id}/*. */
-  source: 'invoke' | 'http';
-  request: EventRequest;
-  /** Epoch ms of acceptance (or of its redrive): the event's age counts from here. */
-  accepted_at: number;
-  /** Attempts made so far. */
-  attempts: number;
-  /** Epoch ms from which it may run (now, or when its retry is due). */
-  due_at: number;
-  last_error: string | null;
-}
-
-export interface DeadLetter {
-  event: AsyncEvent;
-  reason: DeadLetterReason;
-  failed_at: number;
-}
 
 /** A dead letter as the API shows it: what failed, when, why; the request's headers stay out of it. */
 export interface DeadLetterView {

@@ -9,17 +9,8 @@ import { INVOCATIONS_KEPT, type InvocationQuery } from './invocations.js';
 import type { LogFilter, LogLine, LogPage, LogQuery } from './logs.js';
 import type { ArchiveFormat, AsyncQueue, CodeStore, FunctionStore, InvocationLog, LogReader, Placement } from './ports.js';
 import { functionStatus, type StartFailures } from './start-failures.js';
-import type { FunctionRecord, FunctionView, InstanceInfo, InvocationRecord } from './types.js';
-import {
-  type AliasRecord,
-  aliasNotFound,
-  newAlias,
-  putAliasSchema,
-  type Resolved,
-  resolveQualified,
-  versionRecord,
-  versionsToRemove,
-} from './versions.js';
+import type { AliasRecord, FunctionRecord, FunctionView, InstanceInfo, InvocationRecord } from './types.js';
+import { aliasNotFound, newAlias, putAliasSchema, type Resolved, resolveQualified, versionRecord, versionsToRemove } from './versions.js';
 import { validate } from './validate.js';
 
 export interface FunctionSettings {

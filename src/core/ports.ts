@@ -3,12 +3,19 @@
  * later etcd/Redis/S3/QEMU/Firecracker) implement them; the core never imports an adapter.
  */
 import type { Socket } from 'node:net';
-import type { AsyncEvent, DeadLetter } from './async-invocations.js';
 import type { InvocationOutcome } from './invocation-outcome.js';
 import type { InvocationQuery } from './invocations.js';
 import type { LogEntry, LogFilter, LogPage, LogQuery, LogLine } from './logs.js';
-import type { EventFormat, FunctionRecord, InstanceInfo, InvocationRecord, StartMode } from './types.js';
-import type { AliasRecord } from './versions.js';
+import type {
+  AliasRecord,
+  AsyncEvent,
+  DeadLetter,
+  EventFormat,
+  FunctionRecord,
+  InstanceInfo,
+  InvocationRecord,
+  StartMode,
+} from './types.js';
 
 /**
  * Async so that shared stores (etcd) fit as well as the embedded one (SQLite). Besides the current

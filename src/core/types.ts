@@ -1,3 +1,5 @@
+import type { DeadLetterReason } from './async-retry.js';
+
 /**
  * What an HTTP request becomes in handler mode: `apigw-v2` (API Gateway HTTP API payload 2.0, plus the
  * first event's fields), `apigw-v1` (REST API payload 1.0) or `aether` (Aether's first event).
@@ -88,4 +90,51 @@ export interface InstanceInfo {
   prewarmed: boolean;
   /** Cluster mode: the worker that runs it. */
   worker_id?: string;
+}
+
+/** A name for a version of a function (core/versions.ts), optionally splitting traffic with others. */
+export interface AliasRecord {
+  function_id: string;
+  name: string;
+  version: number;
+  /** Other versions and the share (0-1) of the alias's invocations each gets; `version` gets the rest. */
+  additional_version_weights: Record<string, number>;
+  created_at: string;
+  updated_at: string;
+}
+
+/** The request an attempt sends to an instance: what a sync invocation would have sent. */
+export interface EventRequest {
+  method: string;
+  /** Path and query as the function sees them. */
+  path: string;
+  headers: Record<string, string | string[]>;
+  /** base64 */
+  body: string;
+}
+
+export interface AsyncEvent {
+  /** Answered with the 202; every attempt's invocation record has it as its request_id... */
+  id: string;
+  /** ...unless the client brought its own request id (X-Request-Id on the HTTP route). */
+  request_id: string;
+  function_id: string;
+  /** The version it was invoked with: `$LATEST` (the latest when it runs) or a version number (an alias's choice included). */
+  qualifier?: string;
+  /** `invoke`: the Lambda Invoke API's JSON event; `http`: a request to /functions/{id}/*. */
+  source: 'invoke' | 'http';
+  request: EventRequest;
+  /** Epoch ms of acceptance (or of its redrive): the event's age counts from here. */
+  accepted_at: number;
+  /** Attempts made so far. */
+  attempts: number;
+  /** Epoch ms from which it may run (now, or when its retry is due). */
+  due_at: number;
+  last_error: string | null;
+}
+
+export interface DeadLetter {
+  event: AsyncEvent;
+  reason: DeadLetterReason;
+  failed_at: number;
 }

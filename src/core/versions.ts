@@ -9,19 +9,9 @@ import { z } from 'zod';
 import { AetherError, badRequest, notFound } from './errors.js';
 import { publicView } from './function-spec.js';
 import type { FunctionStore } from './ports.js';
-import type { FunctionRecord } from './types.js';
+import type { AliasRecord, FunctionRecord } from './types.js';
 
 export const LATEST = '$LATEST';
-
-export interface AliasRecord {
-  function_id: string;
-  name: string;
-  version: number;
-  /** Other versions and the share (0-1) of the alias's invocations each gets; `version` gets the rest. */
-  additional_version_weights: Record<string, number>;
-  created_at: string;
-  updated_at: string;
-}
 
 /** Lambda's rule: letters, digits, "-" and "_", not only digits (a number is a version). */
 export const aliasNameSchema = z

@@ -14,7 +14,7 @@ import { storedRecord } from '../../core/function-spec.js';
 import type { FunctionStore, Logger } from '../../core/ports.js';
 import type { FunctionRecord } from '../../core/types.js';
 import { asUnavailable, connectEtcd, silentLogger } from './client.js';
-import type { AliasRecord } from '../../core/versions.js';
+import type { AliasRecord } from '../../core/types.js';
 import { ALIASES_PREFIX, aliasKey, FUNCTIONS_PREFIX, functionKey, nameKey, VERSIONS_PREFIX, versionKey } from './keys.js';
 import { Listeners } from './listeners.js';
 import { PrefixMirror } from './prefix-mirror.js';

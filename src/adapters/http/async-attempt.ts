@@ -3,7 +3,7 @@
  * invocation's would (same leases, retries of refused connections, records), marked as an `Event`
  * attempt in the record. Its answer is read and dropped; only whether it failed matters.
  */
-import type { AsyncEvent } from '../../core/async-invocations.js';
+import type { AsyncEvent } from '../../core/types.js';
 import { newInvocationId } from '../../core/invocations.js';
 import type { FunctionRecord } from '../../core/types.js';
 import { FUNCTION_ERROR_HEADER } from '../../guest/agent/protocol.mjs';

@@ -4,7 +4,8 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { type AsyncEvent, type AsyncInvocations, MAX_ASYNC_PAYLOAD_BYTES } from '../../core/async-invocations.js';
+import { type AsyncInvocations, MAX_ASYNC_PAYLOAD_BYTES } from '../../core/async-invocations.js';
+import type { AsyncEvent } from '../../core/types.js';
 import { type AetherError, badRequest, tooLarge } from '../../core/errors.js';
 import { newInvocationId, validRequestId } from '../../core/invocations.js';
 import type { FunctionRecord } from '../../core/types.js';

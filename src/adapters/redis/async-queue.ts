@@ -10,7 +10,8 @@
 import { randomUUID } from 'node:crypto';
 import os from 'node:os';
 import { ReplyError, type Redis } from 'ioredis';
-import { type AsyncEvent, type DeadLetter, redriven } from '../../core/async-invocations.js';
+import { redriven } from '../../core/async-invocations.js';
+import type { AsyncEvent, DeadLetter } from '../../core/types.js';
 import { errorMessage } from '../../core/errors.js';
 import type { AsyncQueue, Logger, TakenEvent } from '../../core/ports.js';
 import { asUnavailable } from './connection.js';

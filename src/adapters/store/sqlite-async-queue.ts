@@ -5,7 +5,8 @@
  * runs again: at least once, never lost.
  */
 import Database from 'better-sqlite3';
-import { type AsyncEvent, type DeadLetter, redriven } from '../../core/async-invocations.js';
+import { redriven } from '../../core/async-invocations.js';
+import type { AsyncEvent, DeadLetter } from '../../core/types.js';
 import type { AsyncQueue, TakenEvent } from '../../core/ports.js';
 
 /** Due events read per take; those of functions without room are skipped. */

@@ -10,7 +10,7 @@ import { storedRecord } from '../../core/function-spec.js';
 import { INVOCATIONS_KEPT, isFailure, newInvocationId, storedInvocation, type InvocationQuery } from '../../core/invocations.js';
 import type { FunctionStore, InvocationLog } from '../../core/ports.js';
 import type { FunctionRecord, InvocationRecord } from '../../core/types.js';
-import type { AliasRecord } from '../../core/versions.js';
+import type { AliasRecord } from '../../core/types.js';
 
 /** Sorts after every record id (UUIDs are lowercase hex and dashes): "no `before`". */
 const AFTER_ALL_IDS = '~';

@@ -1,7 +1,7 @@
 /** `aether ls`, `aether describe NAME`, `aether rm NAME`: the functions, their state, settings, versions and aliases. */
 import type { Command } from 'commander';
 import type { FunctionView, InstanceInfo } from '../../core/types.js';
-import type { AliasRecord } from '../../core/versions.js';
+import type { AliasRecord } from '../../core/types.js';
 import { type Client, fnPath } from '../client.js';
 import { ago, bytes, duration, keyValues, out, printJson, table } from '../output.js';
 import type { TargetOptions } from '../target.js';

@@ -8,14 +8,10 @@
  *   --microvm      in a --quick run, also boot one microVM (a full run without --cluster boots 5)
  *   --cluster      bubblewrap only, single node next to a cluster (1 gateway + 1 worker on real etcd,
  *                  Redis and S3 started for the run), and how the cluster compares
-    if (!appsOnly) {
-      progress(`${label}: cold starts (${plan.coldSamples} per mode)`);
-      cold.push(...(await measureColdStarts(aether, plan.coldSamples)));
-    }
-    if (plan.appSamples > 0) {
-      progress(`${label}: real-app cold starts (${plan.appSamples} per app)`);
-      appCold.push(...(await measureAppColdStarts(aether, plan.appSamples)));
-    }
+ *   --apps         only the real apps' cold starts (Express, Fastify), per driver, with fast starts
+ *                  (the default) and without (AETHER_FAST_START=0), and the trivial ones they compare to
+ *   --proxy        warm latency, throughput and the burst per driver, with 5 cold starts as the
+ *                  burst's reference; no real apps, no microVM
  *   --logs         bubblewrap single node only: warm latency of one function while another prints as
  *                  fast as it can for 30 s, as a ratio to the same function idle
  *   --json <file>  where to write the results (default bench/results/<ISO timestamp>.json)

@@ -16,6 +16,7 @@ import { InvokeCommand, LambdaClient } from '@aws-sdk/client-lambda';
 import { type Aether, sandboxDrivers, startAether } from './helpers/aether.ts';
 import { skipUnless } from './helpers/skip.ts';
 import { until } from './helpers/wait.ts';
+import { awsCliEnv } from './helpers/aws-cli.ts';
 
 const KEY = { accessKeyId: 'AKIAAETHERTEST000002', secretAccessKey: 'aether-test-secret-0123456789' };
 const LAMBDA_ENV = { AETHER_LAMBDA_ACCESS_KEY_ID: KEY.accessKeyId, AETHER_LAMBDA_SECRET_ACCESS_KEY: KEY.secretAccessKey };
@@ -114,14 +115,7 @@ describe('async invocations, single node', () => {
   }, async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'aether-awscli-'));
     try {
-      const env = {
-        PATH: process.env.PATH,
-        HOME: dir,
-        AWS_ACCESS_KEY_ID: KEY.accessKeyId,
-        AWS_SECRET_ACCESS_KEY: KEY.secretAccessKey,
-        AWS_DEFAULT_REGION: 'us-west-2',
-        AWS_PAGER: '',
-      };
+      const env = awsCliEnv(dir, KEY);
       const args = ['lambda', 'invoke', '--endpoint-url', a.url, '--function-name', 'echo', '--invocation-type', 'Event'];
       const { stdout } = await promisify(execFile)(
         AWS_CLI,

@@ -17,6 +17,7 @@ import { SignatureV4 } from '@smithy/signature-v4';
 import { sandboxDrivers, SERVER_CJS, startAether, type Aether } from './helpers/aether.ts';
 import { startServices, type Services } from './helpers/services.ts';
 import { until } from './helpers/wait.ts';
+import { awsCliEnv } from './helpers/aws-cli.ts';
 
 const KEY = { accessKeyId: 'AKIAAETHERTEST000001', secretAccessKey: 'aether-test-secret-0123456789' };
 const LAMBDA_ENV = { AETHER_LAMBDA_ACCESS_KEY_ID: KEY.accessKeyId, AETHER_LAMBDA_SECRET_ACCESS_KEY: KEY.secretAccessKey };
@@ -254,14 +255,7 @@ describe('Lambda Invoke API, single node', () => {
     skip: !existsSync(AWS_CLI) && `${AWS_CLI} is missing: apt-get install awscli`,
   }, async () => {
     const dir = await mkdtemp(join(tmpdir(), 'aether-awscli-'));
-    const env = {
-      PATH: process.env.PATH,
-      HOME: dir,
-      AWS_ACCESS_KEY_ID: KEY.accessKeyId,
-      AWS_SECRET_ACCESS_KEY: KEY.secretAccessKey,
-      AWS_DEFAULT_REGION: 'us-west-2',
-      AWS_PAGER: '',
-    };
+    const env = awsCliEnv(dir, KEY);
     const cli = async (fn: string, body: string) => {
       const out = join(dir, `${fn}.json`);
       const { stdout } = await promisify(execFile)(

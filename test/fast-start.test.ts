@@ -40,14 +40,17 @@ module.exports = (who) => template.replace('WORD', word).replace('WHO', who);`,
   'node_modules/tiny-pad/pad.js': `module.exports = (s) => '[' + s + ']';`,
 };
 
-/** Two requests that overlap, so that two instances start (concurrency 1); each says what its instance drew at load. */
+/**
+ * Two requests that overlap, so that two instances start (concurrency 1); each says what its instance drew
+ * at load. Each request holds its instance 3 s: long enough for the second instance to start on a loaded host.
+ */
 const RANDOM = {
   'handler.js': `
 const crypto = require('crypto');
 ${RUNNING_FILE}
 const drawn = { uuid: crypto.randomUUID(), random: Math.random(), loadedAt: Date.now() };
 exports.handler = async (event, context) => {
-  await new Promise((r) => setTimeout(r, 300));
+  await new Promise((r) => setTimeout(r, 3000));
   return { statusCode: 200, headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ ...drawn, requestId: context.awsRequestId, bundled: runningFile().startsWith('/opt/aether/start/') }) };
 };`,

@@ -100,7 +100,7 @@ export async function startCluster(driver: string, services: Services): Promise<
     async remove(fnIds) {
       await Promise.all(fnIds.map((id) => client.api('DELETE', `/api/functions/${id}`)));
       // The worker stops them when etcd tells it, after the DELETE has returned: wait for its sandboxes to exit.
-      await until(async () => childPids(worker.proc.pid!).length === 0, 'the worker to stop the deleted functions');
+      await until(async () => sandboxPids(worker.proc.pid!).length === 0, 'the worker to stop the deleted functions');
     },
     stop,
   };
@@ -174,9 +174,19 @@ function apiClient(url: string) {
 }
 
 /** The child processes of `pid` (its sandboxes), from every thread's list in /proc. */
-function childPids(pid: number): string[] {
+/** The process's children but esbuild's service, which fast starts' first bundle leaves running for the next. */
+function sandboxPids(pid: number): string[] {
   const tasks = fs.readdirSync(`/proc/${pid}/task`);
-  return tasks.flatMap((t) => fs.readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').split(' ').filter(Boolean));
+  const children = tasks.flatMap((t) => fs.readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').split(' ').filter(Boolean));
+  return children.filter((child) => !cmdline(child).includes('esbuild\0--service='));
+}
+
+function cmdline(pid: string): string {
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+  } catch {
+    return ''; // already gone
+  }
 }
 
 async function until(cond: () => Promise<boolean>, what: string): Promise<void> {

@@ -28,6 +28,7 @@ const WRITE_ATTEMPTS = 5;
 
 export class EtcdFunctionStore implements FunctionStore {
   private readonly client: Etcd3;
+  private readonly mirrorClients: [Etcd3, Etcd3];
   private readonly mirror: PrefixMirror<FunctionRecord>;
   private readonly versionMirror: PrefixMirror<FunctionRecord>;
   private readonly aliasMirror: PrefixMirror<AliasRecord>;
@@ -39,8 +40,11 @@ export class EtcdFunctionStore implements FunctionStore {
     this.client = connectEtcd(endpoints);
     this.listeners = new Listeners(log);
     this.mirror = new PrefixMirror(this.client, FUNCTIONS_PREFIX, decodeRecord, (key, fn, prev) => this.changed(key, fn, prev), log);
-    this.versionMirror = new PrefixMirror(this.client, VERSIONS_PREFIX, decodeRecord, () => {}, log);
-    this.aliasMirror = new PrefixMirror(this.client, ALIASES_PREFIX, decodeAlias, () => {}, log);
+    // etcd3's watch manager loses track of its watchers when several on one client break and re-attach
+    // together (an etcd restart) and throws from its stream: the other mirrors watch through clients of their own.
+    this.mirrorClients = [connectEtcd(endpoints), connectEtcd(endpoints)];
+    this.versionMirror = new PrefixMirror(this.mirrorClients[0], VERSIONS_PREFIX, decodeRecord, () => {}, log);
+    this.aliasMirror = new PrefixMirror(this.mirrorClients[1], ALIASES_PREFIX, decodeAlias, () => {}, log);
   }
 
   /** Resolves once every function, version and alias has been loaded from etcd. */
@@ -211,6 +215,7 @@ export class EtcdFunctionStore implements FunctionStore {
     this.aliasMirror.close();
     this.listeners.clear();
     this.client.close();
+    for (const client of this.mirrorClients) client.close();
   }
 
   /** The stored record and its revision, straight from etcd (the cache may lag behind other writers). */

@@ -12,7 +12,7 @@ import { fetchResponder } from './fetch-mode.mjs';
 import { serveFrames } from './frame-mode.mjs';
 import { serveConnections } from './http-mode.mjs';
 import { lambdaAnswerer, lambdaResponder } from './lambda.mjs';
-import { tagOutput } from './output-tagging.mjs';
+import { blockingOutput, tagOutput } from './output-tagging.mjs';
 import { errorMessage, fail, log } from './log.mjs';
 import { AGENT_ENV, AGENT_SOCKET, EXIT_CONFIG, FRAMES_SOCKET, GUEST_PATHS, type AgentConfig } from './protocol.mjs';
 import { proxyConnections, waitForPort } from './server-mode.mjs';
@@ -37,6 +37,7 @@ try {
   fail(errorMessage(err), EXIT_CONFIG);
 }
 
+blockingOutput(); // before the function's code can print
 let mod: Parameters<typeof detectMode>[0];
 try {
   if (config.start === 'bundle') {

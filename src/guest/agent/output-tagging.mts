@@ -18,6 +18,18 @@ export function asInvocation<T>(requestId: string | undefined, fn: () => T): T {
   return requestId !== undefined && SAFE_ID.test(requestId) ? invocation.run(requestId, fn) : fn();
 }
 
+/**
+ * Makes writes to stdout and stderr wait while the host is behind. The host's ends are sockets, which
+ * node writes to asynchronously, queueing what the host has not read in the function's own memory
+ * without bound: a function printing faster than a busy host reads was killed for memory. Blocking
+ * is the backpressure a pipe gives; the host keeps reading (and counting what the rate limit drops).
+ */
+export function blockingOutput(): void {
+  for (const stream of [process.stdout, process.stderr]) {
+    (stream as unknown as { _handle?: { setBlocking?(on: boolean): unknown } })._handle?.setBlocking?.(true);
+  }
+}
+
 /** Wraps the write of process.stdout and process.stderr (once, at start). */
 export function tagOutput(): void {
   for (const stream of [process.stdout, process.stderr]) tagStream(stream);

@@ -8,17 +8,9 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { appFiles } from '../bench/apps.ts';
 import { type Aether, sandboxDrivers, startAether } from './helpers/aether.ts';
+import { RUNNING_FILE } from './helpers/running-file.ts';
 import { requireOrSkip } from './helpers/skip.ts';
 import { until } from './helpers/wait.ts';
-
-/** The file V8 runs this code from (the raw frame, before the source map names the original file). */
-const RUNNING_FILE = `function runningFile() {
-  const prepare = Error.prepareStackTrace;
-  Error.prepareStackTrace = (_, frames) => frames[0].getFileName();
-  const file = new Error().stack;
-  Error.prepareStackTrace = prepare;
-  return file;
-}`;
 
 /** A function with its own modules, a JSON file, a package, and a file it reads next to itself. */
 const MODULAR = {

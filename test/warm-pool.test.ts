@@ -9,18 +9,20 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { type Aether, sandboxDrivers, startAether } from './helpers/aether.ts';
+import { RUNNING_FILE } from './helpers/running-file.ts';
 import { until } from './helpers/wait.ts';
 
 // Reports what the instance can see of itself and its neighbours; /write leaves a file in /tmp.
 const PROBE = `
 const fs = require('fs');
+${RUNNING_FILE}
 const look = (p) => { try { return fs.readdirSync(p); } catch (err) { return err.code; } };
 exports.handler = async (event) => {
   if (event.path === '/write') fs.writeFileSync('/tmp/tenant', process.env.NAME);
   return { statusCode: 200, headers: { 'content-type': 'application/json' }, body: JSON.stringify({
     name: process.env.NAME, env: process.env, code: look('/code'), tmp: look('/tmp'), cwd: process.cwd(),
     mounts: fs.readFileSync('/proc/self/mountinfo', 'utf8'), started: process.uptime(),
-    bundled: new Error().stack.includes('/opt/aether/start/') }) };
+    bundled: runningFile().startsWith('/opt/aether/start/') }) };
 };`;
 const files = (name: string) => ({ 'handler.js': PROBE, [`${name}-only.txt`]: `${name}'s own file` });
 
